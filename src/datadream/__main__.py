@@ -1,0 +1,3 @@
+from datadream.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,132 @@
+"""The `datadream` command: a thin layer over the Python API.
+
+Heavy libraries (torch, diffusers) are imported only inside the subcommand that needs them, so
+`--help` and config validation answer at once. A user mistake prints one line and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from datadream.errors import UserError
+
+EXAMPLES = """\
+examples:
+  datadream demo demo-run                                 # offline end-to-end run on tiny models
+  datadream init configs/example.yaml runs/pets --set data.train=~/pets/train
+  datadream adapt runs/pets                               # stage 1: LoRA adapters
+  datadream synthesize runs/pets                          # stage 2: synthetic images
+  datadream config configs/example.yaml --set adapt.mode=dataset   # print the resolved config
+
+Every stage resumes: run the same command again after an interruption.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="datadream",
+        description="Few-shot guided dataset generation (DataDream): adapt Stable Diffusion to a few"
+        " real images per class, then synthesize a training set.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=help, description=help)
+
+    def add_overrides(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                         help="override a config field, e.g. --set adapt.rank=8 (repeatable)")
+
+    sub = add("init", "create a run folder: resolved config.yaml and the few-shot manifest")
+    sub.add_argument("config", type=Path, help="experiment YAML")
+    sub.add_argument("run", type=Path, help="run folder to create")
+    add_overrides(sub)
+
+    sub = add("adapt", "stage 1: train the LoRA adapter(s) of a run")
+    sub.add_argument("run", type=Path)
+
+    sub = add("synthesize", "stage 2: generate the synthetic images of a run")
+    sub.add_argument("run", type=Path)
+
+    sub = add("config", "print the resolved config (all defaults filled in) and exit")
+    sub.add_argument("config", type=Path, nargs="?", help="experiment YAML (defaults only if omitted)")
+    sub.add_argument("--explain", action="store_true", help="print each key's meaning instead")
+    add_overrides(sub)
+
+    sub = add("tiny-models", "write tiny random-weight models: DIR/sd (diffusers) and DIR/clip")
+    sub.add_argument("dir", type=Path)
+
+    sub = add("demo", "offline end-to-end demo on tiny random models and generated images")
+    sub.add_argument("dir", type=Path, help="folder for the demo's models, images and run")
+    return parser
+
+
+def _configure_logging(quiet: bool) -> None:
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s",
+                        stream=sys.stderr)
+    # Library chatter (e.g. the torchvision fallback notice) is not for our users.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def run_command(args: argparse.Namespace) -> int:
+    if args.command == "config":
+        from datadream.config import field_help, load_config
+
+        if args.explain:
+            for key, text in field_help().items():
+                print(f"{key}: {text}")
+            return 0
+        print(load_config(args.config, args.overrides).to_yaml(), end="")
+        return 0
+    if args.command == "init":
+        from datadream.config import load_config
+        from datadream.stages.run import init_run
+
+        run = init_run(load_config(args.config, args.overrides), args.run)
+        print(f"run ready: {run.layout.root} ({len(run.manifest.classes)} classes)")
+        return 0
+    if args.command == "adapt":
+        from datadream.stages.adapt import adapt
+
+        folders = adapt(args.run)
+        print(f"adapters: {len(folders)} in {folders[0].parent}")
+        return 0
+    if args.command == "synthesize":
+        from datadream.stages.synthesize import synthesize
+
+        print(f"synthetic set: {synthesize(args.run)}")
+        return 0
+    if args.command == "tiny-models":
+        from datadream.components.tiny import build_tiny_models
+
+        for name, path in build_tiny_models(args.dir).items():
+            print(f"{name}: {path}")
+        print("tiny random-weight models: for tests and demos only, they generate noise")
+        return 0
+    if args.command == "demo":
+        from datadream.demo import run_demo
+
+        return run_demo(args.dir)
+    raise AssertionError(args.command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.quiet)
+    try:
+        return run_command(args)
+    except UserError as err:
+        print(f"datadream: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("datadream: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130

@@ -1,0 +1,293 @@
+"""The experiment config: typed dataclasses that are the one home of every default.
+
+Defaults equal the published DataDream settings (see docs/method.md). A YAML file and
+`--set section.key=value` overrides only override; every value goes through its field's type and
+checks, and an unknown key is an error that names the key. This module imports no torch, so the
+CLI can validate a config in milliseconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from datadream.errors import UserError
+
+
+def _field(default: Any, help: str, **checks: Any) -> Any:
+    return field(default=default, metadata={"help": help, **checks})
+
+
+@dataclass
+class DataConfig:
+    train: str | None = _field(
+        None, "image folder ROOT/<class>/<images>; the few shots are drawn from it", path=True
+    )
+    val: str | None = _field(None, "image folder for model selection (optional)", path=True)
+    test: str | None = _field(None, "image folder the classifier is evaluated on", path=True)
+    classnames: str | None = _field(
+        None,
+        "file fixing label order and display names: one class folder per line (optionally"
+        " 'folder<TAB>display name'), or JSON (list of folders, or {folder: display name})",
+        path=True,
+    )
+    shots: int = _field(16, "real images per class", min=1)
+    seed: int = _field(0, "seed of the few-shot draw", min=0)
+    domain: str = _field(
+        "", "domain word with its trailing space, as in 'a {domain}photo of a {class}'"
+    )
+
+
+@dataclass
+class GeneratorConfig:
+    model: str = _field(
+        "stabilityai/stable-diffusion-2-1-base",
+        "Stable Diffusion checkpoint: a hub id or a local diffusers folder",
+        model=True,
+    )
+
+
+@dataclass
+class AdaptConfig:
+    mode: str = _field("class", "one LoRA per class, or one for the whole dataset",
+                       choices=("class", "dataset"))
+    rank: int = _field(16, "LoRA rank", min=1)
+    alpha: float = _field(16.0, "LoRA alpha (scale = alpha / rank)", gt=0)
+    epochs: int = _field(200, "passes over the shots of an adapter", min=1)
+    batch_size: int = _field(8, "images per step", min=1)
+    lr: float = _field(1.0e-4, "AdamW learning rate", gt=0)
+    weight_decay: float = _field(1.0e-2, "AdamW weight decay", min=0)
+    warmup_steps: int = _field(100, "linear warm-up steps before the cosine decay", min=0)
+    max_grad_norm: float = _field(1.0, "gradient-norm clip", gt=0)
+    resolution: int = _field(512, "training crop size in pixels", min=8, multiple_of=8)
+    train_text_encoder: bool = _field(True, "also put LoRA on the text encoder")
+
+
+@dataclass
+class SynthesizeConfig:
+    images_per_class: int = _field(500, "synthetic images per class", min=1)
+    steps: int = _field(50, "sampler steps (the model's own sampler)", min=1)
+    guidance: float = _field(2.0, "classifier-free guidance scale", min=0)
+    batch_size: int = _field(10, "images per sampler call", min=1)
+    resolution: int = _field(512, "image size in pixels", min=8, multiple_of=8)
+    lora_scale: float = _field(1.0, "strength of the adapter while sampling", min=0)
+
+
+@dataclass
+class RuntimeConfig:
+    device: str = _field("auto", "auto, cpu, cuda, cuda:N or mps")
+    precision: str = _field("auto", "auto (bf16 on GPUs that have it, fp16 on older GPUs, fp32 on"
+                            " CPU), fp32, bf16 or fp16", choices=("auto", "fp32", "bf16", "fp16"))
+    seed: int = _field(0, "seed of training noise and of every synthetic image", min=0)
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    adapt: AdaptConfig = field(default_factory=AdaptConfig)
+    synthesize: SynthesizeConfig = field(default_factory=SynthesizeConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+    def digest(self) -> str:
+        """A short hash of the resolved config: the identity of a run."""
+        return stable_hash(self.to_dict())
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+
+SECTIONS: dict[str, type] = {f.name: f.default_factory().__class__ for f in dataclasses.fields(Config)}
+
+
+def stable_hash(value: Any) -> str:
+    canonical = json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def default_config() -> Config:
+    return Config()
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()) -> Config:
+    """Defaults, then the YAML file (paths relative to the file), then `key=value` overrides
+    (paths relative to the working directory). Raises UserError naming the bad key or value."""
+    raw: dict[str, Any] = {}
+    base = Path.cwd()
+    if path is not None:
+        path = Path(path)
+        raw = _read_yaml(path)
+        base = path.resolve().parent
+    config = Config()
+    for section, values in raw.items():
+        _apply_section(config, section, values, origin=str(path), base=base)
+    for item in overrides:
+        key, value = _parse_override(item)
+        section, name = key.split(".", 1)
+        # The raw string goes to the field's type: YAML would strip the trailing space of a
+        # domain word such as "satellite ".
+        _apply_section(config, section, {name: value}, origin="--set", base=Path.cwd())
+    return config
+
+
+def config_from_dict(raw: dict[str, Any], origin: str) -> Config:
+    """Rebuild a resolved config (as written to RUN/config.yaml); paths are already absolute."""
+    config = Config()
+    for section, values in raw.items():
+        _apply_section(config, section, values, origin=origin, base=Path.cwd())
+    return config
+
+
+def read_config_file(path: Path) -> Config:
+    return config_from_dict(_read_yaml(path), origin=str(path))
+
+
+def describe_differences(old: Config, new: Config) -> list[str]:
+    old_d, new_d = old.to_dict(), new.to_dict()
+    return [
+        f"{section}.{key}: {old_d[section][key]!r} -> {new_d[section][key]!r}"
+        for section in new_d
+        for key in new_d[section]
+        if old_d[section][key] != new_d[section][key]
+    ]
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise UserError(f"{path}{where} is not valid YAML: {getattr(err, 'problem', err)}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected sections like 'data:' and 'adapt:' at the top level")
+    return raw
+
+
+def _parse_override(item: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    key = key.strip()
+    if not sep or "." not in key:
+        raise UserError(f"--set {item!r}: expected section.key=value, e.g. --set adapt.rank=8")
+    return key, value
+
+
+def _unknown(kind: str, name: str, known: list[str], origin: str) -> UserError:
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    return UserError(f"{origin}: unknown config {kind} '{name}'; {hint}known: {', '.join(known)}")
+
+
+def _apply_section(config: Config, section: str, values: Any, origin: str, base: Path) -> None:
+    if section not in SECTIONS:
+        raise _unknown("section", section, list(SECTIONS), origin)
+    if values is None:
+        return
+    if not isinstance(values, dict):
+        raise UserError(f"{origin}: '{section}' must be a mapping of keys to values")
+    target = getattr(config, section)
+    fields = {f.name: f for f in dataclasses.fields(target)}
+    hints = typing.get_type_hints(type(target))
+    for name, value in values.items():
+        if name not in fields:
+            raise _unknown("key", f"{section}.{name}", [f"{section}.{k}" for k in fields], origin)
+        key = f"{section}.{name}"
+        coerced = _coerce(value, hints[name], key, origin)
+        _check(coerced, fields[name].metadata, key, origin)
+        setattr(target, name, _resolve_path(coerced, fields[name].metadata, base))
+
+
+def _coerce(value: Any, annotation: Any, key: str, origin: str) -> Any:
+    args = typing.get_args(annotation)
+    optional = type(None) in args
+    kind = next((a for a in args if a is not type(None)), annotation) if args else annotation
+    if value is None or (isinstance(value, str) and value.lower() in {"null", "none", "~"}
+                         and kind is not str):
+        if optional:
+            return None
+        raise UserError(f"{origin}: {key} cannot be empty; give a {kind.__name__}")
+    bad = UserError(f"{origin}: {key} must be a {kind.__name__}, got {value!r}")
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in {"true", "yes", "on", "1", "false", "no", "off", "0"}:
+            return value.lower() in {"true", "yes", "on", "1"}
+        raise bad
+    if kind is int:
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                raise bad from None
+        raise bad
+    if kind is float:
+        # PyYAML reads "1e-4" (no dot) as a string: convert it rather than trusting the loader.
+        if isinstance(value, bool):
+            raise bad
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise bad from None
+    if kind is str:
+        if isinstance(value, (dict, list)):
+            raise bad
+        return str(value)
+    raise AssertionError(f"unsupported config type {annotation} for {key}")
+
+
+def _check(value: Any, meta: typing.Mapping[str, Any], key: str, origin: str) -> None:
+    if value is None:
+        return
+    if "choices" in meta and value not in meta["choices"]:
+        raise UserError(f"{origin}: {key} must be one of {', '.join(meta['choices'])}; got {value!r}")
+    if "min" in meta and value < meta["min"]:
+        raise UserError(f"{origin}: {key} must be >= {meta['min']}; got {value}")
+    if "gt" in meta and not value > meta["gt"]:
+        raise UserError(f"{origin}: {key} must be > {meta['gt']}; got {value}")
+    if "multiple_of" in meta and value % meta["multiple_of"]:
+        raise UserError(f"{origin}: {key} must be a multiple of {meta['multiple_of']}; got {value}")
+
+
+def _resolve_path(value: Any, meta: typing.Mapping[str, Any], base: Path) -> Any:
+    """Paths become absolute so that RUN/config.yaml means the same from any directory. A model
+    id becomes absolute only when it names an existing local folder; otherwise it is a hub id."""
+    if value is None or not isinstance(value, str) or not value:
+        return value
+    if meta.get("path"):
+        return str((base / os.path.expanduser(value)).resolve())
+    if meta.get("model"):
+        local = base / os.path.expanduser(value)
+        if local.is_dir() or value.startswith((".", "/", "~")):
+            return str(local.resolve())
+    return value
+
+
+def field_help() -> dict[str, str]:
+    """`section.key` -> help text, for `datadream config --explain` and the docs."""
+    return {
+        f"{section}.{f.name}": f.metadata.get("help", "")
+        for section, cls in SECTIONS.items()
+        for f in dataclasses.fields(cls)
+    }

@@ -1,0 +1,244 @@
+"""Stage 1: adapt Stable Diffusion to the few shots with LoRA.
+
+    datadream adapt RUN
+
+`adapt.mode: class` trains one adapter per class on that class's shots; `dataset` trains one
+adapter on all shots. Each adapter is a unit of work: trained, saved in the diffusers layout into a
+temporary folder, and renamed to RUN/adapters/<unit>/ with its marker (unit.json) last. Re-running
+skips complete units, so an interrupted stage resumes at the first unfinished adapter.
+
+Every random draw of a unit (init, shuffling, crops, VAE sampling, noise, timesteps) comes from its
+own CPU generator seeded from (runtime.seed, unit), so an adapter does not depend on which units
+ran before it, nor on the device.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from datadream import atomic
+from datadream.components.models import load_stable_diffusion, resolve_device, resolve_dtype
+from datadream.components.sd_lora import add_lora, reset_lora, save_sd_lora
+from datadream.components.seeds import derive_seed
+from datadream.config import AdaptConfig, stable_hash
+from datadream.data.fewshot import FewShotClass
+from datadream.data.images import load_rgb
+from datadream.errors import UserError
+from datadream.layout import DATASET_UNIT, LORA_WEIGHTS, UNIT_MARKER
+from datadream.stages.run import Run, open_run
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AdaptUnit:
+    name: str  # folder under RUN/adapters/
+    seed_key: str  # class name or "dataset": what the unit's random stream derives from
+    classes: list[FewShotClass]
+    fingerprint: str  # hash of everything the adapter is made from
+
+
+def plan_units(run: Run) -> list[AdaptUnit]:
+    cfg = run.config
+    if cfg.adapt.mode == "class":
+        groups = [(c.slug, c.name, [c]) for c in run.manifest.classes]
+    else:
+        groups = [(DATASET_UNIT, DATASET_UNIT, list(run.manifest.classes))]
+    units = []
+    for name, seed_key, classes in groups:
+        inputs = {
+            "model": cfg.generator.model,
+            "adapt": asdict(cfg.adapt),
+            "seed": cfg.runtime.seed,
+            "classes": [(c.prompt, [s.sha256 for s in c.images]) for c in classes],
+        }
+        units.append(AdaptUnit(name, seed_key, classes, stable_hash(inputs)))
+    return units
+
+
+def unit_is_complete(run: Run, unit: AdaptUnit) -> bool:
+    """True when the adapter exists and was made from these inputs; an adapter made from other
+    inputs is never reused silently, nor overwritten."""
+    folder = run.layout.adapter(unit.name)
+    marker = folder / UNIT_MARKER
+    if not marker.is_file():
+        return False
+    recorded = json.loads(marker.read_text(encoding="utf-8")).get("fingerprint")
+    if recorded != unit.fingerprint:
+        raise UserError(
+            f"{folder} was trained with other settings or shots than this run's config; move it"
+            " away to retrain it, or use a new run folder"
+        )
+    return (folder / LORA_WEIGHTS).is_file()
+
+
+def adapt(run_dir: Path) -> list[Path]:
+    """Train every missing adapter of the run; returns the adapter folders in unit order."""
+    run = open_run(run_dir)
+    units = plan_units(run)
+    atomic.remove_stale_temporaries(run.layout.adapters)
+    pending = [u for u in units if not unit_is_complete(run, u)]
+    if pending:
+        log.info("adapt: %d of %d adapter(s) to train (%d already complete)",
+                 len(pending), len(units), len(units) - len(pending))
+        trainer = LoraTrainer(run)
+        for position, unit in enumerate(pending, 1):
+            trainer.train_and_save(unit, label=f"[{position}/{len(pending)}] {unit.name}")
+    else:
+        log.info("adapt: all %d adapter(s) already complete", len(units))
+    return [run.layout.adapter(u.name) for u in units]
+
+
+def load_shots(run: Run, classes: list[FewShotClass], resolution: int) -> list[tuple[torch.Tensor, int]]:
+    """(uint8 CHW image with its shorter side resized to `resolution`, prompt index) per shot,
+    after checking each file's hash against the manifest."""
+    from PIL import Image
+
+    samples = []
+    for index, cls in enumerate(classes):
+        for shot in cls.images:
+            image = load_rgb(run.manifest.verified_path(shot))
+            scale = resolution / min(image.size)
+            size = (max(resolution, round(image.width * scale)), max(resolution, round(image.height * scale)))
+            image = image.resize(size, Image.Resampling.BILINEAR)
+            pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
+            samples.append((pixels.view(image.height, image.width, 3).permute(2, 0, 1).contiguous(), index))
+    return samples
+
+
+class LoraTrainer:
+    """Holds the base model once and trains one adapter after another in place."""
+
+    def __init__(self, run: Run):
+        cfg = run.config
+        self.run = run
+        self.cfg: AdaptConfig = cfg.adapt
+        self.device = resolve_device(cfg.runtime.device)
+        self.dtype = resolve_dtype(cfg.runtime.precision, self.device)
+        pipeline = load_stable_diffusion(cfg.generator.model, dtype=self.dtype)
+        from diffusers import DDPMScheduler
+
+        self.tokenizer = pipeline.tokenizer
+        self.unet = pipeline.unet.to(self.device)
+        self.text_encoder = pipeline.text_encoder.to(self.device)
+        # SD's VAE overflows in fp16; bf16 and fp32 are safe.
+        vae_dtype = torch.float32 if self.dtype == torch.float16 else self.dtype
+        self.vae = pipeline.vae.to(self.device, vae_dtype).requires_grad_(False).eval()
+        self.noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
+        self.params = add_lora(self.unet, self.text_encoder, self.cfg.rank, self.cfg.alpha,
+                               self.cfg.train_text_encoder)
+        self.lora_modules = [self.unet, self.text_encoder] if self.cfg.train_text_encoder else [self.unet]
+        self.seed = cfg.runtime.seed
+
+    def train_and_save(self, unit: AdaptUnit, label: str) -> None:
+        started = time.time()
+        final = self.run.layout.adapter(unit.name)
+        samples = load_shots(self.run, unit.classes, self.cfg.resolution)
+        prompts = [c.prompt for c in unit.classes]
+        losses = self.train(samples, prompts, seed=derive_seed(self.seed, "adapt", unit.seed_key), label=label)
+        with atomic.staged_directory(final) as staging:
+            save_sd_lora(staging, self.unet, self.text_encoder, self.cfg.train_text_encoder)
+            atomic.write_json(staging / UNIT_MARKER, {
+                "unit": unit.name,
+                "classes": [c.name for c in unit.classes],
+                "fingerprint": unit.fingerprint,
+                "steps": len(losses),
+                "final_loss": sum(losses[-10:]) / max(1, len(losses[-10:])),
+                "seconds": round(time.time() - started, 2),
+                "device": str(self.device),
+                "precision": str(self.dtype).removeprefix("torch."),
+            })
+        log.info("adapt: %s done in %.1fs", unit.name, time.time() - started)
+
+    def train(self, samples: list[tuple[torch.Tensor, int]], prompts: list[str], seed: int,
+              label: str = "") -> list[float]:
+        """Train the resident adapter from a fresh init on `samples`; returns the loss per step."""
+        from diffusers.optimization import get_scheduler
+
+        cfg = self.cfg
+        generator = torch.Generator().manual_seed(seed)
+        reset_lora(self.lora_modules, derive_seed(seed, "init"))
+        optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, betas=(0.9, 0.999),
+                                      weight_decay=cfg.weight_decay, eps=1e-8)
+        steps_per_epoch = math.ceil(len(samples) / cfg.batch_size)
+        total_steps = cfg.epochs * steps_per_epoch
+        schedule = get_scheduler("cosine", optimizer, num_warmup_steps=cfg.warmup_steps,
+                                 num_training_steps=total_steps)
+        scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+        token_ids = self.tokenizer(prompts, padding="max_length", truncation=True,
+                                   max_length=self.tokenizer.model_max_length,
+                                   return_tensors="pt").input_ids.to(self.device)
+        frozen_text = None
+        if not cfg.train_text_encoder:
+            with torch.no_grad(), self._autocast():
+                frozen_text = self.text_encoder(token_ids)[0]
+        for module in self.lora_modules:
+            module.train()
+        losses: list[float] = []
+        bar = tqdm(total=total_steps, desc=f"adapt {label}", dynamic_ncols=True, disable=None, leave=False)
+        for _ in range(cfg.epochs):
+            order = torch.randperm(len(samples), generator=generator).tolist()
+            for start in range(0, len(order), cfg.batch_size):
+                batch = [samples[i] for i in order[start:start + cfg.batch_size]]
+                loss = self._loss(batch, token_ids, frozen_text, generator)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+                scaler.step(optimizer)
+                scaler.update()
+                schedule.step()
+                losses.append(loss.item())
+                if not math.isfinite(losses[-1]):
+                    raise UserError(f"adapt {label}: the loss became {losses[-1]} at step {len(losses)};"
+                                    " try runtime.precision=fp32 or a lower adapt.lr")
+                bar.update()
+                if len(losses) % 10 == 0:
+                    bar.set_postfix(loss=f"{sum(losses[-10:]) / 10:.4f}")
+        bar.close()
+        return losses
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
+
+    def _loss(self, batch, token_ids, frozen_text, generator: torch.Generator) -> torch.Tensor:
+        """The denoising loss of one batch; draws, in order: crops, VAE sample, noise, timesteps."""
+        size = self.cfg.resolution
+        crops = []
+        for image, _ in batch:
+            top = int(torch.randint(0, image.shape[1] - size + 1, (1,), generator=generator))
+            left = int(torch.randint(0, image.shape[2] - size + 1, (1,), generator=generator))
+            crops.append(image[:, top:top + size, left:left + size])
+        pixels = torch.stack(crops).to(self.device, self.vae.dtype, non_blocking=True) / 127.5 - 1.0
+        prompt_index = torch.tensor([index for _, index in batch], device=self.device)
+        with torch.no_grad():
+            posterior = self.vae.encode(pixels).latent_dist
+            eps = torch.randn(posterior.mean.shape, generator=generator).to(self.device, posterior.mean.dtype)
+            latents = (posterior.mean + posterior.std * eps).float() * self.vae.config.scaling_factor
+        noise = torch.randn(latents.shape, generator=generator).to(self.device)
+        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (len(batch),),
+                                  generator=generator).to(self.device)
+        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        if self.noise_scheduler.config.prediction_type == "v_prediction":
+            target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
+        else:
+            target = noise
+        with self._autocast():
+            if frozen_text is None:
+                # Each distinct prompt is encoded once and shared by its samples: the same
+                # gradient as encoding it per sample, at a fraction of the cost.
+                used, inverse = torch.unique(prompt_index, return_inverse=True)
+                text = self.text_encoder(token_ids[used])[0][inverse]
+            else:
+                text = frozen_text[prompt_index]
+            prediction = self.unet(noisy, timesteps, text).sample
+        return F.mse_loss(prediction.float(), target.float())

@@ -1,0 +1,58 @@
+"""Creating and opening a run folder (RUN/config.yaml + RUN/fewshot.json)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from datadream import atomic
+from datadream.config import Config, describe_differences, read_config_file
+from datadream.data.fewshot import FewShotManifest, build_manifest, read_manifest
+from datadream.errors import UserError
+from datadream.layout import RunLayout
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Run:
+    layout: RunLayout
+    config: Config
+    manifest: FewShotManifest
+
+
+def init_run(config: Config, root: Path) -> Run:
+    """Create RUN, or accept it unchanged when it already holds this very config. A folder that
+    holds another config, or anything that is not a run, is refused and left untouched."""
+    layout = RunLayout(Path(root).resolve())
+    if layout.config.exists():
+        existing = read_config_file(layout.config)
+        changes = describe_differences(existing, config)
+        if changes:
+            raise UserError(
+                f"{layout.root} holds a run with a different config ({'; '.join(changes[:3])}"
+                f"{'; ...' if len(changes) > 3 else ''}); choose a new run folder"
+            )
+        if layout.fewshot.exists():
+            log.info("run %s already initialised with this config", layout.root)
+            return open_run(layout.root)
+    elif layout.root.exists() and any(layout.root.iterdir()):
+        raise UserError(f"{layout.root} is not empty and holds no datadream run; choose an empty or new folder")
+    manifest = build_manifest(config.data)  # before writing anything: a bad data folder leaves no run behind
+    if config.data.test and not Path(config.data.test).is_dir():
+        raise UserError(f"data.test: folder not found: {config.data.test}")
+    if config.data.val and not Path(config.data.val).is_dir():
+        raise UserError(f"data.val: folder not found: {config.data.val}")
+    layout.root.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(layout.config, config.to_yaml())
+    atomic.write_text(layout.fewshot, manifest.to_json())
+    log.info("initialised %s: %d classes, %d shots each", layout.root, len(manifest.classes), manifest.shots)
+    return Run(layout, config, manifest)
+
+
+def open_run(root: Path) -> Run:
+    layout = RunLayout(Path(root).resolve())
+    if not layout.config.is_file():
+        raise UserError(f"{layout.root} is not a datadream run (no config.yaml); create it with `datadream init CONFIG RUN`")
+    return Run(layout, read_config_file(layout.config), read_manifest(layout.fewshot))

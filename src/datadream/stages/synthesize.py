@@ -1,0 +1,199 @@
+"""Stage 2: generate the synthetic training set with the adapted generator.
+
+    datadream synthesize RUN
+
+The base pipeline is loaded once; each class's adapter (or the one dataset adapter) is loaded into
+it in place. Image i of class c starts from its own noise, seeded from (runtime.seed, c, i), so no
+two classes share starting noise and any image can be regenerated alone. Images are written as
+RUN/synthetic/<class-slug>/<i>.png by a background writer, each by write-then-rename.
+
+Resume: the batches of a class are fixed by image index (images [k*B, (k+1)*B) form batch k), and
+a batch is skipped when all its files exist. A re-run therefore recomputes exactly the batches an
+uninterrupted run would have computed, and writes the same files.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from datadream import atomic
+from datadream.components.models import load_stable_diffusion, resolve_device, resolve_dtype
+from datadream.components.seeds import derive_seed
+from datadream.config import stable_hash
+from datadream.data.fewshot import FewShotClass
+from datadream.errors import UserError
+from datadream.layout import image_name
+from datadream.stages.adapt import AdaptUnit, plan_units, unit_is_complete
+from datadream.stages.run import Run, open_run
+
+log = logging.getLogger(__name__)
+
+CLASS_MARKER = ".datadream.json"  # not an image, so image-folder readers ignore it
+MAX_PENDING_WRITES = 64
+
+
+@dataclass
+class ClassJob:
+    cls: FewShotClass
+    adapter: AdaptUnit
+    folder: Path
+    fingerprint: str
+
+    def seeds(self, run_seed: int, total: int) -> list[int]:
+        return [image_seed(run_seed, self.cls.name, i) for i in range(total)]
+
+
+def image_seed(run_seed: int, class_name: str, index: int) -> int:
+    return derive_seed(run_seed, "image", class_name, index)
+
+
+def plan_jobs(run: Run) -> list[ClassJob]:
+    units = plan_units(run)
+    by_class = {c.label: u for u in units for c in u.classes}
+    missing = [u.name for u in units if not unit_is_complete(run, u)]
+    if missing:
+        raise UserError(
+            f"{len(missing)} adapter(s) missing in {run.layout.adapters} (first: {missing[0]});"
+            " run `datadream adapt RUN` first"
+        )
+    cfg = run.config
+    jobs = []
+    for cls in run.manifest.classes:
+        adapter = by_class[cls.label]
+        inputs = {
+            "synthesize": asdict(cfg.synthesize),
+            "seed": cfg.runtime.seed,
+            "prompt": cls.prompt,
+            "adapter": adapter.fingerprint,
+        }
+        jobs.append(ClassJob(cls, adapter, run.layout.synthetic_class(cls.slug), stable_hash(inputs)))
+    return jobs
+
+
+def pending_batches(job: ClassJob, total: int, batch_size: int) -> list[range]:
+    batches = [range(start, min(start + batch_size, total)) for start in range(0, total, batch_size)]
+    return [b for b in batches if not all((job.folder / image_name(i, total)).is_file() for i in b)]
+
+
+def check_marker(job: ClassJob) -> None:
+    marker = job.folder / CLASS_MARKER
+    if marker.is_file():
+        recorded = json.loads(marker.read_text(encoding="utf-8")).get("fingerprint")
+        if recorded != job.fingerprint:
+            raise UserError(
+                f"{job.folder} holds images made with other settings or another adapter; move it"
+                " away to regenerate it, or use a new run folder"
+            )
+    else:
+        atomic.write_json(marker, {"class": job.cls.name, "fingerprint": job.fingerprint})
+
+
+def synthesize(run_dir: Path) -> Path:
+    """Generate every missing image of the run; returns the path of the index."""
+    run = open_run(run_dir)
+    cfg = run.config.synthesize
+    total = cfg.images_per_class
+    jobs = plan_jobs(run)
+    todo = []
+    for job in jobs:
+        atomic.remove_stale_temporaries(job.folder)
+        check_marker(job)
+        batches = pending_batches(job, total, cfg.batch_size)
+        if batches:
+            todo.append((job, batches))
+    remaining = sum(len(b) for _, batches in todo for b in batches)
+    log.info("synthesize: %d of %d image(s) to generate", remaining, total * len(jobs))
+    if todo:
+        Generator(run).generate(todo, remaining)
+    return write_index(run, jobs)
+
+
+class Generator:
+    def __init__(self, run: Run):
+        runtime = run.config.runtime
+        self.run = run
+        self.cfg = run.config.synthesize
+        self.device = resolve_device(runtime.device)
+        dtype = resolve_dtype(runtime.precision, self.device)
+        self.pipeline = load_stable_diffusion(run.config.generator.model, dtype=dtype).to(self.device)
+        self.active: str | None = None
+
+    def generate(self, todo: list[tuple[ClassJob, list[range]]], remaining: int) -> None:
+        total = self.cfg.images_per_class
+        bar = tqdm(total=remaining, desc="synthesize", unit="img", dynamic_ncols=True, disable=None)
+        pending: list[Future] = []
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="png-writer") as writer:
+            for job, batches in todo:
+                self._activate(job.adapter)
+                seeds = job.seeds(self.run.config.runtime.seed, total)
+                for batch in batches:
+                    images = self._sample(job.cls.prompt, [seeds[i] for i in batch])
+                    for index, image in zip(batch, images):
+                        pending.append(writer.submit(write_png, job.folder / image_name(index, total), image))
+                    bar.update(len(batch))
+                    pending = _drain(pending, keep=MAX_PENDING_WRITES)
+            _drain(pending, keep=0)
+        bar.close()
+
+    def _activate(self, adapter: AdaptUnit) -> None:
+        """Swap the adapter in place: the base pipeline stays loaded; only LoRA weights change."""
+        if self.active == adapter.name:
+            return
+        if self.active is not None:
+            self.pipeline.delete_adapters(self.active)
+        self.pipeline.load_lora_weights(str(self.run.layout.adapter(adapter.name)), adapter_name=adapter.name)
+        self.pipeline.set_adapters([adapter.name], adapter_weights=[self.cfg.lora_scale])
+        self.active = adapter.name
+
+    def _sample(self, prompt: str, seeds: list[int]):
+        # One CPU generator per image: each image's starting noise depends on its seed alone, not
+        # on the batch it happens to be in, and is the same on every device.
+        generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+        return self.pipeline(
+            prompt=[prompt] * len(seeds),
+            num_inference_steps=self.cfg.steps,
+            guidance_scale=self.cfg.guidance,
+            height=self.cfg.resolution,
+            width=self.cfg.resolution,
+            generator=generators,
+        ).images
+
+
+def write_png(path: Path, image) -> None:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    atomic.write_bytes(path, buffer.getvalue())
+
+
+def _drain(pending: list[Future], keep: int) -> list[Future]:
+    """Wait for the oldest writes until at most `keep` remain; re-raises a writer's error."""
+    while len(pending) > keep:
+        pending.pop(0).result()
+    return pending
+
+
+def write_index(run: Run, jobs: list[ClassJob]) -> Path:
+    """RUN/synthetic/index.jsonl, one row per image, rebuilt from the plan (not appended to), so
+    that it is complete and identical after any number of interruptions."""
+    total = run.config.synthesize.images_per_class
+    rows = []
+    for job in jobs:
+        for index, seed in enumerate(job.seeds(run.config.runtime.seed, total)):
+            rows.append(json.dumps({
+                "file": f"{job.cls.slug}/{image_name(index, total)}",
+                "label": job.cls.label,
+                "class_name": job.cls.name,
+                "prompt": job.cls.prompt,
+                "seed": seed,
+                "adapter": job.adapter.name,
+            }, ensure_ascii=False))
+    atomic.write_text(run.layout.synthetic_index, "\n".join(rows) + "\n")
+    return run.layout.synthetic_index
