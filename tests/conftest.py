@@ -1,0 +1,64 @@
+"""Shared fixtures: tiny random models (built once per session), toy image folders, and helpers
+to run the CLI in-process or as a subprocess. Nothing here touches the network."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+TINY = 32  # pixels: the resolution the tiny generator is built for
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    from datadream.components.tiny import build_tiny_models
+
+    return build_tiny_models(tmp_path_factory.mktemp("tiny-models"))
+
+
+@pytest.fixture()
+def toy_data(tmp_path) -> Path:
+    from datadream.data.toy import write_toy_dataset
+
+    return write_toy_dataset(tmp_path / "data", {"train": 5, "test": 3}, size=40)
+
+
+def tiny_config(models: dict[str, Path], train: Path, **sections) -> dict:
+    """A config dict for a fast run on the tiny generator; `sections` override per section."""
+    config = {
+        "data": {"train": str(train), "shots": 3},
+        "generator": {"model": str(models["sd"])},
+        "adapt": {"epochs": 2, "batch_size": 2, "warmup_steps": 1, "resolution": TINY, "rank": 4, "alpha": 8},
+        "synthesize": {"images_per_class": 3, "steps": 3, "batch_size": 2, "resolution": TINY},
+        "runtime": {"device": "cpu"},
+    }
+    for section, values in sections.items():
+        config[section] = {**config.get(section, {}), **values}
+    return config
+
+
+def write_config(path: Path, config: dict) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """The real console entry point in a fresh interpreter, as a user runs it."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "datadream", *map(str, args)], capture_output=True,
+                          text=True, env=env, timeout=timeout)
+
+
+def tree_bytes(root: Path) -> dict[str, bytes]:
+    """Every file under `root` with its content, for before/after comparisons."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}

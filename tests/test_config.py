@@ -1,0 +1,90 @@
+import subprocess
+import sys
+
+import pytest
+
+from datadream.config import Config, load_config
+from datadream.errors import UserError
+
+
+def test_defaults_equal_the_published_method():
+    cfg = Config()
+    assert (cfg.data.shots, cfg.data.domain) == (16, "")
+    assert cfg.generator.model == "stabilityai/stable-diffusion-2-1-base"
+    a = cfg.adapt
+    assert (a.mode, a.rank, a.alpha, a.epochs, a.batch_size, a.lr) == ("class", 16, 16.0, 200, 8, 1e-4)
+    assert (a.weight_decay, a.warmup_steps, a.max_grad_norm, a.resolution) == (1e-2, 100, 1.0, 512)
+    assert a.train_text_encoder is True
+    s = cfg.synthesize
+    assert (s.images_per_class, s.steps, s.guidance, s.batch_size, s.resolution, s.lora_scale) == (500, 50, 2.0, 10, 512, 1.0)
+    assert (cfg.runtime.device, cfg.runtime.precision, cfg.runtime.seed) == ("auto", "auto", 0)
+
+
+def test_yaml_then_overrides(tmp_path):
+    path = tmp_path / "exp.yaml"
+    # PyYAML reads 1e-4 (no dot) as a string; the field type must still make it a float.
+    path.write_text("data:\n  train: photos\n  shots: 4\nadapt:\n  lr: 1e-4\n  mode: dataset\n")
+    cfg = load_config(path, ["adapt.rank=8", "data.domain=satellite ", "adapt.train_text_encoder=false"])
+    assert cfg.data.train == str((tmp_path / "photos").resolve())  # relative to the YAML file
+    assert cfg.data.shots == 4 and cfg.adapt.mode == "dataset" and cfg.adapt.lr == 1e-4
+    assert cfg.adapt.rank == 8 and cfg.adapt.train_text_encoder is False
+    assert cfg.data.domain == "satellite "  # the trailing space survives --set
+
+
+def test_hub_id_stays_a_hub_id_and_local_folder_becomes_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert load_config(None, ["generator.model=org/model"]).generator.model == "org/model"
+    (tmp_path / "local-sd").mkdir()
+    assert load_config(None, ["generator.model=local-sd"]).generator.model == str(tmp_path / "local-sd")
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("adapt.rnk=8", "unknown config key 'adapt.rnk'; did you mean 'adapt.rank'"),
+        ("adaptt.rank=8", "unknown config section 'adaptt'"),
+        ("adapt.rank=eight", "adapt.rank must be a int, got 'eight'"),
+        ("adapt.rank=0", "adapt.rank must be >= 1"),
+        ("adapt.mode=pixel", "adapt.mode must be one of class, dataset"),
+        ("adapt.resolution=500", "adapt.resolution must be a multiple of 8"),
+        ("synthesize.guidance=-1", "synthesize.guidance must be >= 0"),
+        ("runtime.precision=fp8", "runtime.precision must be one of"),
+        ("adapt.rank", "expected section.key=value"),
+    ],
+)
+def test_bad_overrides_name_the_key(override, message):
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace("?", r"\?")):
+        load_config(None, [override])
+
+
+def test_unknown_yaml_key_names_the_file(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text("synthesize:\n  imges_per_class: 10\n")
+    with pytest.raises(UserError, match=r"exp.yaml: unknown config key 'synthesize.imges_per_class'"):
+        load_config(path)
+
+
+def test_invalid_yaml_reports_the_line(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text("data:\n  train: [unclosed\n")
+    with pytest.raises(UserError, match=r"not valid YAML"):
+        load_config(path)
+
+
+def test_config_command_validates_without_importing_torch(tmp_path):
+    code = (
+        "import sys; from datadream.cli import main; rc = main(['config', '--set', 'adapt.rank=4']);"
+        "assert rc == 0; assert 'torch' not in sys.modules and 'diffusers' not in sys.modules, 'heavy import'"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "rank: 4" in result.stdout
+
+
+def test_shipped_configs_load():
+    from pathlib import Path
+
+    configs = sorted((Path(__file__).parents[1] / "configs").rglob("*.yaml"))
+    assert configs, "no shipped configs found"
+    for path in configs:
+        load_config(path)
