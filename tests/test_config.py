@@ -88,3 +88,14 @@ def test_shipped_configs_load():
     assert configs, "no shipped configs found"
     for path in configs:
         load_config(path)
+
+
+def test_configuration_reference_is_in_sync():
+    from pathlib import Path
+
+    from datadream.config import reference_markdown
+
+    doc = Path(__file__).parents[1] / "docs" / "configuration.md"
+    assert doc.read_text(encoding="utf-8") == reference_markdown(), (
+        "docs/configuration.md is stale: run `datadream config --markdown > docs/configuration.md`"
+    )

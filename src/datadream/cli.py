@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = add("config", "print the resolved config (all defaults filled in) and exit")
     sub.add_argument("config", type=Path, nargs="?", help="experiment YAML (defaults only if omitted)")
     sub.add_argument("--explain", action="store_true", help="print each key's meaning instead")
+    sub.add_argument("--markdown", action="store_true", help="print the reference table (docs/configuration.md)")
     add_overrides(sub)
 
     sub = add("tiny-models", "write tiny random-weight models: DIR/sd (diffusers) and DIR/clip")
@@ -79,8 +80,11 @@ def _configure_logging(quiet: bool) -> None:
 
 def run_command(args: argparse.Namespace) -> int:
     if args.command == "config":
-        from datadream.config import field_help, load_config
+        from datadream.config import field_help, load_config, reference_markdown
 
+        if args.markdown:
+            print(reference_markdown(), end="")
+            return 0
         if args.explain:
             for key, text in field_help().items():
                 print(f"{key}: {text}")

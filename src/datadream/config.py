@@ -1,6 +1,6 @@
 """The experiment config: typed dataclasses that are the one home of every default.
 
-Defaults equal the published DataDream settings (see docs/method.md). A YAML file and
+Defaults equal the published DataDream settings (docs/configuration.md lists them). A YAML file and
 `--set section.key=value` overrides only override; every value goes through its field's type and
 checks, and an unknown key is an error that names the key. This module imports no torch, so the
 CLI can validate a config in milliseconds.
@@ -285,9 +285,27 @@ def _resolve_path(value: Any, meta: typing.Mapping[str, Any], base: Path) -> Any
 
 
 def field_help() -> dict[str, str]:
-    """`section.key` -> help text, for `datadream config --explain` and the docs."""
+    """`section.key` -> "help (default: value)", for `datadream config --explain` and the docs."""
     return {
-        f"{section}.{f.name}": f.metadata.get("help", "")
+        f"{section}.{f.name}": f"{f.metadata.get('help', '')} (default: {f.default!r})"
         for section, cls in SECTIONS.items()
         for f in dataclasses.fields(cls)
     }
+
+
+def reference_markdown() -> str:
+    """docs/configuration.md, generated from the dataclasses so that it cannot drift."""
+    lines = [
+        "# Configuration reference",
+        "",
+        "Generated from `src/datadream/config.py` by `datadream config --markdown`; every default is",
+        "the published DataDream setting. Override any key with `--set section.key=value`.",
+        "",
+        "| key | default | meaning |",
+        "| --- | --- | --- |",
+    ]
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            meaning = f.metadata.get("help", "").replace("|", "\\|")
+            lines.append(f"| `{section}.{f.name}` | `{f.default!r}` | {meaning} |")
+    return "\n".join(lines) + "\n"

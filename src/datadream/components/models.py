@@ -66,7 +66,7 @@ def load_stable_diffusion(model: str, dtype: torch.dtype = torch.float32):
             )
     try:
         pipeline = StableDiffusionPipeline.from_pretrained(
-            model, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False
+            model, dtype=dtype, safety_checker=None, requires_safety_checker=False
         )
     except (OSError, ValueError, KeyError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

@@ -67,12 +67,16 @@ def save_sd_lora(directory: Path, unet, text_encoder, train_text_encoder: bool) 
         return {k: v.detach().float().cpu().contiguous() for k, v in
                 convert_state_dict_to_diffusers(get_peft_model_state_dict(module)).items()}
 
-    kwargs = {
-        "unet_lora_layers": collect(unet),
-        "unet_lora_adapter_metadata": unet.peft_config[ADAPTER].to_dict(),
-    }
+    def metadata(module):
+        # peft keeps target_modules as a set: sorted, the file's bytes do not depend on hashing.
+        config = module.peft_config[ADAPTER].to_dict()
+        config["target_modules"] = sorted(config["target_modules"])
+        config.pop("base_model_name_or_path", None)
+        return config
+
+    kwargs = {"unet_lora_layers": collect(unet), "unet_lora_adapter_metadata": metadata(unet)}
     if train_text_encoder:
         kwargs["text_encoder_lora_layers"] = collect(text_encoder)
-        kwargs["text_encoder_lora_adapter_metadata"] = text_encoder.peft_config[ADAPTER].to_dict()
+        kwargs["text_encoder_lora_adapter_metadata"] = metadata(text_encoder)
     StableDiffusionPipeline.save_lora_weights(directory, safe_serialization=True, **kwargs)
     return directory

@@ -130,9 +130,9 @@ class LoraTrainer:
         self.tokenizer = pipeline.tokenizer
         self.unet = pipeline.unet.to(self.device)
         self.text_encoder = pipeline.text_encoder.to(self.device)
-        # SD's VAE overflows in fp16; bf16 and fp32 are safe.
-        vae_dtype = torch.float32 if self.dtype == torch.float16 else self.dtype
-        self.vae = pipeline.vae.to(self.device, vae_dtype).requires_grad_(False).eval()
+        self.vae = pipeline.vae.to(self.device).requires_grad_(False).eval()
+        if self.dtype == torch.float16:
+            self.vae.to(torch.float32)  # SD's VAE overflows in fp16; bf16 and fp32 are safe
         self.noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
         self.params = add_lora(self.unet, self.text_encoder, self.cfg.rank, self.cfg.alpha,
                                self.cfg.train_text_encoder)

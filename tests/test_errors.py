@@ -1,0 +1,111 @@
+"""Bad input through the real command: one clear line, a non-zero exit, no traceback, and nothing
+already produced is changed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from conftest import run_cli, tiny_config, tree_bytes, write_config
+
+
+def assert_one_line_error(result, *fragments: str) -> str:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("datadream: error:")]
+    assert len(errors) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+    return errors[0]
+
+
+@pytest.fixture()
+def config_file(tmp_path, tiny_models, toy_data) -> Path:
+    return write_config(tmp_path / "exp.yaml", tiny_config(tiny_models, toy_data / "train"))
+
+
+def test_unknown_key_creates_nothing(tmp_path, config_file):
+    result = run_cli("init", config_file, tmp_path / "run", "--set", "adapt.rnak=4")
+    assert_one_line_error(result, "unknown config key 'adapt.rnak'", "adapt.rank")
+    assert not (tmp_path / "run").exists()
+
+
+def test_fewer_images_than_shots_says_how_many(tmp_path, config_file):
+    result = run_cli("init", config_file, tmp_path / "run", "--set", "data.shots=9")
+    assert_one_line_error(result, "has 5 image(s)", "fewer than data.shots=9")
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_train_folder(tmp_path, config_file):
+    result = run_cli("init", config_file, tmp_path / "run", "--set", f"data.train={tmp_path / 'nope'}")
+    assert_one_line_error(result, "data.train: folder not found")
+
+
+def test_existing_run_with_other_config_is_left_untouched(tmp_path, config_file):
+    run = tmp_path / "run"
+    assert run_cli("init", config_file, run).returncode == 0
+    before = tree_bytes(run)
+    assert run_cli("init", config_file, run).returncode == 0, "same config: accepted, unchanged"
+    result = run_cli("init", config_file, run, "--set", "adapt.rank=8")
+    assert_one_line_error(result, "holds a run with a different config", "adapt.rank: 4 -> 8")
+    assert tree_bytes(run) == before
+
+
+def test_non_run_folder_is_refused(tmp_path, config_file):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "keep.txt").write_text("mine")
+    assert_one_line_error(run_cli("init", config_file, folder), "not empty and holds no datadream run")
+    assert tree_bytes(folder) == {"keep.txt": b"mine"}
+
+
+def test_model_that_cannot_be_loaded_offline(tmp_path, config_file):
+    run = tmp_path / "run"
+    assert run_cli("init", config_file, run, "--set", "generator.model=no-such-org/no-such-model").returncode == 0
+    result = run_cli("adapt", run)
+    assert_one_line_error(result, "cannot load Stable Diffusion model 'no-such-org/no-such-model'", "local diffusers folder")
+    assert not list((run / "adapters").glob("*/*"))
+
+
+def test_folder_that_is_not_a_diffusers_model(tmp_path, config_file):
+    run = tmp_path / "run"
+    empty = tmp_path / "not-a-model"
+    empty.mkdir()
+    assert run_cli("init", config_file, run, "--set", f"generator.model={empty}").returncode == 0
+    assert_one_line_error(run_cli("adapt", run), "is not a diffusers Stable Diffusion folder")
+
+
+def test_synthesize_before_adapt(tmp_path, config_file):
+    run = tmp_path / "run"
+    assert run_cli("init", config_file, run).returncode == 0
+    assert_one_line_error(run_cli("synthesize", run), "adapter(s) missing", "datadream adapt")
+    assert not (run / "synthetic").exists()
+
+
+def test_stage_on_a_folder_that_is_not_a_run(tmp_path):
+    assert_one_line_error(run_cli("adapt", tmp_path), "is not a datadream run")
+
+
+def test_shot_changed_after_init_is_named(tmp_path, config_file):
+    import json
+
+    run = tmp_path / "run"
+    assert run_cli("init", config_file, run).returncode == 0
+    manifest = json.loads((run / "fewshot.json").read_text())
+    victim = Path(manifest["root"]) / manifest["classes"][1]["images"][0]["path"]
+    Image.new("RGB", (40, 40), (9, 9, 9)).save(victim)
+    assert_one_line_error(run_cli("adapt", run), "changed since fewshot.json was written", victim.name)
+
+
+def test_adapter_made_with_other_settings_is_not_reused(tmp_path, config_file):
+    """A hand-edited config must not silently reuse adapters trained under the old one."""
+    run = tmp_path / "run"
+    assert run_cli("init", config_file, run, "--set", "synthesize.images_per_class=1").returncode == 0
+    assert run_cli("-q", "adapt", run).returncode == 0
+    config = (run / "config.yaml").read_text().replace("rank: 4", "rank: 2")
+    (run / "config.yaml").write_text(config)
+    before = tree_bytes(run / "adapters")
+    assert_one_line_error(run_cli("adapt", run), "trained with other settings")
+    assert tree_bytes(run / "adapters") == before

@@ -1,0 +1,199 @@
+"""End to end on tiny models, through the real loading code: init -> adapt -> synthesize, the
+files each stage writes, compatibility with stock diffusers, and resume after `kill -9`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import TINY, run_cli, tiny_config, tree_bytes, write_config
+from datadream.config import load_config
+from datadream.layout import LORA_WEIGHTS, UNIT_MARKER
+from datadream.stages.adapt import adapt
+from datadream.stages.run import init_run, open_run
+from datadream.stages.synthesize import synthesize
+
+# A high learning rate makes the adapters change the images visibly, so that a LoRA that was lost
+# or mis-scaled on loading (alpha != rank here) cannot go unnoticed.
+STRONG = {"lr": 1e-2}
+
+
+def make_run(tmp_path: Path, models, train: Path, name="run", **sections) -> Path:
+    sections.setdefault("adapt", STRONG)
+    config = write_config(tmp_path / f"{name}.yaml", tiny_config(models, train, **sections))
+    return init_run(load_config(config), tmp_path / name).layout.root
+
+
+def stock_image(models, adapter: Path | None, prompt: str, seed: int, steps: int) -> np.ndarray:
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(models["sd"], safety_checker=None, requires_safety_checker=False)
+    if adapter is not None:
+        pipe.load_lora_weights(adapter)
+    image = pipe(prompt, num_inference_steps=steps, guidance_scale=2.0, height=TINY, width=TINY,
+                 generator=torch.Generator().manual_seed(seed)).images[0]
+    return np.asarray(image, dtype=np.int16)
+
+
+def test_class_wise_run_and_stock_diffusers_reproduces_our_images(tmp_path, tiny_models, toy_data):
+    run = make_run(tmp_path, tiny_models, toy_data / "train")
+    folders = adapt(run)
+    assert [f.name for f in folders] == ["000-circle", "001-square", "002-stripes", "003-triangle"]
+    for folder in folders:
+        assert sorted(p.name for p in folder.iterdir()) == [LORA_WEIGHTS, UNIT_MARKER]
+        marker = json.loads((folder / UNIT_MARKER).read_text())
+        assert marker["steps"] == 2 * 2  # 2 epochs x ceil(3 shots / batch 2)
+    from safetensors import safe_open
+
+    with safe_open(folders[0] / LORA_WEIGHTS, "pt") as handle:
+        keys = list(handle.keys())
+        metadata = json.loads(handle.metadata()["lora_adapter_metadata"])
+    assert any(k.startswith("unet.") for k in keys) and any(k.startswith("text_encoder.") for k in keys)
+    assert metadata["unet.lora_alpha"] == 8 and metadata["unet.r"] == 4
+    assert {"to_q", "to_k", "to_v", "to_out.0"} == set(metadata["unet.target_modules"])
+    assert {"q_proj", "k_proj", "v_proj", "out_proj"} == set(metadata["text_encoder.target_modules"])
+
+    index = synthesize(run)
+    rows = [json.loads(line) for line in index.read_text().splitlines()]
+    assert len(rows) == 4 * 3
+    assert {r["file"] for r in rows} == {p.relative_to(run / "synthetic").as_posix()
+                                         for p in (run / "synthetic").rglob("*.png")}
+    first = rows[0]
+    assert first == {**first, "label": 0, "class_name": "circle", "prompt": "a photo of a circle",
+                     "adapter": "000-circle", "file": "000-circle/00000.png"}
+    # Image k of each class starts from its own noise (the reference reused one seed per class).
+    assert len({r["seed"] for r in rows}) == len(rows)
+
+    ours = np.asarray(Image.open(run / "synthetic" / first["file"]), dtype=np.int16)
+    stock = stock_image(tiny_models, folders[0], first["prompt"], first["seed"], steps=3)
+    assert np.abs(ours - stock).max() <= 2, "stock load_lora_weights must reproduce our image"
+    base = stock_image(tiny_models, None, first["prompt"], first["seed"], steps=3)
+    assert np.abs(ours - base).mean() > 1, "the adapter should change the image"
+
+
+def test_dataset_wise_run_trains_one_adapter(tmp_path, tiny_models, toy_data):
+    run = make_run(tmp_path, tiny_models, toy_data / "train",
+                   adapt={**STRONG, "mode": "dataset", "train_text_encoder": False})
+    folders = adapt(run)
+    assert [f.name for f in folders] == ["dataset"]
+    marker = json.loads((folders[0] / UNIT_MARKER).read_text())
+    assert marker["classes"] == ["circle", "square", "stripes", "triangle"]
+    assert marker["steps"] == 2 * 6  # 2 epochs x ceil(12 shots / batch 2)
+    from safetensors import safe_open
+
+    with safe_open(folders[0] / LORA_WEIGHTS, "pt") as handle:
+        assert not any(k.startswith("text_encoder.") for k in handle.keys())
+    rows = [json.loads(line) for line in synthesize(run).read_text().splitlines()]
+    assert {r["adapter"] for r in rows} == {"dataset"} and len(rows) == 12
+
+
+def test_rerunning_a_complete_run_changes_nothing(tmp_path, tiny_models, toy_data):
+    run = make_run(tmp_path, tiny_models, toy_data / "train", synthesize={"images_per_class": 2})
+    adapt(run)
+    synthesize(run)
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in run.rglob("*") if p.is_file()}
+    adapt(run)
+    synthesize(run)
+    after = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in run.rglob("*") if p.is_file()}
+    assert set(after) == set(before)
+    assert all(after[p][1] == before[p][1] for p in before)
+    untouched = [p for p in before if p.suffix in {".png", ".safetensors"}]
+    assert all(after[p][0] == before[p][0] for p in untouched), "complete units must be skipped"
+
+
+def kill_when(process: subprocess.Popen, ready, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while not ready():
+        if process.poll() is not None:
+            out, err = process.communicate()
+            pytest.fail(f"the stage finished before it could be interrupted:\n{err[-2000:]}")
+        if time.time() > deadline:
+            process.kill()
+            pytest.fail("timed out waiting for the stage to make progress")
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+
+def start_stage(stage: str, run: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "datadream", "-q", stage, str(run)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow
+def test_synthesize_resumes_after_kill_with_identical_files(tmp_path, tiny_models, toy_data):
+    run = make_run(tmp_path, tiny_models, toy_data / "train", name="a",
+                   synthesize={"images_per_class": 5, "steps": 25, "batch_size": 2})
+    adapt(run)
+    twin = tmp_path / "b"
+    shutil.copytree(run, twin)
+
+    synthesize(run)  # uninterrupted
+    expected = tree_bytes(run / "synthetic")
+
+    process = start_stage("synthesize", twin)
+    kill_when(process, lambda: len(list((twin / "synthetic").rglob("*.png"))) >= 3)
+    partial = list((twin / "synthetic").rglob("*.png"))
+    assert 3 <= len(partial) < 20 and not (twin / "synthetic" / "index.jsonl").exists()
+    for png in partial:  # whatever exists after kill -9 is a complete, valid image
+        Image.open(png).load()
+
+    result = run_cli("-q", "synthesize", twin)
+    assert result.returncode == 0, result.stderr
+    assert tree_bytes(twin / "synthetic") == expected
+    assert not [p for p in twin.rglob(".tmp-*")]
+
+
+@pytest.mark.slow
+def test_adapt_resumes_after_kill_with_identical_adapters(tmp_path, tiny_models, toy_data):
+    run = make_run(tmp_path, tiny_models, toy_data / "train", name="a", adapt={**STRONG, "epochs": 15})
+    twin = tmp_path / "b"
+    shutil.copytree(run, twin)
+    adapt(run)
+
+    def adapters(root: Path) -> dict:
+        """Every adapter's tensors (as bytes) and metadata, and its marker minus the training time.
+        (safetensors writes its header's metadata in hash order, so raw file bytes can differ.)"""
+        from safetensors import safe_open
+
+        content = {}
+        for path in sorted((root / "adapters").rglob("*")):
+            name = path.relative_to(root).as_posix()
+            if path.name == UNIT_MARKER:
+                content[name] = json.loads(path.read_text()) | {"seconds": None}
+            elif path.suffix == ".safetensors":
+                with safe_open(path, "pt") as handle:
+                    content[name] = (handle.metadata(), {k: handle.get_tensor(k).numpy().tobytes() for k in handle.keys()})
+            elif path.is_file():
+                content[name] = path.read_bytes()
+        return content
+
+    expected = adapters(run)
+
+    process = start_stage("adapt", twin)
+    kill_when(process, lambda: (twin / "adapters" / "000-circle" / UNIT_MARKER).exists())
+    done_first = (twin / "adapters" / "000-circle" / LORA_WEIGHTS).stat().st_mtime_ns
+    assert not (twin / "adapters" / "003-triangle").exists()
+
+    result = run_cli("-q", "adapt", twin)
+    assert result.returncode == 0, result.stderr
+    assert adapters(twin) == expected, "resumed adapters must equal an uninterrupted run's"
+    assert (twin / "adapters" / "000-circle" / LORA_WEIGHTS).stat().st_mtime_ns == done_first
+    assert not [p for p in (twin / "adapters").iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_open_run_reads_back_what_init_wrote(tmp_path, tiny_models, toy_data):
+    run = make_run(tmp_path, tiny_models, toy_data / "train")
+    opened = open_run(run)
+    assert opened.config.adapt.rank == 4 and len(opened.manifest.classes) == 4
+    assert (run / "config.yaml").read_text().startswith("data:")
