@@ -109,3 +109,13 @@ def test_adapter_made_with_other_settings_is_not_reused(tmp_path, config_file):
     before = tree_bytes(run / "adapters")
     assert_one_line_error(run_cli("adapt", run), "trained with other settings")
     assert tree_bytes(run / "adapters") == before
+
+
+def test_second_process_on_the_same_stage_is_refused(tmp_path, config_file):
+    from datadream.stages.run import open_run, stage_lock
+
+    run = tmp_path / "run"
+    assert run_cli("init", config_file, run).returncode == 0
+    with stage_lock(open_run(run), "adapt"):
+        assert_one_line_error(run_cli("adapt", run), "another datadream process is running 'adapt'")
+    assert not (run / "adapters").exists()

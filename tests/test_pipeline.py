@@ -197,3 +197,35 @@ def test_open_run_reads_back_what_init_wrote(tmp_path, tiny_models, toy_data):
     opened = open_run(run)
     assert opened.config.adapt.rank == 4 and len(opened.manifest.classes) == 4
     assert (run / "config.yaml").read_text().startswith("data:")
+
+
+@pytest.mark.slow
+def test_long_adapter_resumes_from_its_checkpoint(tmp_path, tiny_models, toy_data):
+    """Dataset-wise adaptation is one long unit: a kill mid-training resumes at the last
+    checkpoint and ends with the adapter an uninterrupted run trains."""
+    from safetensors.torch import load_file
+
+    run = make_run(tmp_path, tiny_models, toy_data / "train", name="a",
+                   adapt={**STRONG, "mode": "dataset", "epochs": 12, "checkpoint_every": 5})
+    twin = tmp_path / "b"
+    shutil.copytree(run, twin)
+    adapt(run)
+    expected = load_file(run / "adapters" / "dataset" / LORA_WEIGHTS)
+    expected_marker = json.loads((run / "adapters" / "dataset" / UNIT_MARKER).read_text())
+
+    partial = twin / "adapters" / ".partial-dataset"
+    process = start_stage("adapt", twin)
+    kill_when(process, lambda: (partial / "state.json").exists()
+              and json.loads((partial / "state.json").read_text())["step"] >= 10)
+    assert not (twin / "adapters" / "dataset").exists()
+
+    result = run_cli("adapt", twin)
+    assert result.returncode == 0, result.stderr
+    assert "resuming .partial-dataset at step" in result.stderr
+    resumed = load_file(twin / "adapters" / "dataset" / LORA_WEIGHTS)
+    assert resumed.keys() == expected.keys()
+    assert all(torch.equal(resumed[k], expected[k]) for k in expected)
+    marker = json.loads((twin / "adapters" / "dataset" / UNIT_MARKER).read_text())
+    assert marker["loss_per_epoch"] == expected_marker["loss_per_epoch"]
+    assert len(marker["loss_per_epoch"]) == 12
+    assert not partial.exists(), "the checkpoint is removed once the adapter is complete"

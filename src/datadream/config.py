@@ -70,6 +70,10 @@ class AdaptConfig:
     max_grad_norm: float = _field(1.0, "gradient-norm clip", gt=0)
     resolution: int = _field(512, "training crop size in pixels", min=8, multiple_of=8)
     train_text_encoder: bool = _field(True, "also put LoRA on the text encoder")
+    checkpoint_every: int = _field(
+        500, "save resumable training state every N steps of an adapter (0: never); results do"
+        " not depend on it", min=0, result=False,
+    )
 
 
 @dataclass
@@ -110,6 +114,16 @@ class Config:
 
 
 SECTIONS: dict[str, type] = {f.name: f.default_factory().__class__ for f in dataclasses.fields(Config)}
+
+
+def result_settings(section: Any) -> dict[str, Any]:
+    """The fields of a config section that can change a result (for fingerprints): settings
+    such as checkpoint intervals are left out, so changing them never invalidates outputs."""
+    return {
+        f.name: getattr(section, f.name)
+        for f in dataclasses.fields(section)
+        if f.metadata.get("result", True)
+    }
 
 
 def stable_hash(value: Any) -> str:

@@ -21,18 +21,15 @@ def demo_config(models: dict[str, Path], data: Path) -> dict:
     return {
         "data": {"train": str(data / "train"), "test": str(data / "test"), "shots": 4},
         "generator": {"model": str(models["sd"])},
-        "adapt": {"epochs": 10, "batch_size": 4, "warmup_steps": 2, "resolution": TINY_RESOLUTION},
-        "synthesize": {"images_per_class": 6, "steps": 10, "batch_size": 6, "resolution": TINY_RESOLUTION},
+        "adapt": {"epochs": 25, "batch_size": 4, "warmup_steps": 5, "resolution": TINY_RESOLUTION},
+        "synthesize": {"images_per_class": 8, "steps": 20, "batch_size": 8, "resolution": TINY_RESOLUTION},
         "runtime": {"device": "cpu"},
     }
 
 
 def run_demo(folder: Path) -> int:
-    from datadream.config import load_config
+    from datadream.api import adapt, init_run, load_config, synthesize
     from datadream.data.toy import write_toy_dataset
-    from datadream.stages.adapt import adapt
-    from datadream.stages.run import init_run
-    from datadream.stages.synthesize import synthesize
 
     started = time.time()
     folder = folder.resolve()

@@ -2,7 +2,8 @@
 
     RUN/config.yaml                       resolved config (the run's identity)
     RUN/fewshot.json                      the few-shot manifest
-    RUN/adapters/<unit>/                  pytorch_lora_weights.safetensors + adapter.json
+    RUN/adapters/<unit>/                  pytorch_lora_weights.safetensors + unit.json
+    RUN/adapters/.partial-<unit>/         training state of an unfinished adapter
     RUN/synthetic/<class-slug>/<i>.png    generated images, one folder per class
     RUN/synthetic/index.jsonl             one row per image
 """
@@ -52,6 +53,10 @@ class RunLayout:
 
     def adapter(self, unit: str) -> Path:
         return self.adapters / unit
+
+    def adapter_checkpoint(self, unit: str) -> Path:
+        """Resumable training state of an unfinished adapter (hidden: not an adapter)."""
+        return self.adapters / f".partial-{unit}"
 
     @property
     def synthetic(self) -> Path:

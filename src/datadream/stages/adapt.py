@@ -18,7 +18,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -29,12 +29,13 @@ from datadream import atomic
 from datadream.components.models import load_stable_diffusion, resolve_device, resolve_dtype
 from datadream.components.sd_lora import add_lora, reset_lora, save_sd_lora
 from datadream.components.seeds import derive_seed
-from datadream.config import AdaptConfig, stable_hash
+from datadream.config import AdaptConfig, result_settings, stable_hash
 from datadream.data.fewshot import FewShotClass
 from datadream.data.images import load_rgb
 from datadream.errors import UserError
 from datadream.layout import DATASET_UNIT, LORA_WEIGHTS, UNIT_MARKER
-from datadream.stages.run import Run, open_run
+from datadream.stages import checkpoint
+from datadream.stages.run import Run, open_run, stage_lock
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ def plan_units(run: Run) -> list[AdaptUnit]:
     for name, seed_key, classes in groups:
         inputs = {
             "model": cfg.generator.model,
-            "adapt": asdict(cfg.adapt),
+            "adapt": result_settings(cfg.adapt),
             "seed": cfg.runtime.seed,
             "classes": [(c.prompt, [s.sha256 for s in c.images]) for c in classes],
         }
@@ -84,6 +85,11 @@ def unit_is_complete(run: Run, unit: AdaptUnit) -> bool:
 def adapt(run_dir: Path) -> list[Path]:
     """Train every missing adapter of the run; returns the adapter folders in unit order."""
     run = open_run(run_dir)
+    with stage_lock(run, "adapt"):
+        return _adapt(run)
+
+
+def _adapt(run: Run) -> list[Path]:
     units = plan_units(run)
     atomic.remove_stale_temporaries(run.layout.adapters)
     pending = [u for u in units if not unit_is_complete(run, u)]
@@ -144,7 +150,9 @@ class LoraTrainer:
         final = self.run.layout.adapter(unit.name)
         samples = load_shots(self.run, unit.classes, self.cfg.resolution)
         prompts = [c.prompt for c in unit.classes]
-        losses = self.train(samples, prompts, seed=derive_seed(self.seed, "adapt", unit.seed_key), label=label)
+        partial = self.run.layout.adapter_checkpoint(unit.name)
+        losses = self.train(samples, prompts, seed=derive_seed(self.seed, "adapt", unit.seed_key),
+                            label=label, resume_from=partial, fingerprint=unit.fingerprint)
         with atomic.staged_directory(final) as staging:
             save_sd_lora(staging, self.unet, self.text_encoder, self.cfg.train_text_encoder)
             atomic.write_json(staging / UNIT_MARKER, {
@@ -152,16 +160,18 @@ class LoraTrainer:
                 "classes": [c.name for c in unit.classes],
                 "fingerprint": unit.fingerprint,
                 "steps": len(losses),
-                "final_loss": sum(losses[-10:]) / max(1, len(losses[-10:])),
+                "loss_per_epoch": _epoch_means(losses, math.ceil(len(samples) / self.cfg.batch_size)),
                 "seconds": round(time.time() - started, 2),
                 "device": str(self.device),
                 "precision": str(self.dtype).removeprefix("torch."),
             })
+        checkpoint.discard(partial)
         log.info("adapt: %s done in %.1fs", unit.name, time.time() - started)
 
     def train(self, samples: list[tuple[torch.Tensor, int]], prompts: list[str], seed: int,
-              label: str = "") -> list[float]:
-        """Train the resident adapter from a fresh init on `samples`; returns the loss per step."""
+              label: str = "", resume_from: Path | None = None, fingerprint: str = "") -> list[float]:
+        """Train the resident adapter from a fresh init (or from the checkpoint in `resume_from`)
+        on `samples`; returns the loss of every step."""
         from diffusers.optimization import get_scheduler
 
         cfg = self.cfg
@@ -174,6 +184,11 @@ class LoraTrainer:
         schedule = get_scheduler("cosine", optimizer, num_warmup_steps=cfg.warmup_steps,
                                  num_training_steps=total_steps)
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+        live = checkpoint.TrainingState(self.params, optimizer, schedule, scaler, generator)
+        progress = None
+        if resume_from is not None:
+            progress = checkpoint.restore(resume_from, fingerprint, live)
+        progress = progress or checkpoint.Progress()
         token_ids = self.tokenizer(prompts, padding="max_length", truncation=True,
                                    max_length=self.tokenizer.model_max_length,
                                    return_tensors="pt").input_ids.to(self.device)
@@ -183,27 +198,33 @@ class LoraTrainer:
                 frozen_text = self.text_encoder(token_ids)[0]
         for module in self.lora_modules:
             module.train()
-        losses: list[float] = []
-        bar = tqdm(total=total_steps, desc=f"adapt {label}", dynamic_ncols=True, disable=None, leave=False)
-        for _ in range(cfg.epochs):
-            order = torch.randperm(len(samples), generator=generator).tolist()
-            for start in range(0, len(order), cfg.batch_size):
-                batch = [samples[i] for i in order[start:start + cfg.batch_size]]
-                loss = self._loss(batch, token_ids, frozen_text, generator)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
-                scaler.step(optimizer)
-                scaler.update()
-                schedule.step()
-                losses.append(loss.item())
-                if not math.isfinite(losses[-1]):
-                    raise UserError(f"adapt {label}: the loss became {losses[-1]} at step {len(losses)};"
-                                    " try runtime.precision=fp32 or a lower adapt.lr")
-                bar.update()
-                if len(losses) % 10 == 0:
-                    bar.set_postfix(loss=f"{sum(losses[-10:]) / 10:.4f}")
+        losses = progress.losses
+        bar = tqdm(total=total_steps, initial=progress.step, desc=f"adapt {label}", dynamic_ncols=True,
+                   disable=None, leave=False)
+        while progress.step < total_steps:
+            position = progress.step % steps_per_epoch
+            if position == 0:
+                progress.order = torch.randperm(len(samples), generator=generator).tolist()
+            chosen = progress.order[position * cfg.batch_size:(position + 1) * cfg.batch_size]
+            loss = self._loss([samples[i] for i in chosen], token_ids, frozen_text, generator)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+            scaler.step(optimizer)
+            scaler.update()
+            schedule.step()
+            losses.append(loss.item())
+            progress.step += 1
+            if not math.isfinite(losses[-1]):
+                raise UserError(f"adapt {label}: the loss became {losses[-1]} at step {progress.step};"
+                                " try runtime.precision=fp32 or a lower adapt.lr")
+            bar.update()
+            if progress.step % 10 == 0:
+                bar.set_postfix(loss=f"{sum(losses[-10:]) / 10:.4f}")
+            if (resume_from is not None and cfg.checkpoint_every
+                    and progress.step % cfg.checkpoint_every == 0 and progress.step < total_steps):
+                checkpoint.save(resume_from, fingerprint, progress, live)
         bar.close()
         return losses
 
@@ -242,3 +263,8 @@ class LoraTrainer:
                 text = frozen_text[prompt_index]
             prediction = self.unet(noisy, timesteps, text).sample
         return F.mse_loss(prediction.float(), target.float())
+
+
+def _epoch_means(losses: list[float], steps_per_epoch: int) -> list[float]:
+    return [round(sum(chunk) / len(chunk), 6)
+            for chunk in (losses[i:i + steps_per_epoch] for i in range(0, len(losses), steps_per_epoch))]

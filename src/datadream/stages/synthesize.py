@@ -18,7 +18,7 @@ import io
 import json
 import logging
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,12 +27,12 @@ from tqdm.auto import tqdm
 from datadream import atomic
 from datadream.components.models import load_stable_diffusion, resolve_device, resolve_dtype
 from datadream.components.seeds import derive_seed
-from datadream.config import stable_hash
+from datadream.config import result_settings, stable_hash
 from datadream.data.fewshot import FewShotClass
 from datadream.errors import UserError
 from datadream.layout import image_name
 from datadream.stages.adapt import AdaptUnit, plan_units, unit_is_complete
-from datadream.stages.run import Run, open_run
+from datadream.stages.run import Run, open_run, stage_lock
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def plan_jobs(run: Run) -> list[ClassJob]:
     for cls in run.manifest.classes:
         adapter = by_class[cls.label]
         inputs = {
-            "synthesize": asdict(cfg.synthesize),
+            "synthesize": result_settings(cfg.synthesize),
             "seed": cfg.runtime.seed,
             "prompt": cls.prompt,
             "adapter": adapter.fingerprint,
@@ -99,6 +99,11 @@ def check_marker(job: ClassJob) -> None:
 def synthesize(run_dir: Path) -> Path:
     """Generate every missing image of the run; returns the path of the index."""
     run = open_run(run_dir)
+    with stage_lock(run, "synthesize"):
+        return _synthesize(run)
+
+
+def _synthesize(run: Run) -> Path:
     cfg = run.config.synthesize
     total = cfg.images_per_class
     jobs = plan_jobs(run)
