@@ -229,3 +229,22 @@ def test_long_adapter_resumes_from_its_checkpoint(tmp_path, tiny_models, toy_dat
     assert marker["loss_per_epoch"] == expected_marker["loss_per_epoch"]
     assert len(marker["loss_per_epoch"]) == 12
     assert not partial.exists(), "the checkpoint is removed once the adapter is complete"
+
+
+def test_class_names_that_are_not_paths(tmp_path, tiny_models, toy_data):
+    """Names with '/', quotes, '..', spaces and unicode reach the prompts intact and never the
+    file system."""
+    names = tmp_path / "names.txt"
+    names.write_text("circle\tF/A-18\nsquare\tcolt's foot\nstripes\t..\ntriangle\tcrème brûlée 日本\n",
+                     encoding="utf-8")
+    run = make_run(tmp_path, tiny_models, toy_data / "train",
+                   data={"classnames": str(names), "domain": "aircraft"},
+                   adapt={**STRONG, "mode": "dataset", "epochs": 1},
+                   synthesize={"images_per_class": 1, "batch_size": 1})
+    adapt(run)
+    rows = [json.loads(line) for line in synthesize(run).read_text(encoding="utf-8").splitlines()]
+    assert [r["class_name"] for r in rows] == ["F/A-18", "colt's foot", "..", "crème brûlée 日本"]
+    assert rows[0]["prompt"] == "a aircraft photo of a F/A-18"
+    assert sorted(p.name for p in (run / "synthetic").iterdir() if p.is_dir()) == [
+        "000-f-a-18", "001-colt-s-foot", "002-class", "003-creme-brulee"]
+    assert all((run / "synthetic" / r["file"]).resolve().is_relative_to(run / "synthetic") for r in rows)

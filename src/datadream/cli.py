@@ -131,6 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"datadream: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:
+        # Disk full, permission denied, a path that vanished: the message names the file.
+        print(f"datadream: error: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("datadream: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
