@@ -28,7 +28,7 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
 def toy_data(tmp_path) -> Path:
     from datadream.data.toy import write_toy_dataset
 
-    return write_toy_dataset(tmp_path / "data", {"train": 5, "test": 3}, size=40)
+    return write_toy_dataset(tmp_path / "data", {"train": 5, "val": 2, "test": 3}, size=40)
 
 
 def tiny_config(models: dict[str, Path], train: Path, **sections) -> dict:
@@ -38,6 +38,8 @@ def tiny_config(models: dict[str, Path], train: Path, **sections) -> dict:
         "generator": {"model": str(models["sd"])},
         "adapt": {"epochs": 2, "batch_size": 2, "warmup_steps": 1, "resolution": TINY, "rank": 4, "alpha": 8},
         "synthesize": {"images_per_class": 3, "steps": 3, "batch_size": 2, "resolution": TINY},
+        "classifier": {"model": str(models["clip"]), "epochs": 2, "warmup_epochs": 1, "batch_size": 8,
+                       "workers": 0, "eval_batch_size": 16},
         "runtime": {"device": "cpu"},
     }
     for section, values in sections.items():

@@ -125,6 +125,13 @@ def kill_when(process: subprocess.Popen, ready, timeout: float = 120) -> None:
     process.wait()
 
 
+def checkpoint_step(folder: Path) -> int:
+    try:
+        return json.loads((folder / "state.json").read_text())["meta"]["step"]
+    except (OSError, ValueError):  # none yet, or being replaced at this very moment
+        return -1
+
+
 def start_stage(stage: str, run: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "datadream", "-q", stage, str(run)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -215,13 +222,12 @@ def test_long_adapter_resumes_from_its_checkpoint(tmp_path, tiny_models, toy_dat
 
     partial = twin / "adapters" / ".partial-dataset"
     process = start_stage("adapt", twin)
-    kill_when(process, lambda: (partial / "state.json").exists()
-              and json.loads((partial / "state.json").read_text())["step"] >= 10)
+    kill_when(process, lambda: checkpoint_step(partial) >= 10)
     assert not (twin / "adapters" / "dataset").exists()
 
     result = run_cli("adapt", twin)
     assert result.returncode == 0, result.stderr
-    assert "resuming .partial-dataset at step" in result.stderr
+    assert "adapt: resuming [1/1] dataset at step" in result.stderr
     resumed = load_file(twin / "adapters" / "dataset" / LORA_WEIGHTS)
     assert resumed.keys() == expected.keys()
     assert all(torch.equal(resumed[k], expected[k]) for k in expected)

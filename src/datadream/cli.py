@@ -10,6 +10,7 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from datadream.errors import UserError
@@ -17,9 +18,11 @@ from datadream.errors import UserError
 EXAMPLES = """\
 examples:
   datadream demo demo-run                                 # offline end-to-end run on tiny models
+  datadream run configs/example.yaml runs/pets --set data.train=~/pets/train --set data.test=~/pets/test
   datadream init configs/example.yaml runs/pets --set data.train=~/pets/train
   datadream adapt runs/pets                               # stage 1: LoRA adapters
   datadream synthesize runs/pets                          # stage 2: synthetic images
+  datadream train runs/pets && datadream evaluate runs/pets   # stage 3: CLIP classifier
   datadream config configs/example.yaml --set adapt.mode=dataset   # print the resolved config
 
 Every stage resumes: run the same command again after an interruption.
@@ -55,6 +58,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = add("synthesize", "stage 2: generate the synthetic images of a run")
     sub.add_argument("run", type=Path)
 
+    sub = add("train", "stage 3: train the CLIP LoRA classifier of a run (classifier.train_on)")
+    sub.add_argument("run", type=Path)
+
+    sub = add("evaluate", "evaluate the run's classifier on data.test; writes RUN/classifier/metrics.json")
+    sub.add_argument("run", type=Path)
+
+    sub = add("run", "init, adapt, synthesize, train and evaluate in one go (resumes where it stopped)")
+    sub.add_argument("config", type=Path, help="experiment YAML")
+    sub.add_argument("run", type=Path, help="run folder (created, or resumed)")
+    add_overrides(sub)
+
+    sub = add("report", "write RUN/report/index.html: shots beside synthetic images, curves, metrics")
+    sub.add_argument("run", type=Path)
+
     sub = add("config", "print the resolved config (all defaults filled in) and exit")
     sub.add_argument("config", type=Path, nargs="?", help="experiment YAML (defaults only if omitted)")
     sub.add_argument("--explain", action="store_true", help="print each key's meaning instead")
@@ -76,6 +93,8 @@ def _configure_logging(quiet: bool) -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Deprecation notices about the libraries' own internals are for their developers, not ours.
+    warnings.filterwarnings("ignore", category=FutureWarning)
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -102,12 +121,35 @@ def run_command(args: argparse.Namespace) -> int:
         from datadream.stages.adapt import adapt
 
         folders = adapt(args.run)
-        print(f"adapters: {len(folders)} in {folders[0].parent}")
+        print(f"adapters: {len(folders)} in {args.run.resolve() / 'adapters'}")
         return 0
     if args.command == "synthesize":
         from datadream.stages.synthesize import synthesize
 
         print(f"synthetic set: {synthesize(args.run)}")
+        return 0
+    if args.command == "train":
+        from datadream.stages.train import train
+
+        print(f"classifier: {train(args.run)}")
+        return 0
+    if args.command == "evaluate":
+        from datadream.stages.evaluate import evaluate
+
+        metrics = evaluate(args.run)
+        print(f"top-1 {metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}%  on {metrics['n']} test images"
+              f"  ({args.run.resolve() / 'classifier' / 'metrics.json'})")
+        return 0
+    if args.command == "run":
+        from datadream.config import load_config
+        from datadream.pipeline import print_summary, run_all
+
+        print_summary(run_all(load_config(args.config, args.overrides), args.run))
+        return 0
+    if args.command == "report":
+        from datadream.report import write_report
+
+        print(f"report: {write_report(args.run)}")
         return 0
     if args.command == "tiny-models":
         from datadream.components.tiny import build_tiny_models

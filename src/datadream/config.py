@@ -58,8 +58,9 @@ class GeneratorConfig:
 
 @dataclass
 class AdaptConfig:
-    mode: str = _field("class", "one LoRA per class, or one for the whole dataset",
-                       choices=("class", "dataset"))
+    mode: str = _field("class", "class: one LoRA per class; dataset: one LoRA for all classes;"
+                       " none: no adaptation (the un-adapted generator, a baseline)",
+                       choices=("class", "dataset", "none"))
     rank: int = _field(16, "LoRA rank", min=1)
     alpha: float = _field(16.0, "LoRA alpha (scale = alpha / rank)", gt=0)
     epochs: int = _field(200, "passes over the shots of an adapter", min=1)
@@ -87,6 +88,33 @@ class SynthesizeConfig:
 
 
 @dataclass
+class ClassifierConfig:
+    model: str = _field("openai/clip-vit-base-patch16", "CLIP checkpoint: a hub id or a local transformers folder",
+                        model=True)
+    train_on: str = _field(
+        "synthetic+real", "synthetic, synthetic+real, real (few-shot baseline) or none (zero-shot CLIP)",
+        choices=("synthetic", "synthetic+real", "real", "none"),
+    )
+    real_weight: float = _field(0.8, "lambda in lambda*CE(real) + (1-lambda)*CE(synthetic)", min=0,
+                               max=1)
+    epochs: int = _field(60, "training epochs (not published per dataset; 60 follows the successor"
+                         " work's schedule)", min=1)
+    warmup_epochs: int = _field(6, "linear warm-up epochs before the cosine decay", min=0)
+    batch_size: int = _field(64, "images per step (real and synthetic together)", min=2)
+    lr: float = _field(1.0e-4, "AdamW learning rate", gt=0)
+    min_lr: float = _field(1.0e-8, "learning rate at the end of the cosine decay", min=0)
+    weight_decay: float = _field(1.0e-4, "AdamW weight decay", min=0)
+    mix_prob: float = _field(0.2, "probability that a batch gets Mixup or CutMix (alpha 1.0)", min=0,
+                            max=1)
+    rank: int = _field(16, "LoRA rank (query and value projections of every CLIP block)", min=1)
+    alpha: float = _field(32.0, "LoRA alpha", gt=0)
+    dropout: float = _field(0.1, "LoRA dropout", min=0, max=0.99)
+    workers: int = _field(-1, "image-decoding worker processes (-1: one per CPU core, at most 8)",
+                          min=-1, result=False)
+    eval_batch_size: int = _field(256, "images per evaluation batch", min=1, result=False)
+
+
+@dataclass
 class RuntimeConfig:
     device: str = _field("auto", "auto, cpu, cuda, cuda:N or mps")
     precision: str = _field("auto", "auto (bf16 on GPUs that have it, fp16 on older GPUs, fp32 on"
@@ -100,6 +128,7 @@ class Config:
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     adapt: AdaptConfig = field(default_factory=AdaptConfig)
     synthesize: SynthesizeConfig = field(default_factory=SynthesizeConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
@@ -278,6 +307,8 @@ def _check(value: Any, meta: typing.Mapping[str, Any], key: str, origin: str) ->
         raise UserError(f"{origin}: {key} must be one of {', '.join(meta['choices'])}; got {value!r}")
     if "min" in meta and value < meta["min"]:
         raise UserError(f"{origin}: {key} must be >= {meta['min']}; got {value}")
+    if "max" in meta and value > meta["max"]:
+        raise UserError(f"{origin}: {key} must be <= {meta['max']}; got {value}")
     if "gt" in meta and not value > meta["gt"]:
         raise UserError(f"{origin}: {key} must be > {meta['gt']}; got {value}")
     if "multiple_of" in meta and value % meta["multiple_of"]:

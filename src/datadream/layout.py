@@ -6,6 +6,9 @@
     RUN/adapters/.partial-<unit>/         training state of an unfinished adapter
     RUN/synthetic/<class-slug>/<i>.png    generated images, one folder per class
     RUN/synthetic/index.jsonl             one row per image
+    RUN/classifier/                       CLIP LoRA (peft layout), prompts.json, train.json, metrics.json
+    RUN/logs/train/                       TensorBoard scalars of the classifier
+    RUN/report/index.html                 the human view
 """
 
 from __future__ import annotations
@@ -68,6 +71,26 @@ class RunLayout:
     @property
     def synthetic_index(self) -> Path:
         return self.synthetic / "index.jsonl"
+
+    @property
+    def classifier(self) -> Path:
+        return self.root / "classifier"
+
+    @property
+    def classifier_checkpoint(self) -> Path:
+        return self.root / ".partial-classifier"
+
+    @property
+    def metrics(self) -> Path:
+        return self.classifier / "metrics.json"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report" / "index.html"
 
 
 def image_name(index: int, total: int) -> str:

@@ -94,6 +94,10 @@ def build_manifest(data: DataConfig) -> FewShotManifest:
         raise UserError(f"data.train: folder not found: {root}")
     classes = []
     entries = discover_classes(root, Path(data.classnames) if data.classnames else None)
+    names = [name for _, name in entries]
+    duplicate = next((name for name in names if names.count(name) > 1), None)
+    if duplicate is not None:
+        raise UserError(f"two classes are both named '{duplicate}'; class names must be unique (they are the prompts)")
     for label, (folder, name) in enumerate(entries):
         images = list_images(root / folder)
         if not images:

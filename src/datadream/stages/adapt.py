@@ -18,7 +18,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -41,6 +41,13 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
+class Progress:
+    step: int = 0
+    order: list[int] = field(default_factory=list)  # the current epoch's sample order
+    losses: list[float] = field(default_factory=list)
+
+
+@dataclass
 class AdaptUnit:
     name: str  # folder under RUN/adapters/
     seed_key: str  # class name or "dataset": what the unit's random stream derives from
@@ -50,6 +57,8 @@ class AdaptUnit:
 
 def plan_units(run: Run) -> list[AdaptUnit]:
     cfg = run.config
+    if cfg.adapt.mode == "none":
+        return []
     if cfg.adapt.mode == "class":
         groups = [(c.slug, c.name, [c]) for c in run.manifest.classes]
     else:
@@ -99,6 +108,8 @@ def _adapt(run: Run) -> list[Path]:
         trainer = LoraTrainer(run)
         for position, unit in enumerate(pending, 1):
             trainer.train_and_save(unit, label=f"[{position}/{len(pending)}] {unit.name}")
+    elif not units:
+        log.info("adapt: adapt.mode=none, nothing to train (synthesis uses the un-adapted generator)")
     else:
         log.info("adapt: all %d adapter(s) already complete", len(units))
     return [run.layout.adapter(u.name) for u in units]
@@ -185,10 +196,12 @@ class LoraTrainer:
                                  num_training_steps=total_steps)
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         live = checkpoint.TrainingState(self.params, optimizer, schedule, scaler, generator)
-        progress = None
-        if resume_from is not None:
-            progress = checkpoint.restore(resume_from, fingerprint, live)
-        progress = progress or checkpoint.Progress()
+        progress = Progress()
+        restored = checkpoint.restore(resume_from, fingerprint, live) if resume_from is not None else None
+        if restored is not None:
+            meta, tensors = restored
+            progress = Progress(meta["step"], meta["order"], tensors["losses"].tolist())
+            log.info("adapt: resuming %s at step %d", label, progress.step)
         token_ids = self.tokenizer(prompts, padding="max_length", truncation=True,
                                    max_length=self.tokenizer.model_max_length,
                                    return_tensors="pt").input_ids.to(self.device)
@@ -224,7 +237,9 @@ class LoraTrainer:
                 bar.set_postfix(loss=f"{sum(losses[-10:]) / 10:.4f}")
             if (resume_from is not None and cfg.checkpoint_every
                     and progress.step % cfg.checkpoint_every == 0 and progress.step < total_steps):
-                checkpoint.save(resume_from, fingerprint, progress, live)
+                checkpoint.save(resume_from, fingerprint, live,
+                                meta={"step": progress.step, "order": progress.order},
+                                tensors={"losses": torch.tensor(losses, dtype=torch.float64)})
         bar.close()
         return losses
 

@@ -43,7 +43,7 @@ MAX_PENDING_WRITES = 64
 @dataclass
 class ClassJob:
     cls: FewShotClass
-    adapter: AdaptUnit
+    adapter: AdaptUnit | None  # None: the un-adapted generator (adapt.mode=none)
     folder: Path
     fingerprint: str
 
@@ -67,12 +67,12 @@ def plan_jobs(run: Run) -> list[ClassJob]:
     cfg = run.config
     jobs = []
     for cls in run.manifest.classes:
-        adapter = by_class[cls.label]
+        adapter = by_class.get(cls.label)
         inputs = {
             "synthesize": result_settings(cfg.synthesize),
             "seed": cfg.runtime.seed,
             "prompt": cls.prompt,
-            "adapter": adapter.fingerprint,
+            "adapter": adapter.fingerprint if adapter else None,
         }
         jobs.append(ClassJob(cls, adapter, run.layout.synthetic_class(cls.slug), stable_hash(inputs)))
     return jobs
@@ -148,12 +148,16 @@ class Generator:
             _drain(pending, keep=0)
         bar.close()
 
-    def _activate(self, adapter: AdaptUnit) -> None:
+    def _activate(self, adapter: AdaptUnit | None) -> None:
         """Swap the adapter in place: the base pipeline stays loaded; only LoRA weights change."""
-        if self.active == adapter.name:
+        name = adapter.name if adapter else None
+        if self.active == name:
             return
         if self.active is not None:
             self.pipeline.delete_adapters(self.active)
+            self.active = None
+        if adapter is None:
+            return
         self.pipeline.load_lora_weights(str(self.run.layout.adapter(adapter.name)), adapter_name=adapter.name)
         self.pipeline.set_adapters([adapter.name], adapter_weights=[self.cfg.lora_scale])
         self.active = adapter.name
@@ -198,7 +202,23 @@ def write_index(run: Run, jobs: list[ClassJob]) -> Path:
                 "class_name": job.cls.name,
                 "prompt": job.cls.prompt,
                 "seed": seed,
-                "adapter": job.adapter.name,
+                "adapter": job.adapter.name if job.adapter else None,
             }, ensure_ascii=False))
     atomic.write_text(run.layout.synthetic_index, "\n".join(rows) + "\n")
     return run.layout.synthetic_index
+
+
+def completed_synthetic_set(run: Run) -> tuple[Path, str]:
+    """The index of a complete synthetic set made with this run's settings, and a fingerprint of
+    the whole set; stops with a clear message when synthesis has not finished."""
+    jobs = plan_jobs(run)
+    total = run.config.synthesize.images_per_class
+    for job in jobs:
+        marker = job.folder / CLASS_MARKER
+        recorded = json.loads(marker.read_text(encoding="utf-8")).get("fingerprint") if marker.is_file() else None
+        if recorded != job.fingerprint or pending_batches(job, total, run.config.synthesize.batch_size):
+            raise UserError(f"the synthetic set of {run.layout.root} is not complete (first: {job.folder.name});"
+                            " run `datadream synthesize RUN` first")
+    if not run.layout.synthetic_index.is_file():
+        raise UserError(f"{run.layout.synthetic_index} is missing; run `datadream synthesize RUN` to finish it")
+    return run.layout.synthetic_index, stable_hash([job.fingerprint for job in jobs])

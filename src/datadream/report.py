@@ -1,0 +1,162 @@
+"""RUN/report/index.html: a static page to look at a run — per class the real shots beside
+synthetic samples, the training curves, and the metrics. No server, no JavaScript; images are
+thumbnails in RUN/report/thumbs/ (real shots) or links into RUN/synthetic/."""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+from datadream import atomic
+from datadream.data.images import load_rgb
+from datadream.layout import UNIT_MARKER
+
+REAL_PER_CLASS = 6
+SYNTHETIC_PER_CLASS = 8
+THUMB = 112
+
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:1200px;color:#222;padding:0 1rem}
+h1{font-size:1.5rem}h2{font-size:1.2rem;margin-top:2rem;border-bottom:1px solid #ddd}
+table{border-collapse:collapse}td,th{padding:.25rem .6rem;border-bottom:1px solid #eee;text-align:left}
+.num{text-align:right;font-variant-numeric:tabular-nums}.muted{color:#777}
+.cls{margin:1rem 0;padding:.5rem 0;border-bottom:1px solid #eee}.cls h3{margin:.2rem 0;font-size:1rem}
+.strip{display:flex;flex-wrap:wrap;gap:4px;align-items:center}.strip img{width:%dpx;height:%dpx;object-fit:cover}
+.tag{font-size:.75rem;color:#555;width:5.5rem}.charts{display:flex;flex-wrap:wrap;gap:1.5rem}
+.note{background:#fff6d6;padding:.5rem .8rem;border-radius:4px}
+""" % (THUMB, THUMB)
+
+
+def write_report(root: Path) -> Path:
+    from datadream.stages.run import open_run
+
+    run = open_run(root)
+    layout = run.layout
+    out = layout.report
+    thumbs = out.parent / "thumbs"
+    thumbs.mkdir(parents=True, exist_ok=True)
+    metrics = _read_json(layout.metrics)
+    trained = _read_json(layout.classifier / "train.json")
+    index = _read_index(layout.synthetic_index)
+    parts = [
+        f"<h1>datadream run <code>{_e(layout.root.name)}</code></h1>",
+        f"<p class=muted>{_e(str(layout.root))} · config {run.config.digest()} · generator "
+        f"<code>{_e(run.config.generator.model)}</code> · classifier <code>{_e(run.config.classifier.model)}</code></p>",
+        "<p class=note>Numbers from tiny random-weight models (tests, the demo) say nothing about model quality.</p>",
+        _metrics_section(metrics, trained),
+        _curves_section(layout, trained),
+        "<h2>Classes: real shots and synthetic samples</h2>",
+    ]
+    per_class = (metrics or {}).get("per_class", {})
+    for cls in run.manifest.classes:
+        real = []
+        for i, shot in enumerate(cls.images[:REAL_PER_CLASS]):
+            thumb = thumbs / f"{cls.slug}-{i}.jpg"
+            if not thumb.is_file():
+                image = load_rgb(run.manifest.image_path(shot))
+                image.thumbnail((THUMB * 2, THUMB * 2))
+                image.save(thumb, quality=85)
+            real.append(f"thumbs/{thumb.name}")
+        synthetic = [f"../synthetic/{row['file']}" for row in index.get(cls.label, [])[:SYNTHETIC_PER_CLASS]]
+        accuracy = per_class.get(cls.name)
+        acc_text = "" if not metrics else (f" · test top-1 {accuracy:.1f}%" if accuracy is not None else " · no test images")
+        parts.append(
+            f"<div class=cls><h3>{cls.label}. {_e(cls.name)}<span class=muted>{acc_text} · “{_e(cls.prompt)}”</span></h3>"
+            f"{_strip('real', real)}{_strip('synthetic', synthetic)}</div>"
+        )
+    page = (f"<!doctype html><html><head><meta charset=utf-8><title>datadream · {_e(layout.root.name)}</title>"
+            f"<style>{STYLE}</style></head><body>{''.join(parts)}</body></html>")
+    atomic.write_text(out, page)
+    return out
+
+
+def _e(text: str) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def _read_index(path: Path) -> dict[int, list[dict]]:
+    rows: dict[int, list[dict]] = {}
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            rows.setdefault(row["label"], []).append(row)
+    return rows
+
+
+def _strip(tag: str, sources: list[str]) -> str:
+    if not sources:
+        return f"<div class=strip><span class=tag>{tag}</span><span class=muted>none</span></div>"
+    images = "".join(f'<img src="{_e(src)}" loading=lazy alt="{tag}">' for src in sources)
+    return f"<div class=strip><span class=tag>{tag}</span>{images}</div>"
+
+
+def _metrics_section(metrics: dict | None, trained: dict | None) -> str:
+    if not metrics:
+        return "<h2>Metrics</h2><p class=muted>Not evaluated yet (run <code>datadream evaluate RUN</code>).</p>"
+    rows = [("split", f"{metrics['split']} ({metrics['n']} images)"), ("top-1", f"{metrics['top1']:.2f}%"),
+            ("top-5", f"{metrics['top5']:.2f}%"), ("trained on", metrics.get("train_on", "")),
+            ("model selection", f"{metrics.get('selected_by')} (epoch {metrics.get('selected_epoch')})")]
+    table = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows)
+    per_class = sorted(((v, k) for k, v in metrics["per_class"].items() if v is not None))
+    worst = ", ".join(f"{_e(name)} {value:.1f}%" for value, name in per_class[:5])
+    return f"<h2>Metrics</h2><table>{table}</table><p class=muted>Lowest per-class top-1: {worst or 'n/a'}</p>"
+
+
+def _curves_section(layout, trained: dict | None) -> str:
+    charts = []
+    history = (trained or {}).get("history") or []
+    if history:
+        charts.append(svg_chart("classifier loss per epoch", [("train", [r["loss"] for r in history])]))
+        series = [("train", [r["train_top1"] for r in history])]
+        if "val_top1" in history[0]:
+            series.append(("val", [r["val_top1"] for r in history]))
+        charts.append(svg_chart("classifier top-1 % per epoch", series))
+    adapter_curves = []
+    for marker in sorted(layout.adapters.glob(f"*/{UNIT_MARKER}")):
+        curve = json.loads(marker.read_text(encoding="utf-8")).get("loss_per_epoch")
+        if curve:
+            adapter_curves.append((marker.parent.name, curve))
+    if adapter_curves:
+        charts.append(svg_chart("generator LoRA loss per epoch", adapter_curves[:12]))
+    if not charts:
+        return ""
+    return f"<h2>Training curves</h2><div class=charts>{''.join(charts)}</div>"
+
+
+COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+           "#bcbd22", "#17becf", "#393b79", "#637939")
+
+
+def svg_chart(title: str, series: list[tuple[str, list[float]]], width: int = 360, height: int = 200) -> str:
+    """A small line chart as inline SVG (no plotting library needed at run time)."""
+    values = [v for _, ys in series for v in ys]
+    low, high = min(values), max(values)
+    span = (high - low) or 1.0
+    left, right, top, bottom = 44, 8, 24, 22
+    longest = max(len(ys) for _, ys in series)
+
+    def point(i: int, v: float, n: int) -> str:
+        x = left + (width - left - right) * (i / max(1, n - 1))
+        y = top + (height - top - bottom) * (1 - (v - low) / span)
+        return f"{x:.1f},{y:.1f}"
+
+    lines, legend = [], []
+    for k, (name, ys) in enumerate(series):
+        colour = COLOURS[k % len(COLOURS)]
+        lines.append(f'<polyline fill=none stroke="{colour}" stroke-width=1.5 '
+                     f'points="{" ".join(point(i, v, len(ys)) for i, v in enumerate(ys))}"/>')
+        legend.append(f'<span style="color:{colour}">■ {_e(name)}</span>')
+    axes = (f'<text x=4 y={top + 4} font-size=10>{high:.3g}</text>'
+            f'<text x=4 y={height - bottom} font-size=10>{low:.3g}</text>'
+            f'<text x={left} y={height - 6} font-size=10>epoch 1</text>'
+            f'<text x={width - right} y={height - 6} font-size=10 text-anchor=end>{longest}</text>'
+            f'<rect x={left} y={top} width={width - left - right} height={height - top - bottom} fill=none stroke="#ccc"/>')
+    return (f'<figure style="margin:0;width:{width}px"><svg width={width} height={height} '
+            f'xmlns="http://www.w3.org/2000/svg" role=img><text x={left} y=14 font-size=12 font-weight=bold>'
+            f'{_e(title)}</text>{axes}{"".join(lines)}</svg>'
+            f'<figcaption style="font-size:.75rem">{" ".join(legend)}</figcaption></figure>')

@@ -1,0 +1,121 @@
+"""Evaluation: top-1 / top-5 / per-class accuracy of the run's classifier on a real split.
+
+    datadream evaluate RUN
+
+Writes RUN/classifier/metrics.json for `data.test`. The class-prompt features are computed once;
+accuracies are counted per sample. The same `predict` serves model selection on `data.val`
+during training; the test split is never used for any choice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from datadream import atomic
+from datadream.components import clip as clip_ops
+from datadream.components.augment import normalize
+from datadream.components.metrics import summarize, topk_correct
+from datadream.components.models import resolve_device, resolve_dtype
+from datadream.data.labelled import EvalImages, Sample, folder_split
+from datadream.errors import UserError
+from datadream.stages.run import Run, open_run, stage_lock
+
+log = logging.getLogger(__name__)
+
+CLASSIFIER_MARKER = "train.json"
+LORA_FOLDER = "lora"
+PROMPTS = "prompts.json"
+
+
+def loader_workers(setting: int) -> int:
+    return min(8, os.cpu_count() or 1) if setting < 0 else setting
+
+
+@torch.no_grad()
+def predict(model, tokens: dict[str, torch.Tensor], samples: list[Sample], size: int, batch_size: int,
+            workers: int, device: torch.device, dtype: torch.dtype, desc: str = "evaluate"):
+    """(labels, top-1 hit, top-5 hit) per sample."""
+    model.eval()
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+    with autocast:
+        text = clip_ops.text_features(model, tokens)
+    loader = torch.utils.data.DataLoader(EvalImages(samples, size), batch_size=batch_size, shuffle=False,
+                                         num_workers=workers, pin_memory=device.type == "cuda")
+    labels, top1, top5 = [], [], []
+    for images, batch_labels in tqdm(loader, desc=desc, leave=False, disable=None, dynamic_ncols=True):
+        with autocast:
+            features = clip_ops.image_features(model, normalize(images.to(device, non_blocking=True)))
+        logits = clip_ops.logits(model, features, text)
+        batch_labels = batch_labels.to(device)
+        labels.append(batch_labels.cpu())
+        top1.append(topk_correct(logits, batch_labels, 1).cpu())
+        top5.append(topk_correct(logits, batch_labels, 5).cpu())
+    return torch.cat(labels), torch.cat(top1), torch.cat(top5)
+
+
+def read_classifier_marker(run: Run) -> dict:
+    marker = run.layout.classifier / CLASSIFIER_MARKER
+    if not marker.is_file():
+        raise UserError(f"{run.layout.root} has no trained classifier; run `datadream train RUN` first")
+    return json.loads(marker.read_text(encoding="utf-8"))
+
+
+def load_classifier(run: Run, marker: dict):
+    """(model, tokens on no device yet, image size) of the trained (or zero-shot) classifier."""
+    model, tokenizer = clip_ops.load_clip(run.config.classifier.model)
+    if marker["train_on"] != "none":
+        model = clip_ops.load_lora(model, run.layout.classifier / LORA_FOLDER)
+    prompts = json.loads((run.layout.classifier / PROMPTS).read_text(encoding="utf-8"))["prompts"]
+    return model, clip_ops.tokenize(tokenizer, prompts), clip_ops.image_size(model)
+
+
+def evaluate(run_dir: Path) -> dict:
+    run = open_run(run_dir)
+    with stage_lock(run, "evaluate"):
+        return _evaluate(run)
+
+
+def _evaluate(run: Run) -> dict:
+    from datadream.stages.train import training_data
+
+    marker = read_classifier_marker(run)
+    if marker["fingerprint"] != training_data(run).fingerprint:
+        raise UserError(f"{run.layout.classifier} was trained with other settings; run `datadream train RUN` again"
+                        " after moving it away")
+    if not run.config.data.test:
+        raise UserError("data.test is not set; give the folder of real test images (ROOT/<class>/<images>)")
+    existing = run.layout.metrics
+    if existing.is_file():
+        recorded = json.loads(existing.read_text(encoding="utf-8"))
+        if recorded.get("classifier") == marker["fingerprint"] and recorded.get("path") == run.config.data.test:
+            log.info("evaluate: metrics already computed for this classifier")
+            return recorded
+    samples = folder_split(Path(run.config.data.test), run.manifest, "data.test")
+    device = resolve_device(run.config.runtime.device)
+    dtype = resolve_dtype(run.config.runtime.precision, device)
+    model, tokens, size = load_classifier(run, marker)
+    model.to(device)
+    tokens = {k: v.to(device) for k, v in tokens.items()}
+    cfg = run.config.classifier
+    labels, top1, top5 = predict(model, tokens, samples, size, cfg.eval_batch_size,
+                                 loader_workers(cfg.workers), device, dtype, desc="evaluate test")
+    names = [c.name for c in run.manifest.classes]
+    metrics = {
+        "split": "test",
+        "path": run.config.data.test,
+        **summarize(labels, top1, top5, names),
+        "train_on": marker["train_on"],
+        "selected_epoch": marker.get("selected_epoch"),
+        "selected_by": marker.get("selected_by"),
+        "config_hash": run.config.digest(),
+        "classifier": marker["fingerprint"],
+    }
+    atomic.write_json(run.layout.metrics, metrics)
+    log.info("evaluate: top-1 %.2f%%, top-5 %.2f%% on %d test images", metrics["top1"], metrics["top5"], metrics["n"])
+    return metrics

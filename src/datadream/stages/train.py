@@ -1,0 +1,231 @@
+"""Stage 3: train the CLIP LoRA classifier on the synthetic set, the real shots, or both.
+
+    datadream train RUN
+
+`classifier.train_on`: `synthetic` (plain cross-entropy), `synthetic+real` (the real shots
+repeated to about the synthetic count per class; loss = lambda*CE(real) + (1-lambda)*CE(synthetic)),
+`real` (the few-shot baseline, the same shots), `none` (zero-shot CLIP with the same prompts).
+
+Model selection uses `data.val` when given (best validation top-1 over epochs), otherwise the
+last epoch; never the test split. Training state is checkpointed after every epoch, so an
+interrupted stage resumes at the last finished epoch and ends with the same classifier.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from datadream import atomic
+from datadream.components import clip as clip_ops
+from datadream.components.augment import TrainAugment, mix_within
+from datadream.components.losses import origin_weighted_loss
+from datadream.components.models import resolve_device, resolve_dtype
+from datadream.components.seeds import derive_seed
+from datadream.config import result_settings, stable_hash
+from datadream.data.labelled import Sample, TrainImages, folder_split, real_shots, synthetic_images
+from datadream.errors import UserError
+from datadream.stages import checkpoint
+from datadream.stages.evaluate import CLASSIFIER_MARKER, LORA_FOLDER, PROMPTS, loader_workers, predict
+from datadream.stages.run import Run, open_run, stage_lock
+from datadream.stages.synthesize import completed_synthetic_set
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingData:
+    samples: list[Sample]
+    fingerprint: str  # everything the classifier is made from
+
+
+def real_repeats(run: Run) -> int:
+    """Copies of each real shot: about as many real as synthetic images per class (500 // 16 = 31)."""
+    return max(1, run.config.synthesize.images_per_class // run.manifest.shots)
+
+
+def training_data(run: Run) -> TrainingData:
+    cfg = run.config.classifier
+    inputs: dict = {
+        "classifier": result_settings(cfg),
+        "seed": run.config.runtime.seed,
+        "fewshot": run.manifest.digest(),
+        "val": run.config.data.val,
+    }
+    samples: list[Sample] = []
+    if cfg.train_on in ("synthetic", "synthetic+real"):
+        index, inputs["synthetic"] = completed_synthetic_set(run)
+        samples += synthetic_images(index)
+    if cfg.train_on in ("real", "synthetic+real"):
+        inputs["real_repeats"] = real_repeats(run)
+        samples += real_shots(run.manifest, inputs["real_repeats"])
+    return TrainingData(samples, stable_hash(inputs))
+
+
+def classifier_is_complete(run: Run, fingerprint: str) -> bool:
+    marker = run.layout.classifier / CLASSIFIER_MARKER
+    if not marker.is_file():
+        return False
+    if json.loads(marker.read_text(encoding="utf-8")).get("fingerprint") != fingerprint:
+        raise UserError(f"{run.layout.classifier} was trained from other settings or data; move it away to"
+                        " retrain, or use a new run folder")
+    return True
+
+
+def train(run_dir: Path) -> Path:
+    run = open_run(run_dir)
+    with stage_lock(run, "train"):
+        data = training_data(run)
+        if classifier_is_complete(run, data.fingerprint):
+            log.info("train: classifier already complete")
+        elif run.config.classifier.train_on == "none":
+            save_classifier(run, data.fingerprint, model=None, info={"selected_by": "zero-shot"})
+            log.info("train: classifier.train_on=none, zero-shot CLIP with the class prompts")
+        else:
+            ClassifierTrainer(run, data).fit()
+    return run.layout.classifier
+
+
+def save_classifier(run: Run, fingerprint: str, model, info: dict) -> None:
+    cfg = run.config.classifier
+    with atomic.staged_directory(run.layout.classifier) as staging:
+        if model is not None:
+            model.save_pretrained(staging / LORA_FOLDER)
+        atomic.write_json(staging / PROMPTS, {
+            "classes": [c.name for c in run.manifest.classes],
+            "prompts": [c.prompt for c in run.manifest.classes],
+        })
+        atomic.write_json(staging / CLASSIFIER_MARKER, {
+            "fingerprint": fingerprint, "train_on": cfg.train_on, "model": cfg.model, **info,
+        })
+
+
+class ClassifierTrainer:
+    def __init__(self, run: Run, data: TrainingData):
+        self.run, self.data = run, data
+        self.cfg = cfg = run.config.classifier
+        self.seed = run.config.runtime.seed
+        self.device = resolve_device(run.config.runtime.device)
+        self.dtype = resolve_dtype(run.config.runtime.precision, self.device)
+        self.workers = loader_workers(cfg.workers)
+        clip, tokenizer = clip_ops.load_clip(cfg.model)
+        torch.manual_seed(derive_seed(self.seed, "classifier-init"))  # peft draws LoRA A from the global RNG
+        self.model = clip_ops.add_lora(clip, cfg.rank, cfg.alpha, cfg.dropout).to(self.device)
+        self.size = clip_ops.image_size(clip)
+        self.augment = TrainAugment(self.size).to(self.device)
+        prompts = [c.prompt for c in run.manifest.classes]
+        self.tokens = {k: v.to(self.device) for k, v in clip_ops.tokenize(tokenizer, prompts).items()}
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.steps_per_epoch = math.ceil(len(data.samples) / cfg.batch_size)
+        from transformers import get_cosine_with_min_lr_schedule_with_warmup
+
+        self.schedule = get_cosine_with_min_lr_schedule_with_warmup(
+            self.optimizer, num_warmup_steps=cfg.warmup_epochs * self.steps_per_epoch,
+            num_training_steps=cfg.epochs * self.steps_per_epoch, min_lr=cfg.min_lr,
+        )
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+        self.val = (folder_split(Path(run.config.data.val), run.manifest, "data.val")
+                    if run.config.data.val else None)
+
+    def fit(self) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        started = time.time()
+        cfg, layout = self.cfg, self.run.layout
+        live = checkpoint.TrainingState(self.params, self.optimizer, self.schedule, self.scaler)
+        start_epoch, history, best, best_weights = 0, [], None, None
+        restored = checkpoint.restore(layout.classifier_checkpoint, self.data.fingerprint, live)
+        if restored is not None:
+            meta, tensors = restored
+            start_epoch, history, best = meta["epoch"], meta["history"], meta["best"]
+            if best is not None:
+                best_weights = [tensors[f"best.{i}"] for i in range(len(self.params))]
+            log.info("train: resuming after epoch %d of %d", start_epoch, cfg.epochs)
+        log.info("train: %d images (%s), %d epochs of %d steps, on %s", len(self.data.samples), cfg.train_on,
+                 cfg.epochs, self.steps_per_epoch, self.device)
+        writer = SummaryWriter(log_dir=str(layout.logs / "train"), purge_step=start_epoch * self.steps_per_epoch)
+        try:
+            for epoch in range(start_epoch, cfg.epochs):
+                row = self.train_epoch(epoch, writer)
+                if self.val is not None:
+                    row["val_top1"] = self.validate()
+                    writer.add_scalar("val/top1", row["val_top1"], (epoch + 1) * self.steps_per_epoch)
+                    if best is None or row["val_top1"] > best["val_top1"]:
+                        best = {"epoch": epoch + 1, "val_top1": row["val_top1"]}
+                        best_weights = [p.detach().float().cpu().clone() for p in self.params]
+                history.append(row)
+                log.info("train: epoch %d/%d %s", epoch + 1, cfg.epochs,
+                         " ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"))
+                extra = {f"best.{i}": w for i, w in enumerate(best_weights)} if best_weights else {}
+                checkpoint.save(layout.classifier_checkpoint, self.data.fingerprint, live,
+                                meta={"epoch": epoch + 1, "history": history, "best": best}, tensors=extra)
+        finally:
+            writer.close()
+        if best_weights is not None:
+            for param, weights in zip(self.params, best_weights):
+                param.data.copy_(weights)
+        selection = ({"selected_epoch": best["epoch"], "selected_by": "val top-1"} if best
+                     else {"selected_epoch": cfg.epochs, "selected_by": "last epoch (no data.val)"})
+        save_classifier(self.run, self.data.fingerprint, self.model,
+                        {**selection, "history": history, "seconds": round(time.time() - started, 1)})
+        checkpoint.discard(layout.classifier_checkpoint)
+
+    def train_epoch(self, epoch: int, writer) -> dict:
+        cfg = self.cfg
+        # Everything random in an epoch derives from (seed, epoch): a resumed epoch replays exactly.
+        torch.manual_seed(derive_seed(self.seed, "classifier-epoch", epoch))
+        loader = torch.utils.data.DataLoader(
+            TrainImages(self.data.samples, self.size, self.seed, epoch), batch_size=cfg.batch_size,
+            shuffle=True, generator=torch.Generator().manual_seed(derive_seed(self.seed, "order", epoch)),
+            num_workers=self.workers, pin_memory=self.device.type == "cuda",
+        )
+        weight = cfg.real_weight if cfg.train_on == "synthetic+real" else None
+        classes = len(self.run.manifest.classes)
+        self.model.train()
+        total_loss, correct, seen = 0.0, 0, 0
+        bar = tqdm(loader, desc=f"train epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=None, dynamic_ncols=True)
+        for step, (images, labels, is_real) in enumerate(bar):
+            images = self.augment(images.to(self.device, non_blocking=True))
+            labels, is_real = labels.to(self.device), is_real.to(self.device)
+            targets = F.one_hot(labels, classes).float()
+            rng = random.Random(derive_seed(self.seed, "mix", epoch, step))
+            if rng.random() < cfg.mix_prob:
+                groups = [torch.nonzero(is_real).flatten(), torch.nonzero(~is_real).flatten()]
+                mix_within(images, targets, groups, rng)
+            with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+                text = clip_ops.text_features(self.model, self.tokens)  # the text tower is trained too
+                logits = clip_ops.logits(self.model, clip_ops.image_features(self.model, images), text)
+            loss = origin_weighted_loss(logits, targets, is_real, weight)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.schedule.step()
+            if not math.isfinite(loss.item()):
+                raise UserError(f"train: the loss became {loss.item()} in epoch {epoch + 1}; try"
+                                " runtime.precision=fp32 or a lower classifier.lr")
+            global_step = epoch * self.steps_per_epoch + step + 1
+            writer.add_scalar("train/loss", loss.item(), global_step)
+            writer.add_scalar("train/lr", self.schedule.get_last_lr()[0], global_step)
+            total_loss += loss.item() * len(labels)
+            correct += int((logits.argmax(-1) == labels).sum())
+            seen += len(labels)
+            bar.set_postfix(loss=f"{total_loss / seen:.4f}")
+        writer.add_scalar("train/top1", 100.0 * correct / seen, global_step)
+        return {"epoch": epoch + 1, "loss": total_loss / seen, "train_top1": 100.0 * correct / seen,
+                "lr": self.schedule.get_last_lr()[0]}
+
+    def validate(self) -> float:
+        _, top1, _ = predict(self.model, self.tokens, self.val, self.size, self.cfg.eval_batch_size,
+                             self.workers, self.device, self.dtype, desc="validate")
+        return round(100.0 * float(top1.float().mean()), 4)
