@@ -34,7 +34,7 @@ def test_unknown_key_creates_nothing(tmp_path, config_file):
 
 def test_fewer_images_than_shots_says_how_many(tmp_path, config_file):
     result = run_cli("init", config_file, tmp_path / "run", "--set", "data.shots=9")
-    assert_one_line_error(result, "has 5 image(s)", "fewer than data.shots=9")
+    assert_one_line_error(result, "has 5 training image(s)", "fewer than data.shots=9")
     assert not (tmp_path / "run").exists()
 
 

@@ -52,7 +52,13 @@ def test_classnames_file_sets_order_and_display_names(tmp_path):
     as_json = tmp_path / "names.json"
     as_json.write_text(json.dumps({"dots": "..", "fa18": "F/A-18", "creme": "c", "coltsfoot": "d"}))
     manifest = build_manifest(DataConfig(train=str(root), shots=2, classnames=str(as_json)))
-    assert [c.folder for c in manifest.classes] == ["dots", "fa18", "creme", "coltsfoot"]
+    assert [c.key for c in manifest.classes] == ["dots", "fa18", "creme", "coltsfoot"]
+    # One displayed name per line, without ids: names for the labels in their existing order.
+    positional = tmp_path / "display.txt"
+    positional.write_text("Colt's foot\nCrème\nDots\nF/A-18\n", encoding="utf-8")
+    manifest = build_manifest(DataConfig(train=str(root), shots=2, classnames=str(positional)))
+    assert [(c.key, c.name) for c in manifest.classes] == [
+        ("coltsfoot", "Colt's foot"), ("creme", "Crème"), ("dots", "Dots"), ("fa18", "F/A-18")]
 
 
 def test_manifest_round_trips_through_json(tmp_path):
@@ -68,8 +74,8 @@ def test_manifest_round_trips_through_json(tmp_path):
     [
         (lambda r: None, r"data.train: folder not found"),
         (lambda r: r.mkdir(), r"has no class folders; expected .*/<class>/<images>"),
-        (lambda r: make_folder(r, {"cat": 3, "dog": 0}), r"class folder .*dog holds no images"),
-        (lambda r: make_folder(r, {"cat": 3, "dog": 1}), r"class 'dog' has 1 image\(s\) in .*dog, fewer than data.shots=2"),
+        (lambda r: make_folder(r, {"cat": 3, "dog": 0}), r"class 'dog' has no training images"),
+        (lambda r: make_folder(r, {"cat": 3, "dog": 1}), r"class 'dog' has 1 training image\(s\), fewer than data.shots=2"),
     ],
 )
 def test_bad_folders_give_one_clear_message(tmp_path, setup, message):
@@ -90,10 +96,13 @@ def test_classnames_file_must_match_the_folders(tmp_path):
     root = make_folder(tmp_path / "train", {"cat": 2, "dog": 2})
     names = tmp_path / "names.txt"
     names.write_text("cat\n")
-    with pytest.raises(UserError, match=r"class folder 'dog' .* is not in .*names.txt"):
+    with pytest.raises(UserError, match=r"names.txt names 1 of the 2 classes \(class 'dog' is not in it\)"):
         build_manifest(DataConfig(train=str(root), shots=2, classnames=str(names)))
     names.write_text("cat\ndog\nbird\n")
-    with pytest.raises(UserError, match=r"lists class folder 'bird', which is not in"):
+    with pytest.raises(UserError, match=r"it lists 'bird', which is not a class"):
+        build_manifest(DataConfig(train=str(root), shots=2, classnames=str(names)))
+    names.write_text("Cat\nDog\nBird\n")
+    with pytest.raises(UserError, match=r"lists 3 names but the dataset has 2 classes"):
         build_manifest(DataConfig(train=str(root), shots=2, classnames=str(names)))
 
 

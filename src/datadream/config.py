@@ -34,16 +34,27 @@ class DataConfig:
     )
     val: str | None = _field(None, "image folder for model selection (optional)", path=True)
     test: str | None = _field(None, "image folder the classifier is evaluated on", path=True)
+    root: str | None = _field(
+        None, "image root: holds train/ val/ test/ image folders, or the files a split file names", path=True
+    )
+    split_file: str | None = _field(
+        None, "CoOp-style JSON ({split: [[path, label, name]]}) or CSV (split,filename,class) split file",
+        path=True,
+    )
     classnames: str | None = _field(
         None,
-        "file fixing label order and display names: one class folder per line (optionally"
-        " 'folder<TAB>display name'), or JSON (list of folders, or {folder: display name})",
+        "class-names file: every class id once ('id<TAB>name' lines, or JSON {id: name}) to fix label"
+        " order and names, or one displayed name per label (lines or a JSON list)",
         path=True,
+    )
+    dataset: str | None = _field(
+        None, "benchmark catalog key (e.g. eurosat): fills in the domain word and checks the class count"
     )
     shots: int = _field(16, "real images per class", min=1)
     seed: int = _field(0, "seed of the few-shot draw", min=0)
     domain: str = _field(
-        "", "domain word with its trailing space, as in 'a {domain}photo of a {class}'"
+        "", "domain word with its trailing space, as in 'a {domain}photo of a {class}'; when empty"
+        " and data.dataset is set, the catalog's word"
     )
 
 
@@ -182,6 +193,17 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()
         # The raw string goes to the field's type: YAML would strip the trailing space of a
         # domain word such as "satellite ".
         _apply_section(config, section, {name: value}, origin="--set", base=Path.cwd())
+    return _resolve_catalog(config)
+
+
+def _resolve_catalog(config: Config) -> Config:
+    """Fill in what `data.dataset` implies, so that RUN/config.yaml shows the effective values."""
+    if config.data.dataset:
+        from datadream.data.catalog import get_entry
+
+        entry = get_entry(config.data.dataset)
+        if not config.data.domain:
+            config.data.domain = entry.domain
     return config
 
 

@@ -23,6 +23,7 @@ class Summary:
 
 
 def run_all(config: Config, root: Path) -> Summary:
+    from datadream.data.sources import load_view
     from datadream.report import write_report
     from datadream.stages.adapt import adapt
     from datadream.stages.evaluate import evaluate
@@ -40,7 +41,7 @@ def run_all(config: Config, root: Path) -> Summary:
         log.info("run: classifier.train_on=%s needs no synthetic images; adapt and synthesize skipped",
                  config.classifier.train_on)
     classifier = train(root)
-    metrics = evaluate(root) if config.data.test else None
+    metrics = evaluate(root) if load_view(config.data, splits=("test",)).split("test") else None
     return Summary(root, config.classifier.train_on, len(adapters), index, classifier, metrics, write_report(root))
 
 
@@ -54,5 +55,5 @@ def print_summary(summary: Summary) -> None:
         m = summary.metrics
         print(f"test top-1:   {m['top1']:.2f}%  (top-5 {m['top5']:.2f}%, {m['n']} images)")
     else:
-        print("test top-1:   not evaluated (data.test is not set)")
+        print("test top-1:   not evaluated (the dataset has no test split)")
     print(f"report:       {summary.report}")

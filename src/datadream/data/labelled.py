@@ -12,8 +12,10 @@ import torch
 
 from datadream.components.augment import center_crop, random_resized_crop, to_uint8_tensor
 from datadream.components.seeds import derive_seed
+from datadream.config import DataConfig
 from datadream.data.fewshot import FewShotManifest
-from datadream.data.images import list_images, load_rgb
+from datadream.data.images import load_rgb
+from datadream.data.sources import load_view
 from datadream.errors import UserError
 
 REAL, SYNTHETIC = "real", "synthetic"
@@ -41,24 +43,14 @@ def synthetic_images(index: Path) -> list[Sample]:
     return samples
 
 
-def folder_split(root: Path, manifest: FewShotManifest, key: str) -> list[Sample]:
-    """An evaluation split laid out like the training folder (ROOT/<class folder>/<images>).
-    A class without a folder simply has no images; a folder that is no class is an error."""
-    if not root.is_dir():
-        raise UserError(f"{key}: folder not found: {root}")
-    by_folder = {c.folder: c.label for c in manifest.classes}
-    unknown = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
-                     and p.name not in by_folder)
-    if unknown:
-        raise UserError(f"{key}: folder '{unknown[0]}' in {root} is not one of the run's classes; remove or rename it")
-    samples = [
-        Sample(str(path), label, REAL)
-        for folder, label in by_folder.items() if (root / folder).is_dir()
-        for path in list_images(root / folder)
-    ]
-    if not samples:
-        raise UserError(f"{key}: no images found in the class folders of {root}")
-    return samples
+def split_samples(data: DataConfig, manifest: FewShotManifest, split: str) -> list[Sample]:
+    """The labelled images of a split ("val" or "test") of the run's dataset, with the labels the
+    manifest uses; an empty list when the dataset has no such split."""
+    view = load_view(data, splits=(split,))
+    if view.keys != [c.key for c in manifest.classes]:
+        raise UserError("the dataset's classes differ from those in fewshot.json (changed since init?);"
+                        " restore the data or start a new run")
+    return [Sample(str(item.path), item.label, REAL) for item in view.split(split)]
 
 
 class TrainImages(torch.utils.data.Dataset):

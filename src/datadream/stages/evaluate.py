@@ -22,7 +22,7 @@ from datadream.components import clip as clip_ops
 from datadream.components.augment import normalize
 from datadream.components.metrics import summarize, topk_correct
 from datadream.components.models import resolve_device, resolve_dtype
-from datadream.data.labelled import EvalImages, Sample, folder_split
+from datadream.data.labelled import EvalImages, Sample, split_samples
 from datadream.errors import UserError
 from datadream.stages.run import Run, open_run, stage_lock
 
@@ -88,15 +88,16 @@ def _evaluate(run: Run) -> dict:
     if marker["fingerprint"] != training_data(run).fingerprint:
         raise UserError(f"{run.layout.classifier} was trained with other settings; run `datadream train RUN` again"
                         " after moving it away")
-    if not run.config.data.test:
-        raise UserError("data.test is not set; give the folder of real test images (ROOT/<class>/<images>)")
     existing = run.layout.metrics
     if existing.is_file():
         recorded = json.loads(existing.read_text(encoding="utf-8"))
-        if recorded.get("classifier") == marker["fingerprint"] and recorded.get("path") == run.config.data.test:
+        if recorded.get("classifier") == marker["fingerprint"]:
             log.info("evaluate: metrics already computed for this classifier")
             return recorded
-    samples = folder_split(Path(run.config.data.test), run.manifest, "data.test")
+    samples = split_samples(run.config.data, run.manifest, "test")
+    if not samples:
+        raise UserError("the dataset has no test split: set data.test (an image folder), give data.root a"
+                        " test/ folder, or use a split file with 'test' entries")
     device = resolve_device(run.config.runtime.device)
     dtype = resolve_dtype(run.config.runtime.precision, device)
     model, tokens, size = load_classifier(run, marker)
@@ -108,7 +109,6 @@ def _evaluate(run: Run) -> dict:
     names = [c.name for c in run.manifest.classes]
     metrics = {
         "split": "test",
-        "path": run.config.data.test,
         **summarize(labels, top1, top5, names),
         "train_on": marker["train_on"],
         "selected_epoch": marker.get("selected_epoch"),

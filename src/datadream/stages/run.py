@@ -12,6 +12,8 @@ from typing import Iterator
 from datadream import atomic
 from datadream.config import Config, describe_differences, read_config_file
 from datadream.data.fewshot import FewShotManifest, build_manifest, read_manifest
+from datadream.data.leaks import check_no_leaks
+from datadream.data.sources import load_view
 from datadream.errors import UserError
 from datadream.layout import RunLayout
 
@@ -42,11 +44,10 @@ def init_run(config: Config, root: Path) -> Run:
             return open_run(layout.root)
     elif layout.root.exists() and any(layout.root.iterdir()):
         raise UserError(f"{layout.root} is not empty and holds no datadream run; choose an empty or new folder")
-    manifest = build_manifest(config.data)  # before writing anything: a bad data folder leaves no run behind
-    if config.data.test and not Path(config.data.test).is_dir():
-        raise UserError(f"data.test: folder not found: {config.data.test}")
-    if config.data.val and not Path(config.data.val).is_dir():
-        raise UserError(f"data.val: folder not found: {config.data.val}")
+    # Everything is checked before anything is written: bad data leaves no run behind.
+    view = load_view(config.data)
+    manifest = build_manifest(config.data, view)
+    check_no_leaks(view, manifest)
     layout.root.mkdir(parents=True, exist_ok=True)
     atomic.write_text(layout.config, config.to_yaml())
     atomic.write_text(layout.fewshot, manifest.to_json())

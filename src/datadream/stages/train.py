@@ -6,8 +6,8 @@
 repeated to about the synthetic count per class; loss = lambda*CE(real) + (1-lambda)*CE(synthetic)),
 `real` (the few-shot baseline, the same shots), `none` (zero-shot CLIP with the same prompts).
 
-Model selection uses `data.val` when given (best validation top-1 over epochs), otherwise the
-last epoch; never the test split. Training state is checkpointed after every epoch, so an
+Model selection uses the dataset's validation split when it has one (best validation top-1 over
+epochs), otherwise the last epoch; never the test split. Training state is checkpointed after every epoch, so an
 interrupted stage resumes at the last finished epoch and ends with the same classifier.
 """
 
@@ -32,7 +32,7 @@ from datadream.components.losses import origin_weighted_loss
 from datadream.components.models import resolve_device, resolve_dtype
 from datadream.components.seeds import derive_seed
 from datadream.config import result_settings, stable_hash
-from datadream.data.labelled import Sample, TrainImages, folder_split, real_shots, synthetic_images
+from datadream.data.labelled import Sample, TrainImages, real_shots, split_samples, synthetic_images
 from datadream.errors import UserError
 from datadream.stages import checkpoint
 from datadream.stages.evaluate import CLASSIFIER_MARKER, LORA_FOLDER, PROMPTS, loader_workers, predict
@@ -59,7 +59,7 @@ def training_data(run: Run) -> TrainingData:
         "classifier": result_settings(cfg),
         "seed": run.config.runtime.seed,
         "fewshot": run.manifest.digest(),
-        "val": run.config.data.val,
+        "data": result_settings(run.config.data),
     }
     samples: list[Sample] = []
     if cfg.train_on in ("synthetic", "synthetic+real"):
@@ -134,8 +134,7 @@ class ClassifierTrainer:
             num_training_steps=cfg.epochs * self.steps_per_epoch, min_lr=cfg.min_lr,
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
-        self.val = (folder_split(Path(run.config.data.val), run.manifest, "data.val")
-                    if run.config.data.val else None)
+        self.val = split_samples(run.config.data, run.manifest, "val") or None
 
     def fit(self) -> None:
         from torch.utils.tensorboard import SummaryWriter
