@@ -14,7 +14,8 @@ from datadream.errors import UserError
 
 
 def find_leaks(view: DatasetView, manifest: FewShotManifest) -> list[tuple[Path, Path]]:
-    """(test file, training or few-shot file with identical content) pairs. Files are compared by
+    """(test file, training or few-shot file with identical content) pairs, the same file listed
+    in both splits included. Files are compared by
     size first, so only the few whose sizes collide are hashed: cheap even for ImageNet."""
     train = [item.path for item in view.split("train")] + [manifest.image_path(s) for c in manifest.classes
                                                             for s in c.images]
@@ -31,7 +32,7 @@ def find_leaks(view: DatasetView, manifest: FewShotManifest) -> list[tuple[Path,
     leaks = []
     for item in view.split("test"):
         for other in by_size.get(_size(item.path), ()):
-            if other != item.path and digest(other) == digest(item.path):
+            if other == item.path or digest(other) == digest(item.path):
                 leaks.append((item.path, other))
                 break
     return leaks

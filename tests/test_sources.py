@@ -1,0 +1,149 @@
+"""Every dataset source gives the same view; the catalog; the test-leak check."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from datadream.config import DataConfig, load_config
+from datadream.data.catalog import CATALOG
+from datadream.data.fewshot import build_manifest
+from datadream.data.leaks import find_leaks
+from datadream.data.sources import load_view
+from datadream.errors import UserError
+
+CLASSES = ["forest", "river", "sea_lake"]
+
+
+def write_images(root: Path, per_split: dict[str, int]) -> dict[str, list[tuple[str, int, str]]]:
+    """root/<class>/<split>_<i>.jpg, all distinct; returns CoOp-style entries per split."""
+    entries: dict[str, list] = {}
+    for split, count in per_split.items():
+        for label, name in enumerate(CLASSES):
+            (root / name).mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                relative = f"{name}/{split}_{i}.jpg"
+                Image.new("RGB", (20 + i, 16), (label * 80, i * 30 % 256, len(split) * 20)).save(root / relative)
+                entries.setdefault(split, []).append([relative, label, name])
+    return entries
+
+
+@pytest.fixture()
+def coop(tmp_path) -> tuple[Path, Path]:
+    root = tmp_path / "eurosat" / "2750"
+    split = tmp_path / "split_zhou_EuroSAT.json"
+    split.write_text(json.dumps(write_images(root, {"train": 4, "val": 2, "test": 3})))
+    return root, split
+
+
+def test_coop_split_file(coop):
+    root, split = coop
+    view = load_view(DataConfig(root=str(root), split_file=str(split)))
+    assert view.keys == CLASSES and view.names == CLASSES
+    assert {s: len(items) for s, items in view.splits.items()} == {"train": 12, "val": 6, "test": 9}
+    assert all(item.path.is_file() for items in view.splits.values() for item in items)
+
+
+def test_csv_split_file(tmp_path, coop):
+    root, split = coop
+    rows = [(s, path, name) for s, entries in json.loads(split.read_text()).items() for path, _, name in entries]
+    table = tmp_path / "split.csv"
+    with table.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["split", "filename", "class"])
+        writer.writerows(rows)
+    from_csv = load_view(DataConfig(root=str(root), split_file=str(table)))
+    from_json = load_view(DataConfig(root=str(root), split_file=str(split)))
+    assert from_csv.keys == from_json.keys
+    assert {s: sorted(map(str, v)) for s, v in from_csv.splits.items()} == {
+        s: sorted(map(str, v)) for s, v in from_json.splits.items()}
+
+
+def test_root_with_split_folders(tmp_path, coop):
+    root, split = coop
+    for s, entries in json.loads(split.read_text()).items():
+        for path, _, name in entries:
+            target = tmp_path / "folders" / s / path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(root / path, target)
+    view = load_view(DataConfig(root=str(tmp_path / "folders")))
+    assert view.keys == CLASSES and {s: len(v) for s, v in view.splits.items()} == {"train": 12, "val": 6, "test": 9}
+
+
+def test_classnames_override_displayed_names_of_a_split_file(tmp_path, coop):
+    root, split = coop
+    names = tmp_path / "names.txt"
+    names.write_text("Forest\nRiver\nSea or Lake\n")
+    manifest = build_manifest(DataConfig(root=str(root), split_file=str(split), classnames=str(names),
+                                         shots=2, domain="satellite "))
+    assert [c.name for c in manifest.classes] == ["Forest", "River", "Sea or Lake"]
+    assert manifest.classes[2].prompt == "a satellite photo of a Sea or Lake"
+    assert all(s.path.split("/")[1].startswith("train_") for c in manifest.classes for s in c.images)
+
+
+def test_catalog_key_fills_domain_and_checks_class_count(tmp_path, coop):
+    root, split = coop
+    config = tmp_path / "exp.yaml"
+    config.write_text(f"data: {{root: {root}, split_file: {split}, dataset: eurosat, shots: 2}}\n")
+    cfg = load_config(config)
+    assert cfg.data.domain == "satellite "
+    with pytest.raises(UserError, match=r"data.dataset=eurosat has 10 classes, but the data given has 3"):
+        build_manifest(cfg.data)
+    with pytest.raises(UserError, match=r"unknown dataset 'eurosatt'"):
+        load_config(config, ["data.dataset=eurosatt"])
+
+
+def test_catalog_matches_the_published_label_lists():
+    published = Path(__file__).resolve().parents[2] / "shared" / "benchmark-data" / "classnames.json"
+    if not published.is_file():
+        pytest.skip("../shared/benchmark-data/classnames.json is not available")
+    names = json.loads(published.read_text())
+    assert set(names) == set(CATALOG)
+    for key, entry in CATALOG.items():
+        assert len(names[key]) == entry.classes, key
+
+
+@pytest.mark.parametrize("text, message", [
+    ("{", "is not valid JSON"),
+    ('{"val": []}', "expected a JSON object with 'train'"),
+    ('{"train": [["a.jpg", "x", "cat"]]}', r"train\[0\] is not \[relative path, integer label, class name\]"),
+    ('{"train": [["a.jpg", 0, "cat"], ["b.jpg", 0, "dog"]]}', "label 0 is named both 'cat' and 'dog'"),
+    ('{"train": [["a.jpg", 1, "cat"]]}', "labels must be 0..N-1"),
+])
+def test_bad_split_files(tmp_path, text, message):
+    split = tmp_path / "split.json"
+    split.write_text(text)
+    with pytest.raises(UserError, match=message):
+        load_view(DataConfig(root=str(tmp_path), split_file=str(split)))
+
+
+def test_leaking_split_is_found_by_content(tmp_path, coop):
+    root, split = coop
+    entries = json.loads(split.read_text())
+    copy = "sea_lake/renamed_copy.jpg"
+    shutil.copy(root / entries["train"][-1][0], root / copy)  # a training image, renamed, in test
+    entries["test"].append([copy, 2, "sea_lake"])
+    split.write_text(json.dumps(entries))
+    data = DataConfig(root=str(root), split_file=str(split), shots=2)
+    view = load_view(data)
+    leaks = find_leaks(view, build_manifest(data, view))
+    assert [(a.name, b.name) for a, b in leaks] == [("renamed_copy.jpg", "train_3.jpg")]
+
+
+def test_init_refuses_a_leaking_run(tmp_path, coop, tiny_models):
+    from conftest import run_cli
+
+    root, split = coop
+    entries = json.loads(split.read_text())
+    entries["test"].append(entries["train"][0])  # the same file listed in both splits
+    split.write_text(json.dumps(entries))
+    config = tmp_path / "exp.yaml"
+    config.write_text(f"data: {{root: {root}, split_file: {split}, shots: 2}}\n")
+    result = run_cli("init", config, tmp_path / "run")
+    assert result.returncode == 2 and "test image(s) also appear in the training data" in result.stderr
+    assert not (tmp_path / "run").exists()
