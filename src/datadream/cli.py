@@ -72,6 +72,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = add("report", "write RUN/report/index.html: shots beside synthetic images, curves, metrics")
     sub.add_argument("run", type=Path)
 
+    sub = add("benchmark", "run a datasets x methods x settings x seeds matrix and write results tables")
+    sub.add_argument("bench", type=Path, help="benchmark YAML (datasets, methods, settings, seeds, base)")
+    sub.add_argument("out", type=Path, help="folder for the runs and results.md / results.csv")
+    add_overrides(sub)
+
+    sub = add("datasets", "list the benchmark catalog, or check a local copy of a dataset")
+    sub.add_argument("action", nargs="?", choices=["list", "check"], default="list")
+    sub.add_argument("key", nargs="?", help="catalog key, with check")
+    sub.add_argument("--root", help="image root (data.root)")
+    sub.add_argument("--split-file", help="CoOp JSON or CSV split file (data.split_file)")
+    sub.add_argument("--classnames", help="class-names file (data.classnames)")
+
     sub = add("config", "print the resolved config (all defaults filled in) and exit")
     sub.add_argument("config", type=Path, nargs="?", help="experiment YAML (defaults only if omitted)")
     sub.add_argument("--explain", action="store_true", help="print each key's meaning instead")
@@ -151,6 +163,15 @@ def run_command(args: argparse.Namespace) -> int:
 
         print(f"report: {write_report(args.run)}")
         return 0
+    if args.command == "benchmark":
+        from datadream.benchmark import run_benchmark
+
+        results = run_benchmark(args.bench, args.out, args.overrides)
+        print(results.read_text(encoding="utf-8"))
+        print(f"tables: {results} and {results.with_suffix('.csv')}; one row per run: {results.parent / 'runs.csv'}")
+        return 0
+    if args.command == "datasets":
+        return datasets_command(args)
     if args.command == "tiny-models":
         from datadream.components.tiny import build_tiny_models
 
@@ -163,6 +184,32 @@ def run_command(args: argparse.Namespace) -> int:
 
         return run_demo(args.dir)
     raise AssertionError(args.command)
+
+
+def datasets_command(args: argparse.Namespace) -> int:
+    from datadream.data.catalog import CATALOG
+
+    if args.action == "list":
+        print(f"{'key':<14} {'classes':>7}  {'domain':<11} {'train/val/test (CoOp)':<24} dataset")
+        for entry in CATALOG.values():
+            sizes = "/".join(str(entry.sizes.get(s, "-")) for s in ("train", "val", "test"))
+            print(f"{entry.key:<14} {entry.classes:>7}  {entry.domain.strip() or '-':<11} {sizes:<24} {entry.title}")
+        print("\nHow to obtain each one: docs/datasets.md. Check a copy: datadream datasets check KEY --root DIR")
+        return 0
+    from datadream.config import load_config
+    from datadream.data.check import check_dataset
+
+    if not args.key or not args.root:
+        raise UserError("usage: datadream datasets check KEY --root DIR [--split-file F] [--classnames F]")
+    overrides = [f"data.dataset={args.key}", f"data.root={args.root}"]
+    overrides += [f"data.split_file={args.split_file}"] if args.split_file else []
+    overrides += [f"data.classnames={args.classnames}"] if args.classnames else []
+    report = check_dataset(args.key, load_config(None, overrides).data)
+    print("\n".join(report.lines))
+    if report.problems:
+        raise UserError(f"{args.key}: {len(report.problems)} problem(s) in {args.root}: {report.problems[0]}")
+    print(f"{args.key}: ready")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

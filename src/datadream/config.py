@@ -178,15 +178,17 @@ def default_config() -> Config:
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()) -> Config:
     """Defaults, then the YAML file (paths relative to the file), then `key=value` overrides
     (paths relative to the working directory). Raises UserError naming the bad key or value."""
-    raw: dict[str, Any] = {}
-    base = Path.cwd()
-    if path is not None:
-        path = Path(path)
-        raw = _read_yaml(path)
-        base = path.resolve().parent
+    if path is None:
+        return config_from_raw({}, "defaults", Path.cwd(), overrides)
+    path = Path(path)
+    return config_from_raw(_read_yaml(path), str(path), path.resolve().parent, overrides)
+
+
+def config_from_raw(raw: dict[str, Any], origin: str, base: Path, overrides: list[str] = ()) -> Config:
+    """Defaults, then `raw` sections (paths relative to `base`), then `key=value` overrides."""
     config = Config()
     for section, values in raw.items():
-        _apply_section(config, section, values, origin=str(path), base=base)
+        _apply_section(config, section, values, origin=origin, base=base)
     for item in overrides:
         key, value = _parse_override(item)
         section, name = key.split(".", 1)

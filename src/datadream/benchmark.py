@@ -1,0 +1,215 @@
+"""`datadream benchmark BENCH.yaml OUT`: the paper's table as one resumable command.
+
+    datasets:                        # name -> data.* keys (a catalog key as name fills data.dataset)
+      eurosat: {root: DATA/eurosat/2750, split_file: DATA/split_zhou_EuroSAT.json}
+    methods: [zero-shot, real, sd, datadream-class, datadream-dataset]
+    settings: [synthetic, synthetic+real]
+    seeds: [0, 1, 2]
+    base:                            # overrides for every run, as in an experiment config
+      classifier: {epochs: 60}
+
+Every cell is an ordinary run folder, OUT/<dataset>/seed<k>/<method>[--<setting>], so any of them
+can be inspected, resumed or re-run alone. What can be shared is: the few-shot draw depends only
+on (dataset, seed); the runs of one generator method share one set of adapters and one synthetic
+set across settings (linked, not copied). Tables: OUT/results.md and OUT/results.csv (mean ± std
+over seeds, the published numbers beside ours), and OUT/runs.csv (one row per run).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import statistics
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from datadream import atomic
+from datadream.config import Config, config_from_raw
+from datadream.data.catalog import CATALOG
+from datadream.errors import UserError
+
+log = logging.getLogger(__name__)
+
+GENERATOR_METHODS = {"sd": "none", "datadream-class": "class", "datadream-dataset": "dataset"}
+METHODS = ("zero-shot", "real", *GENERATOR_METHODS)
+SETTINGS = ("synthetic", "synthetic+real")
+BENCH_KEYS = {"datasets", "methods", "settings", "seeds", "base"}
+
+
+@dataclass(frozen=True)
+class Cell:
+    dataset: str
+    seed: int
+    method: str
+    setting: str | None  # None for zero-shot and real
+
+    @property
+    def row(self) -> str:
+        return self.method if self.setting is None else f"{self.method} / {self.setting}"
+
+    @property
+    def folder(self) -> str:
+        return self.method if self.setting is None else f"{self.method}--{self.setting.replace('+', '-')}"
+
+
+@dataclass
+class Benchmark:
+    datasets: dict[str, dict]
+    methods: list[str]
+    settings: list[str]
+    seeds: list[int]
+    base: dict
+    base_dir: Path  # relative dataset paths are relative to the benchmark file
+
+    def cells(self) -> list[Cell]:
+        cells = []
+        for dataset in self.datasets:
+            for seed in self.seeds:
+                for method in self.methods:
+                    settings = self.settings if method in GENERATOR_METHODS else [None]
+                    cells += [Cell(dataset, seed, method, s) for s in settings]
+        return cells
+
+    def config(self, cell: Cell, overrides: list[str]) -> Config:
+        data = {**self.datasets[cell.dataset], "seed": cell.seed}
+        if cell.dataset in CATALOG:
+            data.setdefault("dataset", cell.dataset)
+        raw = {**self.base, "data": {**self.base.get("data", {}), **data}}
+        raw["runtime"] = {**self.base.get("runtime", {}), "seed": cell.seed}
+        raw["classifier"] = {**self.base.get("classifier", {}), "train_on": cell.setting or (
+            "none" if cell.method == "zero-shot" else "real")}
+        if cell.method in GENERATOR_METHODS:
+            raw["adapt"] = {**self.base.get("adapt", {}), "mode": GENERATOR_METHODS[cell.method]}
+        return config_from_raw(raw, f"benchmark {cell.dataset}/{cell.row}", self.base_dir, overrides)
+
+
+def read_benchmark(path: Path) -> Benchmark:
+    if not path.is_file():
+        raise UserError(f"benchmark file not found: {path}")
+    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    unknown = sorted(set(raw) - BENCH_KEYS)
+    if unknown:
+        raise UserError(f"{path}: unknown key '{unknown[0]}'; known: {', '.join(sorted(BENCH_KEYS))}")
+    datasets = raw.get("datasets") or {}
+    if not isinstance(datasets, dict) or not datasets:
+        raise UserError(f"{path}: 'datasets' must map dataset names to their data.* settings")
+    methods = raw.get("methods") or list(METHODS)
+    settings = raw.get("settings") or list(SETTINGS)
+    for value, known, key in ((methods, METHODS, "methods"), (settings, SETTINGS, "settings")):
+        bad = next((v for v in value if v not in known), None)
+        if bad is not None:
+            raise UserError(f"{path}: {key} entry '{bad}' is not one of {', '.join(known)}")
+    seeds = raw.get("seeds") or [0]
+    if not all(isinstance(s, int) and s >= 0 for s in seeds):
+        raise UserError(f"{path}: seeds must be non-negative integers")
+    return Benchmark(datasets, list(methods), list(settings), list(seeds), raw.get("base") or {},
+                     path.resolve().parent)
+
+
+def run_benchmark(path: Path, out: Path, overrides: list[str] = ()) -> Path:
+    from datadream.pipeline import run_all
+    from datadream.stages.run import init_run
+
+    bench = read_benchmark(path)
+    out = out.resolve()
+    cells = bench.cells()
+    configs = {cell: bench.config(cell, list(overrides)) for cell in cells}  # all validated up front
+    results = []
+    for position, cell in enumerate(cells, 1):
+        folder = out / cell.dataset / f"seed{cell.seed}" / cell.folder
+        log.info("benchmark [%d/%d] %s seed %d: %s", position, len(cells), cell.dataset, cell.seed, cell.row)
+        owner = _generation_owner(bench, cell)
+        if owner is not None and owner != cell:
+            init_run(configs[cell], folder)
+            _share_generation(folder, out / cell.dataset / f"seed{cell.seed}" / owner.folder)
+        summary = run_all(configs[cell], folder)
+        results.append((cell, summary.metrics, folder))
+    return write_tables(bench, out, results)
+
+
+def _generation_owner(bench: Benchmark, cell: Cell) -> Cell | None:
+    """The run of the same generator method that makes the adapters and images of `cell`."""
+    if cell.method not in GENERATOR_METHODS:
+        return None
+    return Cell(cell.dataset, cell.seed, cell.method, bench.settings[0])
+
+
+def _share_generation(folder: Path, owner: Path) -> None:
+    for name in ("adapters", "synthetic"):
+        link = folder / name
+        if not link.exists() and not link.is_symlink():
+            os.symlink(os.path.relpath(owner / name, folder), link, target_is_directory=True)
+
+
+def published_rows() -> tuple[str, dict[str, dict[str, float]]]:
+    raw = json.loads(resources.files("datadream").joinpath("resources/published.json").read_text(encoding="utf-8"))
+    return raw["source"], raw["rows"]
+
+
+def write_tables(bench: Benchmark, out: Path, results: list[tuple[Cell, dict | None, Path]]) -> Path:
+    datasets = list(bench.datasets)
+    scores: dict[str, dict[str, list[float]]] = {}
+    for cell, metrics, _ in results:
+        if metrics and metrics.get("top1") is not None:
+            scores.setdefault(cell.row, {}).setdefault(cell.dataset, []).append(metrics["top1"])
+    rows = list(dict.fromkeys(cell.row for cell, _, _ in results))
+    source, published = published_rows()
+
+    def stats(values: list[float]) -> tuple[float, float | None]:
+        return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+
+    table = []
+    for row in rows:
+        per = {d: stats(scores[row][d]) for d in datasets if scores.get(row, {}).get(d)}
+        average = statistics.fmean(m for m, _ in per.values()) if len(per) == len(datasets) else None
+        table.append(("ours", row, per, average))
+    for row, values in published.items():
+        per = {d: (values[d], None) for d in datasets if d in values}
+        if per:
+            average = values.get("average") if set(datasets) == set(CATALOG) else (
+                statistics.fmean(m for m, _ in per.values()) if len(per) == len(datasets) else None)
+            table.append(("published", row, per, average))
+
+    def cell_text(value: tuple[float, float | None] | None) -> str:
+        if value is None:
+            return "–"
+        mean, std = value
+        return f"{mean:.1f}" if std is None else f"{mean:.1f} ± {std:.1f}"
+
+    header = ["source", "method / setting", *datasets, "average"]
+    lines = [f"# Benchmark results (top-1 %, {len(bench.seeds)} seed(s): {', '.join(map(str, bench.seeds))})", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for origin, row, per, average in table:
+        cells = [cell_text(per.get(d)) for d in datasets]
+        lines.append(f"| {origin} | {row} | " + " | ".join(cells) + f" | {'–' if average is None else f'{average:.1f}'} |")
+    lines += ["", f"Published: {source}. The average over the datasets shown is computed from the per-dataset",
+              "means; the published average is shown only when all ten datasets are in the table.",
+              "Numbers from tiny random-weight models say nothing about model quality."]
+    atomic.write_text(out / "results.md", "\n".join(lines) + "\n")
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["source", "method_setting", *[c for d in datasets for c in (d, f"{d}_std")], "average"])
+    for origin, row, per, average in table:
+        values = []
+        for d in datasets:
+            mean, std = per.get(d, (None, None))
+            values += ["" if mean is None else round(mean, 4), "" if std is None else round(std, 4)]
+        writer.writerow([origin, row, *values, "" if average is None else round(average, 4)])
+    atomic.write_text(out / "results.csv", buffer.getvalue())
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["dataset", "seed", "method", "setting", "top1", "top5", "n", "run"])
+    for cell, metrics, folder in results:
+        m = metrics or {}
+        writer.writerow([cell.dataset, cell.seed, cell.method, cell.setting or "", m.get("top1", ""),
+                         m.get("top5", ""), m.get("n", ""), folder])
+    atomic.write_text(out / "runs.csv", buffer.getvalue())
+    return out / "results.md"
