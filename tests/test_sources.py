@@ -147,3 +147,20 @@ def test_init_refuses_a_leaking_run(tmp_path, coop, tiny_models):
     result = run_cli("init", config, tmp_path / "run")
     assert result.returncode == 2 and "test image(s) also appear in the training data" in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_datasets_list_and_check(tmp_path, coop):
+    from conftest import run_cli
+
+    listing = run_cli("datasets")
+    assert listing.returncode == 0 and "fgvc_aircraft" in listing.stdout and "satellite" in listing.stdout
+    root, split = coop
+    (root / "river" / "train_1.jpg").write_bytes(b"broken")
+    (root / "forest" / "test_0.jpg").unlink()
+    result = run_cli("datasets", "check", "eurosat", "--root", root, "--split-file", split)
+    assert result.returncode == 2
+    assert "PROBLEM  3 classes, expected 10" in result.stdout
+    assert "PROBLEM  train: 12 images, expected 13500 (CoOp protocol)" in result.stdout
+    assert "PROBLEM  1 missing file(s), e.g." in result.stdout and "test_0.jpg" in result.stdout
+    assert "PROBLEM  1 unreadable file(s), e.g." in result.stdout and "train_1.jpg" in result.stdout
+    assert result.stderr.strip().splitlines()[-1].startswith("datadream: error: eurosat: 6 problem(s)")
