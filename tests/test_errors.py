@@ -119,3 +119,10 @@ def test_second_process_on_the_same_stage_is_refused(tmp_path, config_file):
     with stage_lock(open_run(run), "adapt"):
         assert_one_line_error(run_cli("adapt", run), "another datadream process is running 'adapt'")
     assert not (run / "adapters").exists()
+
+
+def test_classifier_model_that_cannot_be_loaded_offline(tmp_path, config_file):
+    run = tmp_path / "run"
+    result = run_cli("run", config_file, run, "--set", "classifier.model=no-such-org/clip")
+    assert_one_line_error(result, "cannot load CLIP model 'no-such-org/clip'", "classifier.model")
+    assert not (run / "adapters").exists(), "the run must stop before any training"

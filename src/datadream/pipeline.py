@@ -23,6 +23,7 @@ class Summary:
 
 
 def run_all(config: Config, root: Path) -> Summary:
+    from datadream.components.models import check_models_reachable
     from datadream.data.sources import load_view
     from datadream.report import write_report
     from datadream.stages.adapt import adapt
@@ -34,7 +35,9 @@ def run_all(config: Config, root: Path) -> Summary:
     run = init_run(config, root)
     root = run.layout.root
     adapters, index = [], None
-    if config.classifier.train_on in ("synthetic", "synthetic+real"):
+    needs_generator = config.classifier.train_on in ("synthetic", "synthetic+real")
+    check_models_reachable(config.generator.model if needs_generator else None, config.classifier.model)
+    if needs_generator:
         adapters = adapt(root)
         index = synthesize(root)
     else:

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from datadream.components.models import explained_loading
 from datadream.errors import UserError
 
 LORA_TARGETS = r".*(text_model|vision_model)\.encoder\.layers\.\d+\.self_attn\.(q_proj|v_proj)"
@@ -25,16 +26,10 @@ def load_clip(model: str):
     local = Path(model)
     if (local.is_absolute() or local.exists()) and not (local / "config.json").is_file():
         raise UserError(f"classifier.model: {local} is not a transformers CLIP folder (no config.json)")
-    try:
+    with explained_loading("CLIP", model, "classifier.model", "transformers"):
         clip = CLIPModel.from_pretrained(model)
         # AutoTokenizer fails loudly where CLIPTokenizer would return an empty tokenizer.
         tokenizer = AutoTokenizer.from_pretrained(model)
-    except (OSError, ValueError, KeyError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(
-            f"cannot load CLIP model '{model}' ({first_line}); with no hub access, set classifier.model"
-            " to a local transformers folder or pre-download the model into the HF cache"
-        ) from None
     return clip, tokenizer
 
 

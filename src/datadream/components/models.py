@@ -7,7 +7,9 @@ One loading path for real checkpoints and tiny test models alike; a model that c
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -48,6 +50,19 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
+@contextmanager
+def explained_loading(kind: str, model: str, key: str, folder_kind: str) -> Iterator[None]:
+    """Turn a hub or file error while loading `model` into one line that says what to do."""
+    try:
+        yield
+    except (OSError, ValueError, KeyError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(
+            f"cannot load {kind} model '{model}' ({first_line}); with no hub access, set {key} to a"
+            f" local {folder_kind} folder or pre-download the model into the HF cache"
+        ) from None
+
+
 def load_stable_diffusion(model: str, dtype: torch.dtype = torch.float32):
     """A `StableDiffusionPipeline` from a hub id or a local diffusers folder."""
     import diffusers
@@ -64,18 +79,27 @@ def load_stable_diffusion(model: str, dtype: torch.dtype = torch.float32):
                 f"generator.model: {local} is not a diffusers Stable Diffusion folder (no"
                 " model_index.json); point it at a folder saved with save_pretrained or a hub id"
             )
-    try:
+    with explained_loading("Stable Diffusion", model, "generator.model", "diffusers"):
         pipeline = StableDiffusionPipeline.from_pretrained(
             model, dtype=dtype, safety_checker=None, requires_safety_checker=False
         )
-    except (OSError, ValueError, KeyError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(
-            f"cannot load Stable Diffusion model '{model}' ({first_line}); with no hub access, set"
-            " generator.model to a local diffusers folder or pre-download the model into the HF cache"
-        ) from None
     if len(pipeline.tokenizer) <= 2:
         # CLIPTokenizer.from_pretrained can return an empty 2-token tokenizer instead of failing.
         raise UserError(f"generator.model '{model}': its tokenizer has no vocabulary; the folder is incomplete")
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
+
+
+def check_models_reachable(generator: str | None, classifier: str | None) -> None:
+    """Read only the models' configs (small files, cached or local): a misspelt id or a missing
+    folder stops a run before any training starts rather than hours into it."""
+    if generator is not None:
+        from diffusers import DiffusionPipeline
+
+        with explained_loading("Stable Diffusion", generator, "generator.model", "diffusers"):
+            DiffusionPipeline.load_config(generator)
+    if classifier is not None:
+        from transformers import AutoConfig
+
+        with explained_loading("CLIP", classifier, "classifier.model", "transformers"):
+            AutoConfig.from_pretrained(classifier)
