@@ -82,6 +82,14 @@ class AdaptConfig:
     max_grad_norm: float = _field(1.0, "gradient-norm clip", gt=0)
     resolution: int = _field(512, "training crop size in pixels", min=8, multiple_of=8)
     train_text_encoder: bool = _field(True, "also put LoRA on the text encoder")
+    engine: str = _field(
+        "auto", "batched: K class adapters per forward/backward (same result as sequential); sequential:"
+        " one after another; auto: batched for mode=class", choices=("auto", "batched", "sequential"),
+        result=False,
+    )
+    group_size: int = _field(0, "classes per batched group (0: chosen from free memory)", min=0, result=False)
+    gradient_checkpointing: bool = _field(False, "recompute UNet activations in the backward pass (less"
+                                          " memory, ~30% slower)", result=False)
     checkpoint_every: int = _field(
         500, "save resumable training state every N steps of an adapter (0: never); results do"
         " not depend on it", min=0, result=False,

@@ -58,14 +58,18 @@ def reset_lora(modules: list[torch.nn.Module], seed: int) -> None:
                 up.data.zero_()
 
 
-def save_sd_lora(directory: Path, unet, text_encoder, train_text_encoder: bool) -> Path:
+def save_sd_lora(directory: Path, unet, text_encoder, train_text_encoder: bool, index: int | None = None) -> Path:
+    """Write the adapter (adapter `index` of a grouped model, see grouped_lora) in the diffusers
+    layout, with its metadata."""
     from diffusers import StableDiffusionPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
+    from datadream.components.grouped_lora import adapter_state
+
     def collect(module):
-        return {k: v.detach().float().cpu().contiguous() for k, v in
-                convert_state_dict_to_diffusers(get_peft_model_state_dict(module)).items()}
+        state = get_peft_model_state_dict(module) if index is None else adapter_state(module, index)
+        return {k: v.detach().float().cpu().contiguous() for k, v in convert_state_dict_to_diffusers(state).items()}
 
     def metadata(module):
         # peft keeps target_modules as a set: sorted, the file's bytes do not depend on hashing.

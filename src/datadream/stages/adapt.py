@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from datadream import atomic
 from datadream.components.models import load_stable_diffusion, resolve_device, resolve_dtype
+from datadream.components.grouped_lora import make_single
 from datadream.components.sd_lora import add_lora, reset_lora, save_sd_lora
 from datadream.components.seeds import derive_seed
 from datadream.config import AdaptConfig, result_settings, stable_hash
@@ -106,13 +107,28 @@ def _adapt(run: Run) -> list[Path]:
         log.info("adapt: %d of %d adapter(s) to train (%d already complete)",
                  len(pending), len(units), len(units) - len(pending))
         trainer = LoraTrainer(run)
-        for position, unit in enumerate(pending, 1):
-            trainer.train_and_save(unit, label=f"[{position}/{len(pending)}] {unit.name}")
+        if choose_engine(run.config.adapt) == "batched":
+            from datadream.stages.adapt_batched import BatchedTrainer
+
+            BatchedTrainer(trainer).train_all(pending)
+        else:
+            for position, unit in enumerate(pending, 1):
+                trainer.train_and_save(unit, label=f"[{position}/{len(pending)}] {unit.name}")
     elif not units:
         log.info("adapt: adapt.mode=none, nothing to train (synthesis uses the un-adapted generator)")
     else:
         log.info("adapt: all %d adapter(s) already complete", len(units))
     return [run.layout.adapter(u.name) for u in units]
+
+
+def choose_engine(cfg: AdaptConfig) -> str:
+    """Batched training pays off for many small class-wise adapters; one dataset-wise adapter is
+    trained by the sequential engine (which also checkpoints long runs)."""
+    if cfg.mode != "class":
+        if cfg.engine == "batched":
+            log.info("adapt: engine=batched applies to mode=class; one dataset adapter trains sequentially")
+        return "sequential"
+    return "batched" if cfg.engine in ("auto", "batched") else "sequential"
 
 
 def load_shots(run: Run, classes: list[FewShotClass], resolution: int) -> list[tuple[torch.Tensor, int]]:
@@ -130,6 +146,34 @@ def load_shots(run: Run, classes: list[FewShotClass], resolution: int) -> list[t
             pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
             samples.append((pixels.view(image.height, image.width, 3).permute(2, 0, 1).contiguous(), index))
     return samples
+
+
+@dataclass
+class StepDraws:
+    """Everything random in one step of one adapter, drawn from that adapter's generator in a
+    fixed order (crops, VAE sample, noise, timesteps): the same in both engines."""
+
+    crops: torch.Tensor  # uint8 (B, 3, size, size)
+    prompts: list[int]  # prompt index per sample
+    eps: torch.Tensor  # standard normal, latent shape: the VAE posterior sample
+    noise: torch.Tensor
+    timesteps: torch.Tensor
+
+
+def draw_step(samples, chosen: list[int], size: int, latent_shape: tuple[int, ...], num_timesteps: int,
+              generator: torch.Generator) -> StepDraws:
+    crops, prompts = [], []
+    for i in chosen:
+        image, prompt = samples[i]
+        top = int(torch.randint(0, image.shape[1] - size + 1, (1,), generator=generator))
+        left = int(torch.randint(0, image.shape[2] - size + 1, (1,), generator=generator))
+        crops.append(image[:, top:top + size, left:left + size])
+        prompts.append(prompt)
+    shape = (len(chosen), *latent_shape)
+    eps = torch.randn(shape, generator=generator)
+    noise = torch.randn(shape, generator=generator)
+    timesteps = torch.randint(0, num_timesteps, (len(chosen),), generator=generator)
+    return StepDraws(torch.stack(crops), prompts, eps, noise, timesteps)
 
 
 class LoraTrainer:
@@ -150,32 +194,74 @@ class LoraTrainer:
         self.vae = pipeline.vae.to(self.device).requires_grad_(False).eval()
         if self.dtype == torch.float16:
             self.vae.to(torch.float32)  # SD's VAE overflows in fp16; bf16 and fp32 are safe
+        if self.device.type == "cuda":
+            self.unet.to(memory_format=torch.channels_last)
+        if self.cfg.gradient_checkpointing:
+            self.unet.enable_gradient_checkpointing()
         self.noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
         self.params = add_lora(self.unet, self.text_encoder, self.cfg.rank, self.cfg.alpha,
                                self.cfg.train_text_encoder)
         self.lora_modules = [self.unet, self.text_encoder] if self.cfg.train_text_encoder else [self.unet]
         self.seed = cfg.runtime.seed
+        factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.latent_shape = (self.vae.config.latent_channels, self.cfg.resolution // factor,
+                             self.cfg.resolution // factor)
 
-    def train_and_save(self, unit: AdaptUnit, label: str) -> None:
-        started = time.time()
-        final = self.run.layout.adapter(unit.name)
-        samples = load_shots(self.run, unit.classes, self.cfg.resolution)
-        prompts = [c.prompt for c in unit.classes]
-        partial = self.run.layout.adapter_checkpoint(unit.name)
-        losses = self.train(samples, prompts, seed=derive_seed(self.seed, "adapt", unit.seed_key),
-                            label=label, resume_from=partial, fingerprint=unit.fingerprint)
-        with atomic.staged_directory(final) as staging:
-            save_sd_lora(staging, self.unet, self.text_encoder, self.cfg.train_text_encoder)
+    def unit_seed(self, unit: AdaptUnit) -> int:
+        return derive_seed(self.seed, "adapt", unit.seed_key)
+
+    def tokens(self, prompts: list[str]) -> torch.Tensor:
+        return self.tokenizer(prompts, padding="max_length", truncation=True,
+                              max_length=self.tokenizer.model_max_length, return_tensors="pt").input_ids.to(self.device)
+
+    def draw(self, samples, chosen: list[int], generator: torch.Generator) -> StepDraws:
+        return draw_step(samples, chosen, self.cfg.resolution, self.latent_shape,
+                         self.noise_scheduler.config.num_train_timesteps, generator)
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
+
+    def per_sample_loss(self, draws: StepDraws, text: torch.Tensor) -> torch.Tensor:
+        """Denoising MSE of each sample, given the prompt features of each sample."""
+        device = self.device
+        pixels = draws.crops.to(device, self.vae.dtype, non_blocking=True) / 127.5 - 1.0
+        with torch.no_grad():
+            posterior = self.vae.encode(pixels).latent_dist
+            eps = draws.eps.to(device, posterior.mean.dtype)
+            latents = (posterior.mean + posterior.std * eps).float() * self.vae.config.scaling_factor
+        noise, timesteps = draws.noise.to(device), draws.timesteps.to(device)
+        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        if self.noise_scheduler.config.prediction_type == "v_prediction":
+            target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
+        else:
+            target = noise
+        with self.autocast():
+            prediction = self.unet(noisy, timesteps, text).sample
+        return F.mse_loss(prediction.float(), target.float(), reduction="none").flatten(1).mean(dim=1)
+
+    def save_unit(self, unit: AdaptUnit, losses: list[float], steps_per_epoch: int, started: float,
+                  index: int | None = None, engine: str = "sequential") -> None:
+        with atomic.staged_directory(self.run.layout.adapter(unit.name)) as staging:
+            save_sd_lora(staging, self.unet, self.text_encoder, self.cfg.train_text_encoder, index=index)
             atomic.write_json(staging / UNIT_MARKER, {
                 "unit": unit.name,
                 "classes": [c.name for c in unit.classes],
                 "fingerprint": unit.fingerprint,
                 "steps": len(losses),
-                "loss_per_epoch": _epoch_means(losses, math.ceil(len(samples) / self.cfg.batch_size)),
+                "loss_per_epoch": _epoch_means(losses, steps_per_epoch),
                 "seconds": round(time.time() - started, 2),
+                "engine": engine,
                 "device": str(self.device),
                 "precision": str(self.dtype).removeprefix("torch."),
             })
+
+    def train_and_save(self, unit: AdaptUnit, label: str) -> None:
+        started = time.time()
+        samples = load_shots(self.run, unit.classes, self.cfg.resolution)
+        partial = self.run.layout.adapter_checkpoint(unit.name)
+        losses = self.train(samples, [c.prompt for c in unit.classes], seed=self.unit_seed(unit),
+                            label=label, resume_from=partial, fingerprint=unit.fingerprint)
+        self.save_unit(unit, losses, math.ceil(len(samples) / self.cfg.batch_size), started)
         checkpoint.discard(partial)
         log.info("adapt: %s done in %.1fs", unit.name, time.time() - started)
 
@@ -187,6 +273,7 @@ class LoraTrainer:
 
         cfg = self.cfg
         generator = torch.Generator().manual_seed(seed)
+        self.params = make_single(self.lora_modules)
         reset_lora(self.lora_modules, derive_seed(seed, "init"))
         optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, betas=(0.9, 0.999),
                                       weight_decay=cfg.weight_decay, eps=1e-8)
@@ -202,12 +289,10 @@ class LoraTrainer:
             meta, tensors = restored
             progress = Progress(meta["step"], meta["order"], tensors["losses"].tolist())
             log.info("adapt: resuming %s at step %d", label, progress.step)
-        token_ids = self.tokenizer(prompts, padding="max_length", truncation=True,
-                                   max_length=self.tokenizer.model_max_length,
-                                   return_tensors="pt").input_ids.to(self.device)
+        token_ids = self.tokens(prompts)
         frozen_text = None
         if not cfg.train_text_encoder:
-            with torch.no_grad(), self._autocast():
+            with torch.no_grad(), self.autocast():
                 frozen_text = self.text_encoder(token_ids)[0]
         for module in self.lora_modules:
             module.train()
@@ -219,7 +304,17 @@ class LoraTrainer:
             if position == 0:
                 progress.order = torch.randperm(len(samples), generator=generator).tolist()
             chosen = progress.order[position * cfg.batch_size:(position + 1) * cfg.batch_size]
-            loss = self._loss([samples[i] for i in chosen], token_ids, frozen_text, generator)
+            draws = self.draw(samples, chosen, generator)
+            prompt_index = torch.tensor(draws.prompts, device=self.device)
+            if frozen_text is None:
+                # Each distinct prompt is encoded once and shared by its samples: the same
+                # gradient as encoding it per sample, at a fraction of the cost.
+                used, inverse = torch.unique(prompt_index, return_inverse=True)
+                with self.autocast():
+                    text = self.text_encoder(token_ids[used])[0][inverse]
+            else:
+                text = frozen_text[prompt_index]
+            loss = self.per_sample_loss(draws, text).mean()
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
@@ -242,42 +337,6 @@ class LoraTrainer:
                                 tensors={"losses": torch.tensor(losses, dtype=torch.float64)})
         bar.close()
         return losses
-
-    def _autocast(self):
-        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
-
-    def _loss(self, batch, token_ids, frozen_text, generator: torch.Generator) -> torch.Tensor:
-        """The denoising loss of one batch; draws, in order: crops, VAE sample, noise, timesteps."""
-        size = self.cfg.resolution
-        crops = []
-        for image, _ in batch:
-            top = int(torch.randint(0, image.shape[1] - size + 1, (1,), generator=generator))
-            left = int(torch.randint(0, image.shape[2] - size + 1, (1,), generator=generator))
-            crops.append(image[:, top:top + size, left:left + size])
-        pixels = torch.stack(crops).to(self.device, self.vae.dtype, non_blocking=True) / 127.5 - 1.0
-        prompt_index = torch.tensor([index for _, index in batch], device=self.device)
-        with torch.no_grad():
-            posterior = self.vae.encode(pixels).latent_dist
-            eps = torch.randn(posterior.mean.shape, generator=generator).to(self.device, posterior.mean.dtype)
-            latents = (posterior.mean + posterior.std * eps).float() * self.vae.config.scaling_factor
-        noise = torch.randn(latents.shape, generator=generator).to(self.device)
-        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (len(batch),),
-                                  generator=generator).to(self.device)
-        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
-        if self.noise_scheduler.config.prediction_type == "v_prediction":
-            target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
-        else:
-            target = noise
-        with self._autocast():
-            if frozen_text is None:
-                # Each distinct prompt is encoded once and shared by its samples: the same
-                # gradient as encoding it per sample, at a fraction of the cost.
-                used, inverse = torch.unique(prompt_index, return_inverse=True)
-                text = self.text_encoder(token_ids[used])[0][inverse]
-            else:
-                text = frozen_text[prompt_index]
-            prediction = self.unet(noisy, timesteps, text).sample
-        return F.mse_loss(prediction.float(), target.float())
 
 
 def _epoch_means(losses: list[float], steps_per_epoch: int) -> list[float]:

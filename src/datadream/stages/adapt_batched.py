@@ -1,0 +1,140 @@
+"""The batched engine of stage 1: K class-wise adapters trained in one forward/backward.
+
+A batch of 8 leaves a GPU mostly idle; K classes x 8 samples fill it. It is the same optimisation
+as K separate runs, step for step:
+- each targeted layer applies adapter k only to class k's samples (components/grouped_lora.py);
+- the loss is the sum over classes of each class's mean, so adapter k's gradient is exactly the
+  gradient of its own loss;
+- gradient-norm clipping is computed and applied per adapter;
+- AdamW is elementwise and the schedule is shared (every class takes the same number of steps);
+- every random draw of class k comes from class k's own generator, in the sequential engine's
+  order (see adapt.draw_step), and adapter k starts from the sequential engine's init for k.
+So batched and sequential give the same adapters up to float rounding (tested), and the files
+are written in the same format: nothing downstream can tell them apart.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import torch
+from tqdm.auto import tqdm
+
+from datadream.components.grouped_lora import clip_grad_norm_per_group, make_grouped
+from datadream.components.seeds import derive_seed
+from datadream.errors import UserError
+from datadream.stages.adapt import AdaptUnit, LoraTrainer, StepDraws, load_shots
+
+log = logging.getLogger(__name__)
+
+CPU_GROUP = 16  # on a CPU the gain saturates early (compute-bound); more only costs memory
+
+
+def plan_groups(units: list[AdaptUnit], run_shots: list[int], group_size: int) -> list[list[AdaptUnit]]:
+    """Groups of at most `group_size` units with equal shot counts (equal steps per epoch)."""
+    by_count: dict[int, list[AdaptUnit]] = {}
+    for unit, shots in zip(units, run_shots):
+        by_count.setdefault(shots, []).append(unit)
+    return [same[i:i + group_size] for same in by_count.values() for i in range(0, len(same), group_size)]
+
+
+class BatchedTrainer:
+    def __init__(self, trainer: LoraTrainer):
+        self.t = trainer
+
+    def auto_group_size(self, units: list[AdaptUnit]) -> int:
+        t = self.t
+        if t.cfg.group_size:
+            return t.cfg.group_size
+        if t.device.type != "cuda":
+            return min(CPU_GROUP, len(units))
+        return self._probe_group_size(units)
+
+    def _probe_group_size(self, units: list[AdaptUnit]) -> int:
+        """One throw-away step with one adapter measures what a class costs in GPU memory; the
+        group takes what fits in 85% of the free memory."""
+        t = self.t
+        torch.cuda.synchronize(t.device)
+        torch.cuda.reset_peak_memory_stats(t.device)
+        before = torch.cuda.memory_allocated(t.device)
+        self._train([units[0]], probe=True)
+        per_class = max(1, torch.cuda.max_memory_allocated(t.device) - before)
+        free, _ = torch.cuda.mem_get_info(t.device)
+        size = max(1, min(len(units), int(0.85 * free / per_class)))
+        log.info("adapt: %.2f GiB per class in a group; %d classes per group", per_class / 2**30, size)
+        return size
+
+    def train_all(self, units: list[AdaptUnit]) -> None:
+        shots = [sum(len(c.images) for c in u.classes) for u in units]
+        groups = plan_groups(units, shots, self.auto_group_size(units))
+        for position, group in enumerate(groups, 1):
+            started = time.time()
+            losses, steps_per_epoch = self._train(group, label=f"[{position}/{len(groups)}] {len(group)} classes")
+            for index, unit in enumerate(group):
+                self.t.save_unit(unit, losses[index], steps_per_epoch, started, index=index, engine="batched")
+            log.info("adapt: group %d/%d (%s ... %s) done in %.1fs", position, len(groups), group[0].name,
+                     group[-1].name, time.time() - started)
+
+    def _train(self, units: list[AdaptUnit], label: str = "", probe: bool = False):
+        """Train len(units) adapters together; returns (losses per adapter, steps per epoch)."""
+        from diffusers.optimization import get_scheduler
+
+        t, cfg = self.t, self.t.cfg
+        groups = len(units)
+        samples = [load_shots(t.run, u.classes, cfg.resolution) for u in units]
+        seeds = [t.unit_seed(u) for u in units]
+        generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+        params = make_grouped(t.lora_modules, groups, [derive_seed(seed, "init") for seed in seeds])
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay, eps=1e-8)
+        steps_per_epoch = math.ceil(len(samples[0]) / cfg.batch_size)
+        total_steps = 1 if probe else cfg.epochs * steps_per_epoch
+        schedule = get_scheduler("cosine", optimizer, num_warmup_steps=cfg.warmup_steps,
+                                 num_training_steps=cfg.epochs * steps_per_epoch)
+        scaler = torch.amp.GradScaler(t.device.type, enabled=t.dtype == torch.float16)
+        token_ids = t.tokens([u.classes[0].prompt for u in units])
+        frozen_text = None
+        if not cfg.train_text_encoder:
+            with torch.no_grad(), t.autocast():
+                frozen_text = t.text_encoder(token_ids)[0]
+        for module in t.lora_modules:
+            module.train()
+        losses: list[list[float]] = [[] for _ in units]
+        orders: list[list[int]] = []
+        bar = tqdm(total=total_steps, desc=f"adapt {label}", dynamic_ncols=True, disable=True if probe else None,
+                   leave=False)
+        for step in range(total_steps):
+            position = step % steps_per_epoch
+            if position == 0:
+                orders = [torch.randperm(len(s), generator=g).tolist() for s, g in zip(samples, generators)]
+            window = slice(position * cfg.batch_size, (position + 1) * cfg.batch_size)
+            draws = [t.draw(s, order[window], g) for s, order, g in zip(samples, orders, generators)]
+            per_group = len(draws[0].prompts)
+            merged = StepDraws(torch.cat([d.crops for d in draws]), [], torch.cat([d.eps for d in draws]),
+                               torch.cat([d.noise for d in draws]), torch.cat([d.timesteps for d in draws]))
+            if frozen_text is None:
+                with t.autocast():
+                    text = t.text_encoder(token_ids)[0]  # prompt k through adapter k
+            else:
+                text = frozen_text
+            per_sample = t.per_sample_loss(merged, text.repeat_interleave(per_group, dim=0))
+            per_class = per_sample.view(groups, per_group).mean(dim=1)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(per_class.sum()).backward()
+            scaler.unscale_(optimizer)
+            clip_grad_norm_per_group(params, cfg.max_grad_norm)
+            scaler.step(optimizer)
+            scaler.update()
+            schedule.step()
+            values = per_class.tolist()
+            if not all(math.isfinite(v) for v in values):
+                raise UserError(f"adapt {label}: the loss became {values} at step {step + 1}; try"
+                                " runtime.precision=fp32 or a lower adapt.lr")
+            for history, value in zip(losses, values):
+                history.append(value)
+            bar.update()
+            if (step + 1) % 10 == 0:
+                bar.set_postfix(loss=f"{sum(values) / groups:.4f}")
+        bar.close()
+        return losses, steps_per_epoch
