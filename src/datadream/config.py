@@ -88,6 +88,14 @@ class AdaptConfig:
         result=False,
     )
     group_size: int = _field(0, "classes per batched group (0: chosen from free memory)", min=0, result=False)
+    reuse_vae_moments: bool = _field(
+        True, "encode an image whose only possible crop is itself once, not every step (exact)",
+        result=False,
+    )
+    cache_latents: bool = _field(
+        False, "APPROXIMATION, off in the paper: encode each image once at full size and crop its"
+        " latents instead of encoding every random crop",
+    )
     gradient_checkpointing: bool = _field(False, "recompute UNet activations in the backward pass (less"
                                           " memory, ~30% slower)", result=False)
     checkpoint_every: int = _field(
@@ -104,6 +112,11 @@ class SynthesizeConfig:
     batch_size: int = _field(10, "images per sampler call", min=1)
     resolution: int = _field(512, "image size in pixels", min=8, multiple_of=8)
     lora_scale: float = _field(1.0, "strength of the adapter while sampling", min=0)
+    sampler: str = _field(
+        "default", "default: the model's own sampler (PNDM for SD 2.1-base, as published); dpm++:"
+        " DPM-Solver++ (multistep), an opt-in speed-up that changes the images (use ~20-25 steps)",
+        choices=("default", "dpm++"),
+    )
 
 
 @dataclass

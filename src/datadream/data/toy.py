@@ -38,11 +38,13 @@ def draw_shape(kind: str, size: int, rng: random.Random) -> Image.Image:
 def write_toy_dataset(root: Path, per_class: dict[str, int], size: int = 48, seed: int = 0,
                       classes: tuple[str, ...] = TOY_CLASSES) -> Path:
     """Write root/<split>/<class>/<i>.png for each split in `per_class` (e.g. {"train": 8,
-    "test": 8}); deterministic for a given seed."""
+    "test": 8}); deterministic for a given seed. A class named after a toy shape draws that
+    shape; any other name draws the shapes in turn (for datasets of many classes)."""
     for split, count in per_class.items():
         rng = random.Random(f"{seed}/{split}")
-        for kind in classes:
-            folder = root / split / kind
+        for position, name in enumerate(classes):
+            kind = name if name in TOY_CLASSES else TOY_CLASSES[position % len(TOY_CLASSES)]
+            folder = root / split / name
             folder.mkdir(parents=True, exist_ok=True)
             for index in range(count):
                 draw_shape(kind, size, rng).save(folder / f"{index:03d}.png")

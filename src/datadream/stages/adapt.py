@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from datadream import atomic
 from datadream.components.models import load_stable_diffusion, resolve_device, resolve_dtype
 from datadream.components.grouped_lora import make_single
+from datadream.components.latents import LatentEncoder, ShotImage
 from datadream.components.sd_lora import add_lora, reset_lora, save_sd_lora
 from datadream.components.seeds import derive_seed
 from datadream.config import AdaptConfig, result_settings, stable_hash
@@ -131,9 +132,9 @@ def choose_engine(cfg: AdaptConfig) -> str:
     return "batched" if cfg.engine in ("auto", "batched") else "sequential"
 
 
-def load_shots(run: Run, classes: list[FewShotClass], resolution: int) -> list[tuple[torch.Tensor, int]]:
-    """(uint8 CHW image with its shorter side resized to `resolution`, prompt index) per shot,
-    after checking each file's hash against the manifest."""
+def load_shots(run: Run, classes: list[FewShotClass], resolution: int) -> list[ShotImage]:
+    """Each shot as a uint8 CHW image with its shorter side resized to `resolution`, after
+    checking its file's hash against the manifest."""
     from PIL import Image
 
     samples = []
@@ -144,7 +145,8 @@ def load_shots(run: Run, classes: list[FewShotClass], resolution: int) -> list[t
             size = (max(resolution, round(image.width * scale)), max(resolution, round(image.height * scale)))
             image = image.resize(size, Image.Resampling.BILINEAR)
             pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
-            samples.append((pixels.view(image.height, image.width, 3).permute(2, 0, 1).contiguous(), index))
+            samples.append(ShotImage(pixels.view(image.height, image.width, 3).permute(2, 0, 1).contiguous(),
+                                     index, shot.sha256))
     return samples
 
 
@@ -153,27 +155,40 @@ class StepDraws:
     """Everything random in one step of one adapter, drawn from that adapter's generator in a
     fixed order (crops, VAE sample, noise, timesteps): the same in both engines."""
 
+    shots: list[ShotImage]
+    offsets: list[tuple[int, int]]  # (top, left) of each crop
     crops: torch.Tensor  # uint8 (B, 3, size, size)
-    prompts: list[int]  # prompt index per sample
     eps: torch.Tensor  # standard normal, latent shape: the VAE posterior sample
     noise: torch.Tensor
     timesteps: torch.Tensor
 
 
-def draw_step(samples, chosen: list[int], size: int, latent_shape: tuple[int, ...], num_timesteps: int,
-              generator: torch.Generator) -> StepDraws:
-    crops, prompts = [], []
+    @property
+    def prompts(self) -> list[int]:
+        return [shot.prompt for shot in self.shots]
+
+    @staticmethod
+    def concat(parts: list["StepDraws"]) -> "StepDraws":
+        return StepDraws([s for p in parts for s in p.shots], [o for p in parts for o in p.offsets],
+                         torch.cat([p.crops for p in parts]), torch.cat([p.eps for p in parts]),
+                         torch.cat([p.noise for p in parts]), torch.cat([p.timesteps for p in parts]))
+
+
+def draw_step(samples: list[ShotImage], chosen: list[int], size: int, latent_shape: tuple[int, ...],
+              num_timesteps: int, generator: torch.Generator) -> StepDraws:
+    shots, offsets, crops = [], [], []
     for i in chosen:
-        image, prompt = samples[i]
+        image = samples[i].pixels
         top = int(torch.randint(0, image.shape[1] - size + 1, (1,), generator=generator))
         left = int(torch.randint(0, image.shape[2] - size + 1, (1,), generator=generator))
+        shots.append(samples[i])
+        offsets.append((top, left))
         crops.append(image[:, top:top + size, left:left + size])
-        prompts.append(prompt)
     shape = (len(chosen), *latent_shape)
     eps = torch.randn(shape, generator=generator)
     noise = torch.randn(shape, generator=generator)
     timesteps = torch.randint(0, num_timesteps, (len(chosen),), generator=generator)
-    return StepDraws(torch.stack(crops), prompts, eps, noise, timesteps)
+    return StepDraws(shots, offsets, torch.stack(crops), eps, noise, timesteps)
 
 
 class LoraTrainer:
@@ -203,7 +218,9 @@ class LoraTrainer:
                                self.cfg.train_text_encoder)
         self.lora_modules = [self.unet, self.text_encoder] if self.cfg.train_text_encoder else [self.unet]
         self.seed = cfg.runtime.seed
-        factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.encoder = LatentEncoder(self.vae, self.cfg.resolution, self.cfg.reuse_vae_moments,
+                                     self.cfg.cache_latents)
+        factor = self.encoder.factor
         self.latent_shape = (self.vae.config.latent_channels, self.cfg.resolution // factor,
                              self.cfg.resolution // factor)
 
@@ -224,11 +241,8 @@ class LoraTrainer:
     def per_sample_loss(self, draws: StepDraws, text: torch.Tensor) -> torch.Tensor:
         """Denoising MSE of each sample, given the prompt features of each sample."""
         device = self.device
-        pixels = draws.crops.to(device, self.vae.dtype, non_blocking=True) / 127.5 - 1.0
-        with torch.no_grad():
-            posterior = self.vae.encode(pixels).latent_dist
-            eps = draws.eps.to(device, posterior.mean.dtype)
-            latents = (posterior.mean + posterior.std * eps).float() * self.vae.config.scaling_factor
+        mean, std = self.encoder.moments(draws.shots, draws.offsets, draws.crops)
+        latents = (mean + std * draws.eps.to(device, mean.dtype)).float() * self.vae.config.scaling_factor
         noise, timesteps = draws.noise.to(device), draws.timesteps.to(device)
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
         if self.noise_scheduler.config.prediction_type == "v_prediction":
@@ -265,7 +279,7 @@ class LoraTrainer:
         checkpoint.discard(partial)
         log.info("adapt: %s done in %.1fs", unit.name, time.time() - started)
 
-    def train(self, samples: list[tuple[torch.Tensor, int]], prompts: list[str], seed: int,
+    def train(self, samples: list[ShotImage], prompts: list[str], seed: int,
               label: str = "", resume_from: Path | None = None, fingerprint: str = "") -> list[float]:
         """Train the resident adapter from a fresh init (or from the checkpoint in `resume_from`)
         on `samples`; returns the loss of every step."""
@@ -273,6 +287,7 @@ class LoraTrainer:
 
         cfg = self.cfg
         generator = torch.Generator().manual_seed(seed)
+        self.encoder.clear()
         self.params = make_single(self.lora_modules)
         reset_lora(self.lora_modules, derive_seed(seed, "init"))
         optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, betas=(0.9, 0.999),

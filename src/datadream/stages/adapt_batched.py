@@ -84,6 +84,7 @@ class BatchedTrainer:
         t, cfg = self.t, self.t.cfg
         groups = len(units)
         samples = [load_shots(t.run, u.classes, cfg.resolution) for u in units]
+        t.encoder.clear()
         seeds = [t.unit_seed(u) for u in units]
         generators = [torch.Generator().manual_seed(seed) for seed in seeds]
         params = make_grouped(t.lora_modules, groups, [derive_seed(seed, "init") for seed in seeds])
@@ -111,8 +112,7 @@ class BatchedTrainer:
             window = slice(position * cfg.batch_size, (position + 1) * cfg.batch_size)
             draws = [t.draw(s, order[window], g) for s, order, g in zip(samples, orders, generators)]
             per_group = len(draws[0].prompts)
-            merged = StepDraws(torch.cat([d.crops for d in draws]), [], torch.cat([d.eps for d in draws]),
-                               torch.cat([d.noise for d in draws]), torch.cat([d.timesteps for d in draws]))
+            merged = StepDraws.concat(draws)
             if frozen_text is None:
                 with t.autocast():
                     text = t.text_encoder(token_ids)[0]  # prompt k through adapter k

@@ -129,6 +129,11 @@ class Generator:
         self.device = resolve_device(runtime.device)
         dtype = resolve_dtype(runtime.precision, self.device)
         self.pipeline = load_stable_diffusion(run.config.generator.model, dtype=dtype).to(self.device)
+        if self.cfg.sampler == "dpm++":
+            from diffusers import DPMSolverMultistepScheduler
+
+            self.pipeline.scheduler = DPMSolverMultistepScheduler.from_config(
+                self.pipeline.scheduler.config, algorithm_type="dpmsolver++")
         self.active: str | None = None
 
     def generate(self, todo: list[tuple[ClassJob, list[range]]], remaining: int) -> None:

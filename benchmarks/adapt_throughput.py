@@ -1,0 +1,106 @@
+"""Stage-1 throughput: class-wise adaptation, the reference's way against ours, in one run.
+
+    # CPU, tiny random models at 32 px, 10 classes (about 3 minutes on 2 cores):
+    python benchmarks/adapt_throughput.py --classes 10 --repeats 3
+    # GPU, full-size random SD 2.1-base at 512 px:
+    python benchmarks/adapt_throughput.py --full --device cuda --classes 32 --epochs 2 --groups 8,16,32
+
+Configurations, each on the same toy few-shot set (16 shots per class):
+- reference: sequential engine, fp32, every crop VAE-encoded every step (the reference's way);
+- sequential: sequential engine with our defaults (bf16 on GPU, VAE moments reused where exact);
+- batched K: the batched engine, K classes per forward/backward.
+Prints a table (median of --repeats) and appends it to docs/benchmarks.md with the device,
+versions and command. Numbers from random weights measure speed only, never quality.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import append_report, device_description, versions  # noqa: E402
+
+
+def configs(groups: list[int], precision_auto: str) -> list[tuple[str, list[str]]]:
+    reference = ["adapt.engine=sequential", "runtime.precision=fp32", "adapt.reuse_vae_moments=false"]
+    ours = [("sequential", ["adapt.engine=sequential", f"runtime.precision={precision_auto}"])]
+    ours += [(f"batched K={k}", ["adapt.engine=batched", f"adapt.group_size={k}",
+                                 f"runtime.precision={precision_auto}"]) for k in groups]
+    return [("reference (sequential, fp32, no reuse)", reference), *ours]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--full", action="store_true", help="full-size random SD 2.1-base at 512 px (GPU)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--classes", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=10, help="200 in the paper; fewer suffice to time a step")
+    parser.add_argument("--groups", default="2,5,10", help="batched group sizes K to time")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-report", action="store_true", help="print only; do not append to docs/benchmarks.md")
+    args = parser.parse_args()
+
+    from datadream.components.random_models import build_random_sd21_base
+    from datadream.components.tiny import build_tiny_stable_diffusion
+    from datadream.config import load_config
+    from datadream.data.toy import write_toy_dataset
+    from datadream.stages.adapt import adapt
+    from datadream.stages.run import init_run
+
+    resolution = 512 if args.full else 32
+    work = Path(tempfile.mkdtemp(prefix="datadream-bench-"))
+    try:
+        model = (build_random_sd21_base if args.full else build_tiny_stable_diffusion)(work / "sd")
+        classes = tuple(f"class{i:03d}" for i in range(args.classes))
+        data = write_toy_dataset(work / "data", {"train": 16}, size=resolution, classes=classes)
+        precision = "auto"
+        common = [f"data.train={data / 'train'}", "data.shots=16", f"generator.model={model}",
+                  f"adapt.resolution={resolution}", f"adapt.epochs={args.epochs}", f"runtime.device={args.device}"]
+        groups = [int(k) for k in args.groups.split(",") if k]
+        rows = []
+        samples = args.classes * 16 * args.epochs
+        for name, overrides in configs(groups, precision):
+            times = []
+            for repeat in range(args.repeats):
+                run_dir = work / f"run-{len(rows)}-{repeat}"
+                init_run(load_config(None, common + overrides), run_dir)
+                started = time.perf_counter()
+                adapt(run_dir)
+                times.append(time.perf_counter() - started)
+                shutil.rmtree(run_dir)
+            seconds = statistics.median(times)
+            rows.append((name, seconds, samples / seconds, seconds / args.classes))
+            print(f"{name:<40} {seconds:8.1f} s  {samples / seconds:8.1f} samples/s  {seconds / args.classes:7.2f} s/class",
+                  flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    baseline = rows[0][1]
+    sequential = rows[1][1]
+    lines = ["| configuration | wall s (median) | samples/s | s per class | speed-up vs reference | vs sequential |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines += [f"| {name} | {sec:.1f} | {sps:.1f} | {spc:.2f} | {baseline / sec:.2f}x | {sequential / sec:.2f}x |"
+              for name, sec, sps, spc in rows]
+    what = (f"{'full-size random SD 2.1-base' if args.full else 'tiny random SD'} at {resolution} px, "
+            f"{args.classes} classes x 16 shots, {args.epochs} epochs at batch 8, median of {args.repeats}; "
+            "wall time of `adapt` including model loading")
+    table = "\n".join(lines)
+    print("\n" + table)
+    if not args.no_report:
+        append_report("Stage 1: class-wise adaptation throughput", what, table,
+                      device_description(args.device), versions(), " ".join(["python", *sys.argv]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""Stage-2 throughput on a GPU: images/s at the published settings (50 steps, guidance 2.0,
+512 px) with full-size random SD 2.1-base, the reference's way against ours, in one run.
+
+    python benchmarks/synthesize_throughput.py --device cuda --classes 4 --images 40 --batch 10,40
+
+- reference: the pipeline reloaded from disk for every class, fp16, batch 10, images saved
+  one by one on the main thread (the reference implementation's way);
+- ours: `datadream synthesize` — pipeline loaded once, adapters swapped in place, bf16, batch B,
+  PNG encoding on a background writer.
+Both use class-wise adapters of rank 16 (random, untrained: speed does not depend on them).
+Estimated FLOP utilisation: images/s x (steps x 2 (guidance) x 804 GFLOP UNet + 2.5 TFLOP VAE
+decode) / the device's dense bf16 peak (--peak-tflops, 989 for an H100 SXM).
+Appends the table to docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import append_report, device_description, versions  # noqa: E402
+
+UNET_GFLOP = 804.0
+DECODE_GFLOP = 2500.0
+
+
+def reference_way(model: Path, adapters: list[Path], prompts: list[str], images: int, steps: int,
+                  resolution: int, out: Path, device: str) -> float:
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    dtype = torch.float16 if device.startswith("cuda") else torch.float32
+    started = time.perf_counter()
+    for adapter, prompt in zip(adapters, prompts):
+        pipe = StableDiffusionPipeline.from_pretrained(model, dtype=dtype, safety_checker=None,
+                                                       requires_safety_checker=False).to(device)
+        pipe.set_progress_bar_config(disable=True)
+        pipe.load_lora_weights(adapter)
+        generator = torch.Generator(device).manual_seed(0)  # the reference re-seeded per class
+        for start in range(0, images, 10):
+            batch = pipe([prompt] * min(10, images - start), num_inference_steps=steps, guidance_scale=2.0,
+                         height=resolution, width=resolution, generator=generator).images
+            for i, image in enumerate(batch):
+                image.save(out / f"{adapter.name}-{start + i}.png")
+        del pipe
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--classes", type=int, default=4)
+    parser.add_argument("--images", type=int, default=40, help="images per class")
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--batch", default="10,40", help="our batch sizes to time")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--peak-tflops", type=float, default=989.0)
+    parser.add_argument("--tiny", action="store_true", help="tiny random models at 32 px: a smoke test on a CPU")
+    parser.add_argument("--no-report", action="store_true")
+    args = parser.parse_args()
+
+    from datadream.components.random_models import build_random_sd21_base
+    from datadream.components.tiny import TINY_RESOLUTION, build_tiny_stable_diffusion
+    from datadream.config import load_config
+    from datadream.data.toy import write_toy_dataset
+    from datadream.stages.adapt import adapt
+    from datadream.stages.run import init_run
+    from datadream.stages.synthesize import synthesize
+
+    work = Path(tempfile.mkdtemp(prefix="datadream-bench-"))
+    try:
+        model = (build_tiny_stable_diffusion if args.tiny else build_random_sd21_base)(work / "sd")
+        resolution = TINY_RESOLUTION if args.tiny else 512
+        data = write_toy_dataset(work / "data", {"train": 2}, size=64,
+                                 classes=tuple(f"class{i:03d}" for i in range(args.classes)))
+        common = [f"data.train={data / 'train'}", "data.shots=2", f"generator.model={model}",
+                  "adapt.epochs=1", "adapt.batch_size=2", f"adapt.resolution={min(64, resolution)}",
+                  f"runtime.device={args.device}", f"synthesize.images_per_class={args.images}",
+                  f"synthesize.steps={args.steps}", f"synthesize.resolution={resolution}"]
+        source = work / "adapted"
+        init_run(load_config(None, common), source)
+        adapters = adapt(source)  # untrained-quality adapters of the right shape, for swapping
+        prompts = [f"a photo of a class{i:03d}" for i in range(args.classes)]
+        total = args.classes * args.images
+        per_image_gflop = args.steps * 2 * UNET_GFLOP + DECODE_GFLOP
+        rows = []
+        out = work / "reference-images"
+        out.mkdir()
+        seconds = statistics.median(reference_way(model, adapters, prompts, args.images, args.steps, resolution,
+                                                  out, args.device) for _ in range(args.repeats))
+        rows.append(("reference (reload per class, fp16 on GPU, batch 10, inline PNG)", seconds))
+        for batch in [int(b) for b in args.batch.split(",")]:
+            times = []
+            for repeat in range(args.repeats):
+                run = work / f"ours-{batch}-{repeat}"
+                init_run(load_config(None, common + [f"synthesize.batch_size={batch}"]), run)
+                shutil.copytree(source / "adapters", run / "adapters")
+                started = time.perf_counter()
+                synthesize(run)
+                times.append(time.perf_counter() - started)
+                shutil.rmtree(run)
+            rows.append((f"datadream synthesize (bf16 on GPU), batch {batch}", statistics.median(times)))
+        for name, sec in rows:
+            print(f"{name:<60} {total / sec:6.2f} images/s", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    baseline = rows[0][1]
+    lines = ["| configuration | images/s | est. FLOP utilisation | speed-up vs reference |", "| --- | ---: | ---: | ---: |"]
+    for name, sec in rows:
+        rate = total / sec
+        utilisation = "n/a" if args.tiny else f"{100 * rate * per_image_gflop / (args.peak_tflops * 1000):.0f}%"
+        lines.append(f"| {name} | {rate:.2f} | {utilisation} | {baseline / sec:.2f}x |")
+    table = "\n".join(lines)
+    print("\n" + table)
+    if not args.no_report:
+        what = (f"{'tiny random SD at 32 px (smoke test)' if args.tiny else 'full-size random SD 2.1-base at 512 px'}, {args.classes} classes x {args.images} images, {args.steps} steps,"
+                f" guidance 2.0, median of {args.repeats}; wall time including pipeline loading")
+        append_report("Stage 2: synthesis throughput", what, table, device_description(args.device), versions(),
+                      " ".join(["python", *sys.argv]))
+
+
+if __name__ == "__main__":
+    main()
