@@ -96,14 +96,18 @@ def test_classnames_file_must_match_the_folders(tmp_path):
     root = make_folder(tmp_path / "train", {"cat": 2, "dog": 2})
     names = tmp_path / "names.txt"
     names.write_text("cat\n")
-    with pytest.raises(UserError, match=r"names.txt names 1 of the 2 classes \(class 'dog' is not in it\)"):
+    with pytest.raises(UserError, match=r"names.txt lists 1 names but the dataset has 2 classes"):
         build_manifest(DataConfig(train=str(root), shots=2, classnames=str(names)))
     names.write_text("cat\ndog\nbird\n")
-    with pytest.raises(UserError, match=r"it lists 'bird', which is not a class"):
-        build_manifest(DataConfig(train=str(root), shots=2, classnames=str(names)))
-    names.write_text("Cat\nDog\nBird\n")
     with pytest.raises(UserError, match=r"lists 3 names but the dataset has 2 classes"):
         build_manifest(DataConfig(train=str(root), shots=2, classnames=str(names)))
+    names.write_text("cat\tCat\nbird\tBird\n")
+    with pytest.raises(UserError, match=r"maps 1 of the 2 class ids \(class 'dog' is not in it\)"):
+        build_manifest(DataConfig(train=str(root), shots=2, classnames=str(names)))
+    # Names that happen to equal some ids are still names, one per label.
+    names.write_text("dog\nDoggo\n")
+    manifest = build_manifest(DataConfig(train=str(root), shots=2, classnames=str(names)))
+    assert [c.name for c in manifest.classes] == ["dog", "Doggo"]
 
 
 def test_changed_shot_is_detected(tmp_path):

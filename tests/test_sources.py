@@ -164,3 +164,27 @@ def test_datasets_list_and_check(tmp_path, coop):
     assert "PROBLEM  1 missing file(s), e.g." in result.stdout and "test_0.jpg" in result.stdout
     assert "PROBLEM  1 unreadable file(s), e.g." in result.stdout and "train_1.jpg" in result.stdout
     assert result.stderr.strip().splitlines()[-1].startswith("datadream: error: eurosat: 6 problem(s)")
+
+
+def test_catalog_datasets_are_prompted_with_the_published_names(tmp_path):
+    """CoOp's EuroSAT split file names its classes "Annual Crop Land", ...; the published list
+    says "AnnualCrop", ...: with data.dataset set, the prompts use the published list."""
+    published = ["AnnualCrop", "Forest", "HerbaceousVegetation", "Highway", "Industrial", "Pasture",
+                 "PermanentCrop", "Residential", "River", "SeaLake"]
+    coop_names = ["Annual Crop Land", "Forest", "Herbaceous Vegetation Land", "Highway or Road", "Industrial Buildings",
+                  "Pasture Land", "Permanent Crop Land", "Residential Buildings", "River", "Sea or Lake"]
+    root = tmp_path / "2750"
+    entries = []
+    for label, name in enumerate(coop_names):
+        (root / str(label)).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (8, 8), (label * 20, i * 50, 3)).save(root / str(label) / f"{i}.jpg")
+            entries.append([f"{label}/{i}.jpg", label, name])
+    split = tmp_path / "split_zhou_EuroSAT.json"
+    split.write_text(json.dumps({"train": entries}))
+    view = load_view(DataConfig(root=str(root), split_file=str(split), dataset="eurosat"))
+    assert view.names == published and view.keys == coop_names
+    # An explicit class-names file still wins; names equal to some ids are fine as names.
+    names = tmp_path / "names.txt"
+    names.write_text("\n".join(published))
+    assert load_view(DataConfig(root=str(root), split_file=str(split), classnames=str(names))).names == published

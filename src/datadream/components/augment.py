@@ -3,8 +3,10 @@ bicubic) -> flip -> ColorJitter(0.4, 0.4, 0.2, 0.1) p 0.8 -> grayscale p 0.2 -> 
 p 0.2 (sigma 0.1-2) -> solarize p 0.2 -> CLIP normalisation; Mixup/CutMix on a fraction of batches.
 
 Split in two so that the GPU does the heavy part: the crop runs on the CPU in the loader workers
-(images arrive in all sizes and must leave in one), everything else runs batched on the device
-with kornia. Deliberate difference: RandAugment runs after the crop instead of before it.
+(images arrive in all sizes and must leave in one), everything else runs batched on the device:
+RandAugment with torchvision's definition (components/randaugment.py, per image), the rest with
+kornia, whose ColorJitter follows torchvision's formulas. Deliberate difference: RandAugment runs
+after the crop instead of before it.
 """
 
 from __future__ import annotations
@@ -16,12 +18,10 @@ import torch
 from PIL import Image
 
 from datadream.components.clip import CLIP_MEAN, CLIP_STD
+from datadream.components.randaugment import rand_augment
 
 CROP_SCALE = (0.25, 1.0)
 CROP_RATIO = (3 / 4, 4 / 3)
-# kornia draws RandAugment's two operations once per call, torchvision once per image; calling
-# it on groups of this many images restores variety within a batch at little cost.
-RANDAUGMENT_GROUP = 4
 
 
 def random_resized_crop(image: Image.Image, size: int, rng: random.Random) -> Image.Image:
@@ -76,7 +76,6 @@ class TrainAugment(torch.nn.Module):
         import kornia.augmentation as K
 
         blur_kernel = max(3, int(0.1 * size) // 2 * 2 + 1)  # ~10% of the side, odd
-        self.randaugment = K.auto.RandAugment(n=2, m=9)
         self.photometric = torch.nn.Sequential(
             K.RandomHorizontalFlip(),
             K.ColorJitter(0.4, 0.4, 0.2, 0.1, p=0.8),
@@ -88,8 +87,7 @@ class TrainAugment(torch.nn.Module):
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = images.float() / 255.0
-        x = torch.cat([self.randaugment(group) for group in x.split(RANDAUGMENT_GROUP)])
-        x = self.photometric(x).clamp(0, 1)
+        x = self.photometric(rand_augment(x, num_ops=2, magnitude=9)).clamp(0, 1)
         mean = torch.tensor(CLIP_MEAN, device=x.device).view(1, 3, 1, 1)
         std = torch.tensor(CLIP_STD, device=x.device).view(1, 3, 1, 1)
         return (x - mean) / std

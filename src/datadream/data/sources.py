@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import json
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 from datadream.config import DataConfig
@@ -67,6 +68,8 @@ def load_view(data: DataConfig, splits: tuple[str, ...] = SPLITS) -> DatasetView
         raise UserError("no dataset given: set data.train (an image folder), data.root, or data.split_file")
     if data.classnames:
         _apply_classnames(view, Path(data.classnames))
+    elif data.dataset:
+        _apply_catalog_names(view, data.dataset)
     duplicate = next((n for n in view.names if view.names.count(n) > 1), None)
     if duplicate is not None:
         raise UserError(f"two classes are both named '{duplicate}'; class names must be unique (they are the prompts)")
@@ -154,16 +157,27 @@ def _apply_classnames(view: DatasetView, path: Path) -> None:
         view.keys, view.names = listed, [name for _, name in entries]
         view.splits = {s: [Item(i.path, relabel[i.label]) for i in items] for s, items in view.splits.items()}
         return
-    matching = [key for key in listed if key in set(view.keys)]
-    if explicit or matching:
+    if explicit:
+        matching = [key for key in listed if key in set(view.keys)]
         missing = next((k for k in view.keys if k not in set(listed)), None)
         extra = next((k for k in listed if k not in set(view.keys)), None)
         detail = f"class '{missing}' is not in it" if missing else f"it lists '{extra}', which is not a class"
-        raise UserError(f"{path} names {len(matching)} of the {len(view.keys)} classes ({detail}); list every"
-                        " class id once, or one displayed name per label")
+        raise UserError(f"{path} maps {len(matching)} of the {len(view.keys)} class ids ({detail}); list every"
+                        " class id once, or give one displayed name per label without ids")
     if len(listed) != len(view.keys):
-        raise UserError(f"{path} lists {len(listed)} names but the dataset has {len(view.keys)} classes")
+        raise UserError(f"{path} lists {len(listed)} names but the dataset has {len(view.keys)} classes;"
+                        " list every class id once, or one displayed name per label")
     view.names = listed
+
+
+def _apply_catalog_names(view: DatasetView, key: str) -> None:
+    """A catalog dataset is prompted with the published class names (label order), not the names
+    its split file happens to carry (e.g. CoOp's EuroSAT file says "Annual Crop Land" where the
+    published list says "AnnualCrop")."""
+    names = json.loads(resources.files("datadream").joinpath("resources/classnames.json").read_text(encoding="utf-8"))
+    published = names.get(key)
+    if published is not None and len(published) == len(view.keys):
+        view.names = list(published)
 
 
 def read_classnames(path: Path) -> tuple[list[tuple[str, str]], bool]:
