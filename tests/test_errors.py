@@ -126,3 +126,27 @@ def test_classifier_model_that_cannot_be_loaded_offline(tmp_path, config_file):
     result = run_cli("run", config_file, run, "--set", "classifier.model=no-such-org/clip")
     assert_one_line_error(result, "cannot load CLIP model 'no-such-org/clip'", "classifier.model")
     assert not (run / "adapters").exists(), "the run must stop before any training"
+
+
+def test_settings_that_do_not_change_results_can_change_on_resume(tmp_path, config_file):
+    run = tmp_path / "run"
+    assert run_cli("init", config_file, run).returncode == 0
+    result = run_cli("init", config_file, run, "--set", "adapt.group_size=2", "--set", "synthesize.batch_size=1")
+    assert result.returncode == 0, result.stderr
+    assert "updated adapt.group_size: 0 -> 2; synthesize.batch_size: 2 -> 1" in result.stderr
+    assert "group_size: 2" in (run / "config.yaml").read_text()
+
+
+def test_non_finite_numbers_are_refused(tmp_path, config_file):
+    result = run_cli("init", config_file, tmp_path / "run", "--set", "classifier.real_weight=nan")
+    assert_one_line_error(result, "classifier.real_weight must be a finite number")
+
+
+def test_unreadable_test_image_in_a_loader_worker_is_one_line(tmp_path, config_file, toy_data):
+    run = tmp_path / "run"
+    overrides = ["--set", f"data.test={toy_data / 'test'}", "--set", "classifier.train_on=none",
+                 "--set", "classifier.workers=1"]
+    assert run_cli("init", config_file, run, *overrides).returncode == 0
+    (toy_data / "test" / "square" / "001.png").write_bytes(b"not an image")
+    assert run_cli("train", run).returncode == 0
+    assert_one_line_error(run_cli("evaluate", run), "unreadable image", "square/001.png")

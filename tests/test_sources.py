@@ -124,15 +124,23 @@ def test_bad_split_files(tmp_path, text, message):
 
 def test_leaking_split_is_found_by_content(tmp_path, coop):
     root, split = coop
+    data = DataConfig(root=str(root), split_file=str(split), shots=2)
+    manifest = build_manifest(data)
+    shot = manifest.classes[2].images[0]
     entries = json.loads(split.read_text())
     copy = "sea_lake/renamed_copy.jpg"
-    shutil.copy(root / entries["train"][-1][0], root / copy)  # a training image, renamed, in test
+    shutil.copy(manifest.image_path(shot), root / copy)  # a few-shot image, renamed, in test
     entries["test"].append([copy, 2, "sea_lake"])
+    unused = next(e for e in entries["train"] if e[0] not in {s.path for c in manifest.classes for s in c.images})
+    shutil.copy(root / unused[0], root / "forest" / "unused_copy.jpg")  # a never-trained-on image
+    entries["val"].append(["forest/unused_copy.jpg", 0, "forest"])
     split.write_text(json.dumps(entries))
-    data = DataConfig(root=str(root), split_file=str(split), shots=2)
     view = load_view(data)
     leaks = find_leaks(view, build_manifest(data, view))
-    assert [(a.name, b.name) for a, b in leaks] == [("renamed_copy.jpg", "train_3.jpg")]
+    assert [(a.name, b.name) for a, b in leaks] == [("renamed_copy.jpg", Path(shot.path).name)]
+    from datadream.data.leaks import content_duplicates
+
+    assert sorted(a.name for a, _ in content_duplicates(view)) == ["renamed_copy.jpg", "unused_copy.jpg"]
 
 
 def test_init_refuses_a_leaking_run(tmp_path, coop, tiny_models):
@@ -145,7 +153,8 @@ def test_init_refuses_a_leaking_run(tmp_path, coop, tiny_models):
     config = tmp_path / "exp.yaml"
     config.write_text(f"data: {{root: {root}, split_file: {split}, shots: 2}}\n")
     result = run_cli("init", config, tmp_path / "run")
-    assert result.returncode == 2 and "test image(s) also appear in the training data" in result.stderr
+    assert result.returncode == 2 and "evaluation image(s) leak from training" in result.stderr
+    assert "is also listed as a training image" in result.stderr
     assert not (tmp_path / "run").exists()
 
 
@@ -163,6 +172,7 @@ def test_datasets_list_and_check(tmp_path, coop):
     assert "PROBLEM  train: 12 images, expected 13500 (CoOp protocol)" in result.stdout
     assert "PROBLEM  1 missing file(s), e.g." in result.stdout and "test_0.jpg" in result.stdout
     assert "PROBLEM  1 unreadable file(s), e.g." in result.stdout and "train_1.jpg" in result.stdout
+    assert "ok       no val/test image duplicates a training image" in result.stdout
     assert result.stderr.strip().splitlines()[-1].startswith("datadream: error: eurosat: 6 problem(s)")
 
 

@@ -212,18 +212,34 @@ def datasets_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def one_line(err: Exception) -> str:
+    """A UserError raised in a DataLoader worker comes back wrapped in the worker's traceback;
+    its last line holds the message."""
+    text = str(err).strip()
+    if "\n" in text:
+        text = text.splitlines()[-1].split("UserError: ", 1)[-1]
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_logging(args.quiet)
     try:
         return run_command(args)
     except UserError as err:
-        print(f"datadream: error: {err}", file=sys.stderr)
+        print(f"datadream: error: {one_line(err)}", file=sys.stderr)
         return 2
     except OSError as err:
         # Disk full, permission denied, a path that vanished: the message names the file.
         print(f"datadream: error: {err}", file=sys.stderr)
         return 1
+    except Exception as err:
+        if type(err).__name__ == "OutOfMemoryError":  # torch's, without importing torch here
+            print("datadream: error: the device ran out of memory; lower adapt.group_size, synthesize.batch_size"
+                  " or classifier.batch_size, or set adapt.gradient_checkpointing=true, then run the same"
+                  " command again (finished work is kept)", file=sys.stderr)
+            return 1
+        raise
     except KeyboardInterrupt:
         print("datadream: interrupted; run the same command again to resume", file=sys.stderr)
         return 130

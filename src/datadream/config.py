@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import os
 import typing
 from dataclasses import dataclass, field
@@ -109,7 +110,8 @@ class SynthesizeConfig:
     images_per_class: int = _field(500, "synthetic images per class", min=1)
     steps: int = _field(50, "sampler steps (the model's own sampler)", min=1)
     guidance: float = _field(2.0, "classifier-free guidance scale", min=0)
-    batch_size: int = _field(10, "images per sampler call", min=1)
+    batch_size: int = _field(10, "images per sampler call (every image has its own seed, so this changes"
+                             " speed, not images, up to float rounding)", min=1, result=False)
     resolution: int = _field(512, "image size in pixels", min=8, multiple_of=8)
     lora_scale: float = _field(1.0, "strength of the adapter while sampling", min=0)
     sampler: str = _field(
@@ -148,7 +150,7 @@ class ClassifierConfig:
 
 @dataclass
 class RuntimeConfig:
-    device: str = _field("auto", "auto, cpu, cuda, cuda:N or mps")
+    device: str = _field("auto", "auto, cpu, cuda, cuda:N or mps", result=False)
     precision: str = _field("auto", "auto (bf16 on GPUs that have it, fp16 on older GPUs, fp32 on"
                             " CPU), fp32, bf16 or fp16", choices=("auto", "fp32", "bf16", "fp16"))
     seed: int = _field(0, "seed of training noise and of every synthetic image", min=0)
@@ -242,14 +244,15 @@ def read_config_file(path: Path) -> Config:
     return config_from_dict(_read_yaml(path), origin=str(path))
 
 
-def describe_differences(old: Config, new: Config) -> list[str]:
-    old_d, new_d = old.to_dict(), new.to_dict()
-    return [
-        f"{section}.{key}: {old_d[section][key]!r} -> {new_d[section][key]!r}"
-        for section in new_d
-        for key in new_d[section]
-        if old_d[section][key] != new_d[section][key]
-    ]
+def describe_differences(old: Config, new: Config, results_only: bool = False) -> list[str]:
+    """`section.key: old -> new` for every differing field (only result-changing ones if asked)."""
+    changes = []
+    for section in SECTIONS:
+        for f in dataclasses.fields(getattr(new, section)):
+            before, after = getattr(getattr(old, section), f.name), getattr(getattr(new, section), f.name)
+            if before != after and (not results_only or f.metadata.get("result", True)):
+                changes.append(f"{section}.{f.name}: {before!r} -> {after!r}")
+    return changes
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -335,9 +338,12 @@ def _coerce(value: Any, annotation: Any, key: str, origin: str) -> Any:
         if isinstance(value, bool):
             raise bad
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise bad from None
+        if not math.isfinite(number):
+            raise UserError(f"{origin}: {key} must be a finite number, got {value!r}")
+        return number
     if kind is str:
         if isinstance(value, (dict, list)):
             raise bad

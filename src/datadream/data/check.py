@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 
 from datadream.config import DataConfig
 from datadream.data.catalog import get_entry
+from datadream.data.leaks import content_duplicates
 from datadream.data.sources import SPLITS, load_view
 
 
@@ -61,4 +62,11 @@ def check_dataset(key: str, data: DataConfig) -> CheckReport:
             report.problem(f"{len(found)} {label} file(s), e.g. {shown}")
         else:
             report.ok(f"no {label} files among {len(every)}")
+    duplicates = content_duplicates(view)
+    if duplicates:
+        evaluation, training = duplicates[0]
+        report.problem(f"{len(duplicates)} val/test image(s) have the same content as a training image, e.g."
+                       f" {evaluation} = {training}")
+    else:
+        report.ok("no val/test image duplicates a training image")
     return report

@@ -1,5 +1,12 @@
-"""Refuse to evaluate on images the classifier may have seen: a test image whose content equals
-a training image or a few-shot image (an exact copy under another name or split)."""
+"""Refuse to evaluate on images the classifier may have been trained on.
+
+What is trained on is the few-shot set (and images generated from it), so a run refuses to start
+when a test or validation image has the same content as a few-shot image, or when one file is
+listed in a training split and an evaluation split. Both checks are cheap at any scale: only the
+evaluation files whose size equals a few-shot file's size are hashed. Duplicates between the
+evaluation splits and the rest of the training split (never trained on) are reported by
+`datadream datasets check`, which reads everything.
+"""
 
 from __future__ import annotations
 
@@ -12,16 +19,49 @@ from datadream.data.images import sha256_file
 from datadream.data.sources import DatasetView
 from datadream.errors import UserError
 
+EVALUATION = ("val", "test")
+
 
 def find_leaks(view: DatasetView, manifest: FewShotManifest) -> list[tuple[Path, Path]]:
-    """(test file, training or few-shot file with identical content) pairs, the same file listed
-    in both splits included. Files are compared by
-    size first, so only the few whose sizes collide are hashed: cheap even for ImageNet."""
-    train = [item.path for item in view.split("train")] + [manifest.image_path(s) for c in manifest.classes
-                                                            for s in c.images]
+    """(evaluation file, training file) pairs: the same path in two splits, or a few-shot image's
+    content under another name."""
+    leaks = []
+    train_paths = {os.path.normpath(item.path) for item in view.split("train")}
+    shots: dict[int, list[tuple[str, Path]]] = defaultdict(list)
+    for cls in manifest.classes:
+        for shot in cls.images:
+            shots[_size(manifest.image_path(shot))].append((shot.sha256, manifest.image_path(shot)))
+    for split in EVALUATION:
+        for item in view.split(split):
+            if os.path.normpath(item.path) in train_paths:
+                leaks.append((item.path, item.path))
+                continue
+            size = _size(item.path)
+            candidates = shots.get(size) if size >= 0 else None
+            if candidates:
+                digest = sha256_file(item.path)
+                match = next((path for sha, path in candidates if sha == digest), None)
+                if match is not None:
+                    leaks.append((item.path, match))
+    return leaks
+
+
+def check_no_leaks(view: DatasetView, manifest: FewShotManifest) -> None:
+    leaks = find_leaks(view, manifest)
+    if leaks:
+        evaluation, training = leaks[0]
+        what = "is also listed as a training image" if evaluation == training else f"has the same content as the few-shot image {training}"
+        raise UserError(f"{len(leaks)} evaluation image(s) leak from training, e.g. {evaluation} {what}; remove"
+                        " the duplicates from one side")
+
+
+def content_duplicates(view: DatasetView) -> list[tuple[Path, Path]]:
+    """(evaluation file, training file) pairs with identical content, over the whole training
+    split: the thorough check of `datadream datasets check`. Size-bucketed, so only files whose
+    sizes collide are hashed."""
     by_size: dict[int, list[Path]] = defaultdict(list)
-    for path in set(train):
-        by_size[_size(path)].append(path)
+    for item in view.split("train"):
+        by_size[_size(item.path)].append(item.path)
     hashes: dict[Path, str] = {}
 
     def digest(path: Path) -> str:
@@ -29,21 +69,16 @@ def find_leaks(view: DatasetView, manifest: FewShotManifest) -> list[tuple[Path,
             hashes[path] = sha256_file(path)
         return hashes[path]
 
-    leaks = []
-    for item in view.split("test"):
-        for other in by_size.get(_size(item.path), ()):
-            if other == item.path or digest(other) == digest(item.path):
-                leaks.append((item.path, other))
-                break
-    return leaks
-
-
-def check_no_leaks(view: DatasetView, manifest: FewShotManifest) -> None:
-    leaks = find_leaks(view, manifest)
-    if leaks:
-        test, other = leaks[0]
-        raise UserError(f"{len(leaks)} test image(s) also appear in the training data, e.g. {test} has the"
-                        f" same content as {other}; remove the duplicates from one side")
+    found = []
+    for split in EVALUATION:
+        for item in view.split(split):
+            size = _size(item.path)
+            if size < 0:
+                continue
+            match = next((p for p in by_size.get(size, ()) if digest(p) == digest(item.path)), None)
+            if match is not None:
+                found.append((item.path, match))
+    return found
 
 
 def _size(path: Path) -> int:

@@ -33,12 +33,16 @@ def init_run(config: Config, root: Path) -> Run:
     layout = RunLayout(Path(root).resolve())
     if layout.config.exists():
         existing = read_config_file(layout.config)
-        changes = describe_differences(existing, config)
+        changes = describe_differences(existing, config, results_only=True)
         if changes:
             raise UserError(
                 f"{layout.root} holds a run with a different config ({'; '.join(changes[:3])}"
                 f"{'; ...' if len(changes) > 3 else ''}); choose a new run folder"
             )
+        tuning = describe_differences(existing, config)
+        if tuning:  # device, batch or worker settings: they change speed, not results
+            atomic.write_text(layout.config, config.to_yaml())
+            log.info("run %s: updated %s", layout.root, "; ".join(tuning))
         if layout.fewshot.exists():
             log.info("run %s already initialised with this config", layout.root)
             return open_run(layout.root)
