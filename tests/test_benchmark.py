@@ -113,3 +113,24 @@ def test_bad_benchmark_files(tmp_path):
     assert result.returncode == 2 and "methods entry 'dreambooth' is not one of" in result.stderr
     path.write_text("datasets: {a: {}}\nseedz: [1]\n")
     assert "unknown key 'seedz'" in run_cli("benchmark", path, tmp_path / "out").stderr
+
+
+@pytest.mark.parametrize("text, message", [
+    ("datasets: {a: [unclosed\n", "is not valid YAML"),
+    ("datasets: {eurosat: /data/eurosat}\n", "'datasets' must map each dataset name to its data.* settings"),
+    ("datasets: {a: {}}\nseeds: 3\n", "seeds must be a list of non-negative integers"),
+    ("datasets: {'../up': {}}\n", "dataset name '../up' becomes a folder name"),
+    ("datasets: {a: {}}\nmethods: real\n", "methods must be a list"),
+])
+def test_malformed_benchmark_files_are_one_line(tmp_path, text, message):
+    path = tmp_path / "bench.yaml"
+    path.write_text(text)
+    result = run_cli("benchmark", path, tmp_path / "out")
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_benchmark_refuses_seed_overrides(tmp_path):
+    path = tmp_path / "bench.yaml"
+    path.write_text("datasets: {a: {}}\nseeds: [0, 1]\n")
+    result = run_cli("benchmark", path, tmp_path / "out", "--set", "runtime.seed=3")
+    assert result.returncode == 2 and "sets the seeds of its runs" in result.stderr

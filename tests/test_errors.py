@@ -150,3 +150,27 @@ def test_unreadable_test_image_in_a_loader_worker_is_one_line(tmp_path, config_f
     (toy_data / "test" / "square" / "001.png").write_bytes(b"not an image")
     assert run_cli("train", run).returncode == 0
     assert_one_line_error(run_cli("evaluate", run), "unreadable image", "square/001.png")
+
+
+def test_damaged_marker_is_one_line(tmp_path, config_file):
+    run = tmp_path / "run"
+    assert run_cli("init", config_file, run, "--set", "synthesize.images_per_class=1").returncode == 0
+    assert run_cli("-q", "adapt", run).returncode == 0
+    (run / "adapters" / "001-square" / "unit.json").write_text("{trunc")
+    assert_one_line_error(run_cli("adapt", run), "001-square/unit.json is damaged")
+
+
+def test_evaluate_needs_no_adapters_or_images(tmp_path, config_file, toy_data):
+    """Once the classifier is trained, the generator's outputs may be deleted to save disk."""
+    import shutil
+
+    run = tmp_path / "run"
+    result = run_cli("run", config_file, run, "--set", f"data.test={toy_data / 'test'}",
+                     "--set", "classifier.epochs=1")
+    assert result.returncode == 0, result.stderr
+    (run / "classifier" / "metrics.json").unlink()
+    shutil.rmtree(run / "adapters")
+    shutil.rmtree(run / "synthetic")
+    result = run_cli("evaluate", run)
+    assert result.returncode == 0, result.stderr
+    assert (run / "classifier" / "metrics.json").is_file()

@@ -49,9 +49,15 @@ def staged_directory(final: Path) -> Iterator[Path]:
     try:
         yield staging
         os.chmod(staging, 0o777 & ~_UMASK)
+        # Old aside, new in, old deleted: a kill at any point leaves `final` complete (old or
+        # new) or, between the two renames only, the old one under a temporary name.
+        retired = None
         if final.exists():
-            shutil.rmtree(final)
+            retired = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}old-{final.name}-", dir=final.parent))
+            os.replace(final, retired / final.name)
         os.replace(staging, final)
+        if retired is not None:
+            shutil.rmtree(retired, ignore_errors=True)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)

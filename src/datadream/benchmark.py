@@ -22,15 +22,14 @@ import io
 import json
 import logging
 import os
+import re
 import statistics
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-import yaml
-
 from datadream import atomic
-from datadream.config import Config, config_from_raw
+from datadream.config import Config, config_from_raw, read_yaml
 from datadream.data.catalog import CATALOG
 from datadream.errors import UserError
 
@@ -90,25 +89,32 @@ class Benchmark:
 
 
 def read_benchmark(path: Path) -> Benchmark:
-    if not path.is_file():
-        raise UserError(f"benchmark file not found: {path}")
-    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    raw = read_yaml(path)
     unknown = sorted(set(raw) - BENCH_KEYS)
     if unknown:
         raise UserError(f"{path}: unknown key '{unknown[0]}'; known: {', '.join(sorted(BENCH_KEYS))}")
     datasets = raw.get("datasets") or {}
-    if not isinstance(datasets, dict) or not datasets:
-        raise UserError(f"{path}: 'datasets' must map dataset names to their data.* settings")
+    if not isinstance(datasets, dict) or not datasets or not all(isinstance(v, dict) for v in datasets.values()):
+        raise UserError(f"{path}: 'datasets' must map each dataset name to its data.* settings, e.g."
+                        " eurosat: {root: DIR, split_file: FILE}")
+    bad_name = next((name for name in datasets if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", str(name))), None)
+    if bad_name is not None:
+        raise UserError(f"{path}: dataset name '{bad_name}' becomes a folder name; use letters, digits, '_', '-', '.'")
     methods = raw.get("methods") or list(METHODS)
     settings = raw.get("settings") or list(SETTINGS)
     for value, known, key in ((methods, METHODS, "methods"), (settings, SETTINGS, "settings")):
+        if not isinstance(value, list):
+            raise UserError(f"{path}: {key} must be a list, e.g. [{known[0]}]")
         bad = next((v for v in value if v not in known), None)
         if bad is not None:
             raise UserError(f"{path}: {key} entry '{bad}' is not one of {', '.join(known)}")
     seeds = raw.get("seeds") or [0]
-    if not all(isinstance(s, int) and s >= 0 for s in seeds):
-        raise UserError(f"{path}: seeds must be non-negative integers")
-    return Benchmark(datasets, list(methods), list(settings), list(seeds), raw.get("base") or {},
+    if not isinstance(seeds, list) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
+        raise UserError(f"{path}: seeds must be a list of non-negative integers, e.g. [0, 1, 2]")
+    base = raw.get("base") or {}
+    if not isinstance(base, dict):
+        raise UserError(f"{path}: 'base' must hold config sections, e.g. classifier: {{epochs: 60}}")
+    return Benchmark({str(k): v for k, v in datasets.items()}, list(methods), list(settings), list(seeds), base,
                      path.resolve().parent)
 
 
@@ -117,6 +123,9 @@ def run_benchmark(path: Path, out: Path, overrides: list[str] = ()) -> Path:
     from datadream.stages.run import init_run
 
     bench = read_benchmark(path)
+    seeded = next((o for o in overrides if o.split("=", 1)[0].strip() in ("data.seed", "runtime.seed")), None)
+    if seeded is not None:
+        raise UserError(f"--set {seeded}: a benchmark sets the seeds of its runs from 'seeds' in {path}")
     out = out.resolve()
     cells = bench.cells()
     configs = {cell: bench.config(cell, list(overrides)) for cell in cells}  # all validated up front

@@ -204,7 +204,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()
     if path is None:
         return config_from_raw({}, "defaults", Path.cwd(), overrides)
     path = Path(path)
-    return config_from_raw(_read_yaml(path), str(path), path.resolve().parent, overrides)
+    return config_from_raw(read_yaml(path), str(path), path.resolve().parent, overrides)
 
 
 def config_from_raw(raw: dict[str, Any], origin: str, base: Path, overrides: list[str] = ()) -> Config:
@@ -241,7 +241,7 @@ def config_from_dict(raw: dict[str, Any], origin: str) -> Config:
 
 
 def read_config_file(path: Path) -> Config:
-    return config_from_dict(_read_yaml(path), origin=str(path))
+    return config_from_dict(read_yaml(path), origin=str(path))
 
 
 def describe_differences(old: Config, new: Config, results_only: bool = False) -> list[str]:
@@ -255,7 +255,7 @@ def describe_differences(old: Config, new: Config, results_only: bool = False) -
     return changes
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"config file not found: {path}")
     try:

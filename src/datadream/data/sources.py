@@ -114,7 +114,8 @@ def _read_coop_json(path: Path, root: Path) -> DatasetView:
     for split in SPLITS:
         items = []
         for position, entry in enumerate(raw.get(split) or []):
-            if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[1], int)):
+            if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], str)
+                    and isinstance(entry[1], int) and not isinstance(entry[1], bool)):
                 raise UserError(f"{path}: {split}[{position}] is not [relative path, integer label, class name]")
             relative, label, name = entry
             if names.setdefault(label, str(name)) != str(name):
@@ -137,6 +138,9 @@ def _read_csv(path: Path, root: Path) -> DatasetView:
     bad = next((r for r in rows if r["split"] not in SPLITS), None)
     if bad is not None:
         raise UserError(f"{path}: split '{bad['split']}' (for {bad['filename']}) is not train, val or test")
+    empty = next((n for n, r in enumerate(rows, 2) if not r["class"] or not r["filename"]), None)
+    if empty is not None:
+        raise UserError(f"{path}: line {empty} has an empty filename or class")
     keys = sorted({r["class"] for r in rows})
     label_of = {k: i for i, k in enumerate(keys)}
     splits: dict[str, list[Item]] = {}

@@ -14,7 +14,6 @@ ran before it, nor on the device.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -36,6 +35,7 @@ from datadream.data.fewshot import FewShotClass
 from datadream.data.images import load_rgb
 from datadream.errors import UserError
 from datadream.layout import DATASET_UNIT, LORA_WEIGHTS, UNIT_MARKER
+from datadream.markers import read_marker
 from datadream.stages import checkpoint
 from datadream.stages.run import Run, open_run, stage_lock
 
@@ -71,6 +71,7 @@ def plan_units(run: Run) -> list[AdaptUnit]:
             "model": cfg.generator.model,
             "adapt": result_settings(cfg.adapt),
             "seed": cfg.runtime.seed,
+            "precision": cfg.runtime.precision,
             "classes": [(c.prompt, [s.sha256 for s in c.images]) for c in classes],
         }
         units.append(AdaptUnit(name, seed_key, classes, stable_hash(inputs)))
@@ -81,11 +82,10 @@ def unit_is_complete(run: Run, unit: AdaptUnit) -> bool:
     """True when the adapter exists and was made from these inputs; an adapter made from other
     inputs is never reused silently, nor overwritten."""
     folder = run.layout.adapter(unit.name)
-    marker = folder / UNIT_MARKER
-    if not marker.is_file():
+    marker = read_marker(folder / UNIT_MARKER)
+    if marker is None:
         return False
-    recorded = json.loads(marker.read_text(encoding="utf-8")).get("fingerprint")
-    if recorded != unit.fingerprint:
+    if marker.get("fingerprint") != unit.fingerprint:
         raise UserError(
             f"{folder} was trained with other settings or shots than this run's config; move it"
             " away to retrain it, or use a new run folder"
@@ -104,11 +104,14 @@ def _adapt(run: Run) -> list[Path]:
     units = plan_units(run)
     atomic.remove_stale_temporaries(run.layout.adapters)
     pending = [u for u in units if not unit_is_complete(run, u)]
+    for unit in units:
+        if unit not in pending:  # killed after saving the adapter, before dropping its checkpoint
+            checkpoint.discard(run.layout.adapter_checkpoint(unit.name))
     if pending:
         log.info("adapt: %d of %d adapter(s) to train (%d already complete)",
                  len(pending), len(units), len(units) - len(pending))
         trainer = LoraTrainer(run)
-        if choose_engine(run.config.adapt) == "batched":
+        if choose_engine(run.config.adapt, trainer.dtype) == "batched":
             from datadream.stages.adapt_batched import BatchedTrainer
 
             BatchedTrainer(trainer).train_all(pending)
@@ -122,12 +125,17 @@ def _adapt(run: Run) -> list[Path]:
     return [run.layout.adapter(u.name) for u in units]
 
 
-def choose_engine(cfg: AdaptConfig) -> str:
+def choose_engine(cfg: AdaptConfig, dtype: torch.dtype) -> str:
     """Batched training pays off for many small class-wise adapters; one dataset-wise adapter is
-    trained by the sequential engine (which also checkpoints long runs)."""
+    trained by the sequential engine (which also checkpoints long runs). In fp16 one loss scaler
+    would skip a step for all K adapters when one overflows, so fp16 trains sequentially."""
     if cfg.mode != "class":
         if cfg.engine == "batched":
             log.info("adapt: engine=batched applies to mode=class; one dataset adapter trains sequentially")
+        return "sequential"
+    if dtype == torch.float16 and cfg.engine != "sequential":
+        log.info("adapt: fp16 (no bf16 on this GPU): training adapters one by one, as the batched engine"
+                 " would share one loss scaler")
         return "sequential"
     return "batched" if cfg.engine in ("auto", "batched") else "sequential"
 

@@ -57,10 +57,12 @@ class BatchedTrainer:
         group takes what fits in 85% of the free memory."""
         t = self.t
         torch.cuda.synchronize(t.device)
+        torch.cuda.empty_cache()  # cached blocks would count as used in mem_get_info
         torch.cuda.reset_peak_memory_stats(t.device)
         before = torch.cuda.memory_allocated(t.device)
         self._train([units[0]], probe=True)
         per_class = max(1, torch.cuda.max_memory_allocated(t.device) - before)
+        torch.cuda.empty_cache()
         free, _ = torch.cuda.mem_get_info(t.device)
         size = max(1, min(len(units), int(0.85 * free / per_class)))
         log.info("adapt: %.2f GiB per class in a group; %d classes per group", per_class / 2**30, size)

@@ -23,7 +23,9 @@ from datadream.components.augment import normalize
 from datadream.components.metrics import summarize, topk_correct
 from datadream.components.models import resolve_device, resolve_dtype
 from datadream.data.labelled import EvalImages, Sample, split_samples
+from datadream.config import stable_hash
 from datadream.errors import UserError
+from datadream.markers import read_marker
 from datadream.stages.run import Run, open_run, stage_lock
 
 log = logging.getLogger(__name__)
@@ -59,11 +61,23 @@ def predict(model, tokens: dict[str, torch.Tensor], samples: list[Sample], size:
     return torch.cat(labels), torch.cat(top1), torch.cat(top5)
 
 
+def split_signature(samples: list[Sample]) -> str:
+    """Which files (name, size, time) the split holds: cached metrics are only reused for it."""
+    entries = []
+    for sample in samples:
+        try:
+            stat = os.stat(sample.path)
+            entries.append((sample.path, sample.label, stat.st_size, stat.st_mtime_ns))
+        except OSError:
+            entries.append((sample.path, sample.label, -1, -1))
+    return stable_hash(entries)
+
+
 def read_classifier_marker(run: Run) -> dict:
-    marker = run.layout.classifier / CLASSIFIER_MARKER
-    if not marker.is_file():
+    marker = read_marker(run.layout.classifier / CLASSIFIER_MARKER)
+    if marker is None:
         raise UserError(f"{run.layout.root} has no trained classifier; run `datadream train RUN` first")
-    return json.loads(marker.read_text(encoding="utf-8"))
+    return marker
 
 
 def load_classifier(run: Run, marker: dict):
@@ -85,19 +99,18 @@ def _evaluate(run: Run) -> dict:
     from datadream.stages.train import training_data
 
     marker = read_classifier_marker(run)
-    if marker["fingerprint"] != training_data(run).fingerprint:
+    if marker["fingerprint"] != training_data(run, with_samples=False).fingerprint:
         raise UserError(f"{run.layout.classifier} was trained with other settings; run `datadream train RUN` again"
                         " after moving it away")
-    existing = run.layout.metrics
-    if existing.is_file():
-        recorded = json.loads(existing.read_text(encoding="utf-8"))
-        if recorded.get("classifier") == marker["fingerprint"]:
-            log.info("evaluate: metrics already computed for this classifier")
-            return recorded
     samples = split_samples(run.config.data, run.manifest, "test")
     if not samples:
         raise UserError("the dataset has no test split: set data.test (an image folder), give data.root a"
                         " test/ folder, or use a split file with 'test' entries")
+    test_split = split_signature(samples)
+    recorded = read_marker(run.layout.metrics)
+    if recorded and recorded.get("classifier") == marker["fingerprint"] and recorded.get("test_split") == test_split:
+        log.info("evaluate: metrics already computed for this classifier and test split")
+        return recorded
     device = resolve_device(run.config.runtime.device)
     dtype = resolve_dtype(run.config.runtime.precision, device)
     model, tokens, size = load_classifier(run, marker)
@@ -115,6 +128,7 @@ def _evaluate(run: Run) -> dict:
         "selected_by": marker.get("selected_by"),
         "config_hash": run.config.digest(),
         "classifier": marker["fingerprint"],
+        "test_split": test_split,
     }
     atomic.write_json(run.layout.metrics, metrics)
     log.info("evaluate: top-1 %.2f%%, top-5 %.2f%% on %d test images", metrics["top1"], metrics["top5"], metrics["n"])

@@ -31,6 +31,7 @@ from datadream.config import result_settings, stable_hash
 from datadream.data.fewshot import FewShotClass
 from datadream.errors import UserError
 from datadream.layout import image_name
+from datadream.markers import read_marker
 from datadream.stages.adapt import AdaptUnit, plan_units, unit_is_complete
 from datadream.stages.run import Run, open_run, stage_lock
 
@@ -55,10 +56,10 @@ def image_seed(run_seed: int, class_name: str, index: int) -> int:
     return derive_seed(run_seed, "image", class_name, index)
 
 
-def plan_jobs(run: Run) -> list[ClassJob]:
+def plan_jobs(run: Run, require_adapters: bool = True) -> list[ClassJob]:
     units = plan_units(run)
     by_class = {c.label: u for u in units for c in u.classes}
-    missing = [u.name for u in units if not unit_is_complete(run, u)]
+    missing = [u.name for u in units if not unit_is_complete(run, u)] if require_adapters else []
     if missing:
         raise UserError(
             f"{len(missing)} adapter(s) missing in {run.layout.adapters} (first: {missing[0]});"
@@ -71,6 +72,7 @@ def plan_jobs(run: Run) -> list[ClassJob]:
         inputs = {
             "synthesize": result_settings(cfg.synthesize),
             "seed": cfg.runtime.seed,
+            "precision": cfg.runtime.precision,
             "prompt": cls.prompt,
             "adapter": adapter.fingerprint if adapter else None,
         }
@@ -85,9 +87,9 @@ def pending_batches(job: ClassJob, total: int, batch_size: int) -> list[range]:
 
 def check_marker(job: ClassJob) -> None:
     marker = job.folder / CLASS_MARKER
-    if marker.is_file():
-        recorded = json.loads(marker.read_text(encoding="utf-8")).get("fingerprint")
-        if recorded != job.fingerprint:
+    recorded = read_marker(marker)
+    if recorded is not None:
+        if recorded.get("fingerprint") != job.fingerprint:
             raise UserError(
                 f"{job.folder} holds images made with other settings or another adapter; move it"
                 " away to regenerate it, or use a new run folder"
@@ -213,17 +215,21 @@ def write_index(run: Run, jobs: list[ClassJob]) -> Path:
     return run.layout.synthetic_index
 
 
+def synthetic_fingerprint(run: Run) -> str:
+    """What the run's synthetic set is made from, from the settings alone (no file is read)."""
+    return stable_hash([job.fingerprint for job in plan_jobs(run, require_adapters=False)])
+
+
 def completed_synthetic_set(run: Run) -> tuple[Path, str]:
     """The index of a complete synthetic set made with this run's settings, and a fingerprint of
     the whole set; stops with a clear message when synthesis has not finished."""
     jobs = plan_jobs(run)
     total = run.config.synthesize.images_per_class
     for job in jobs:
-        marker = job.folder / CLASS_MARKER
-        recorded = json.loads(marker.read_text(encoding="utf-8")).get("fingerprint") if marker.is_file() else None
+        recorded = (read_marker(job.folder / CLASS_MARKER) or {}).get("fingerprint")
         if recorded != job.fingerprint or pending_batches(job, total, run.config.synthesize.batch_size):
             raise UserError(f"the synthetic set of {run.layout.root} is not complete (first: {job.folder.name});"
                             " run `datadream synthesize RUN` first")
     if not run.layout.synthetic_index.is_file():
         raise UserError(f"{run.layout.synthetic_index} is missing; run `datadream synthesize RUN` to finish it")
-    return run.layout.synthetic_index, stable_hash([job.fingerprint for job in jobs])
+    return run.layout.synthetic_index, synthetic_fingerprint(run)

@@ -13,7 +13,6 @@ interrupted stage resumes at the last finished epoch and ends with the same clas
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -34,10 +33,11 @@ from datadream.components.seeds import derive_seed
 from datadream.config import result_settings, stable_hash
 from datadream.data.labelled import Sample, TrainImages, real_shots, split_samples, synthetic_images
 from datadream.errors import UserError
+from datadream.markers import read_marker
 from datadream.stages import checkpoint
 from datadream.stages.evaluate import CLASSIFIER_MARKER, LORA_FOLDER, PROMPTS, loader_workers, predict
 from datadream.stages.run import Run, open_run, stage_lock
-from datadream.stages.synthesize import completed_synthetic_set
+from datadream.stages.synthesize import completed_synthetic_set, synthetic_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -53,29 +53,35 @@ def real_repeats(run: Run) -> int:
     return max(1, run.config.synthesize.images_per_class // run.manifest.shots)
 
 
-def training_data(run: Run) -> TrainingData:
+def training_data(run: Run, with_samples: bool = True) -> TrainingData:
+    """The classifier's training samples and fingerprint; `with_samples=False` computes the
+    fingerprint from the settings alone, so evaluation does not need the adapters or images."""
     cfg = run.config.classifier
     inputs: dict = {
         "classifier": result_settings(cfg),
         "seed": run.config.runtime.seed,
+        "precision": run.config.runtime.precision,
         "fewshot": run.manifest.digest(),
         "data": result_settings(run.config.data),
     }
     samples: list[Sample] = []
     if cfg.train_on in ("synthetic", "synthetic+real"):
-        index, inputs["synthetic"] = completed_synthetic_set(run)
-        samples += synthetic_images(index)
+        inputs["synthetic"] = synthetic_fingerprint(run)
+        if with_samples:
+            index, _ = completed_synthetic_set(run)
+            samples += synthetic_images(index)
     if cfg.train_on in ("real", "synthetic+real"):
         inputs["real_repeats"] = real_repeats(run)
-        samples += real_shots(run.manifest, inputs["real_repeats"])
+        if with_samples:
+            samples += real_shots(run.manifest, inputs["real_repeats"])
     return TrainingData(samples, stable_hash(inputs))
 
 
 def classifier_is_complete(run: Run, fingerprint: str) -> bool:
-    marker = run.layout.classifier / CLASSIFIER_MARKER
-    if not marker.is_file():
+    marker = read_marker(run.layout.classifier / CLASSIFIER_MARKER)
+    if marker is None:
         return False
-    if json.loads(marker.read_text(encoding="utf-8")).get("fingerprint") != fingerprint:
+    if marker.get("fingerprint") != fingerprint:
         raise UserError(f"{run.layout.classifier} was trained from other settings or data; move it away to"
                         " retrain, or use a new run folder")
     return True
@@ -84,14 +90,16 @@ def classifier_is_complete(run: Run, fingerprint: str) -> bool:
 def train(run_dir: Path) -> Path:
     run = open_run(run_dir)
     with stage_lock(run, "train"):
-        data = training_data(run)
-        if classifier_is_complete(run, data.fingerprint):
+        fingerprint = training_data(run, with_samples=False).fingerprint
+        atomic.remove_stale_temporaries(run.layout.root)  # a killed save of the classifier
+        if classifier_is_complete(run, fingerprint):
+            checkpoint.discard(run.layout.classifier_checkpoint)
             log.info("train: classifier already complete")
         elif run.config.classifier.train_on == "none":
-            save_classifier(run, data.fingerprint, model=None, info={"selected_by": "zero-shot"})
+            save_classifier(run, fingerprint, model=None, info={"selected_by": "zero-shot"})
             log.info("train: classifier.train_on=none, zero-shot CLIP with the class prompts")
         else:
-            ClassifierTrainer(run, data).fit()
+            ClassifierTrainer(run, training_data(run)).fit()
     return run.layout.classifier
 
 
