@@ -243,6 +243,18 @@ class LoraTrainer:
         return draw_step(samples, chosen, self.cfg.resolution, self.latent_shape,
                          self.noise_scheduler.config.num_train_timesteps, generator)
 
+    def start_training(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Token ids of the prompts, their features when the text encoder is frozen (computed
+        once, not per step), and the LoRA modules in training mode."""
+        token_ids = self.tokens(prompts)
+        frozen_text = None
+        if not self.cfg.train_text_encoder:
+            with torch.no_grad(), self.autocast():
+                frozen_text = self.text_encoder(token_ids)[0]
+        for module in self.lora_modules:
+            module.train()
+        return token_ids, frozen_text
+
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
 
@@ -312,13 +324,7 @@ class LoraTrainer:
             meta, tensors = restored
             progress = Progress(meta["step"], meta["order"], tensors["losses"].tolist())
             log.info("adapt: resuming %s at step %d", label, progress.step)
-        token_ids = self.tokens(prompts)
-        frozen_text = None
-        if not cfg.train_text_encoder:
-            with torch.no_grad(), self.autocast():
-                frozen_text = self.text_encoder(token_ids)[0]
-        for module in self.lora_modules:
-            module.train()
+        token_ids, frozen_text = self.start_training(prompts)
         losses = progress.losses
         bar = tqdm(total=total_steps, initial=progress.step, desc=f"adapt {label}", dynamic_ncols=True,
                    disable=None, leave=False)

@@ -96,13 +96,7 @@ class BatchedTrainer:
         schedule = get_scheduler("cosine", optimizer, num_warmup_steps=cfg.warmup_steps,
                                  num_training_steps=cfg.epochs * steps_per_epoch)
         scaler = torch.amp.GradScaler(t.device.type, enabled=t.dtype == torch.float16)
-        token_ids = t.tokens([u.classes[0].prompt for u in units])
-        frozen_text = None
-        if not cfg.train_text_encoder:
-            with torch.no_grad(), t.autocast():
-                frozen_text = t.text_encoder(token_ids)[0]
-        for module in t.lora_modules:
-            module.train()
+        token_ids, frozen_text = t.start_training([u.classes[0].prompt for u in units])
         losses: list[list[float]] = [[] for _ in units]
         orders: list[list[int]] = []
         bar = tqdm(total=total_steps, desc=f"adapt {label}", dynamic_ncols=True, disable=True if probe else None,
