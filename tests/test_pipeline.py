@@ -74,11 +74,13 @@ def test_class_wise_run_and_stock_diffusers_reproduces_our_images(tmp_path, tiny
     # Image k of each class starts from its own noise (the reference reused one seed per class).
     assert len({r["seed"] for r in rows}) == len(rows)
 
-    ours = np.asarray(Image.open(run / "synthetic" / first["file"]), dtype=np.int16)
-    stock = stock_image(tiny_models, folders[0], first["prompt"], first["seed"], steps=3)
-    assert np.abs(ours - stock).max() <= 2, "stock load_lora_weights must reproduce our image"
-    base = stock_image(tiny_models, None, first["prompt"], first["seed"], steps=3)
-    assert np.abs(ours - base).mean() > 1, "the adapter should change the image"
+    # The first class's adapter is loaded, the others are swapped in place: both must match stock.
+    for row, folder in ((first, folders[0]), (rows[-1], folders[-1])):
+        ours = np.asarray(Image.open(run / "synthetic" / row["file"]), dtype=np.int16)
+        stock = stock_image(tiny_models, folder, row["prompt"], row["seed"], steps=3)
+        assert np.abs(ours - stock).max() <= 2, "stock load_lora_weights must reproduce our image"
+        base = stock_image(tiny_models, None, row["prompt"], row["seed"], steps=3)
+        assert np.abs(ours - base).mean() > 1, "the adapter should change the image"
 
 
 def test_dataset_wise_run_trains_one_adapter(tmp_path, tiny_models, toy_data):

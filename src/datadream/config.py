@@ -99,6 +99,7 @@ class AdaptConfig:
     )
     gradient_checkpointing: bool = _field(False, "recompute UNet activations in the backward pass (less"
                                           " memory, ~30% slower)", result=False)
+    compile: bool = _field(False, "torch.compile the UNet (recompiled for each group size)", result=False)
     checkpoint_every: int = _field(
         500, "save resumable training state every N steps of an adapter (0: never); results do"
         " not depend on it", min=0, result=False,
@@ -114,6 +115,8 @@ class SynthesizeConfig:
                              " speed, not images, up to float rounding)", min=1, result=False)
     resolution: int = _field(512, "image size in pixels", min=8, multiple_of=8)
     lora_scale: float = _field(1.0, "strength of the adapter while sampling", min=0)
+    compile: bool = _field(False, "torch.compile the UNet (adapters are swapped in place, so it is"
+                           " compiled once)", result=False)
     sampler: str = _field(
         "default", "default: the model's own sampler (PNDM for SD 2.1-base, as published); dpm++:"
         " DPM-Solver++ (multistep), an opt-in speed-up that changes the images (use ~20-25 steps)",

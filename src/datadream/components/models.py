@@ -90,6 +90,14 @@ def load_stable_diffusion(model: str, dtype: torch.dtype = torch.float32):
     return pipeline
 
 
+def compile_module(module: torch.nn.Module) -> torch.nn.Module:
+    """torch.compile with the backend in DATADREAM_COMPILE_BACKEND (default inductor; the tests
+    use "eager", which traces the graph without generating kernels)."""
+    import os
+
+    return torch.compile(module, backend=os.environ.get("DATADREAM_COMPILE_BACKEND", "inductor"))
+
+
 def check_models_reachable(generator: str | None, classifier: str | None) -> None:
     """Read only the models' configs (small files, cached or local): a misspelt id or a missing
     folder stops a run before any training starts rather than hours into it."""

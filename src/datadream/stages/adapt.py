@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from datadream import atomic
-from datadream.components.models import load_stable_diffusion, resolve_device, resolve_dtype
+from datadream.components.models import compile_module, load_stable_diffusion, resolve_device, resolve_dtype
 from datadream.components.grouped_lora import make_single
 from datadream.components.latents import LatentEncoder, ShotImage
 from datadream.components.sd_lora import add_lora, reset_lora, save_sd_lora
@@ -221,6 +221,7 @@ class LoraTrainer:
             self.unet.to(memory_format=torch.channels_last)
         if self.cfg.gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
+        self.unet_forward = compile_module(self.unet) if self.cfg.compile else self.unet
         self.noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
         self.params = add_lora(self.unet, self.text_encoder, self.cfg.rank, self.cfg.alpha,
                                self.cfg.train_text_encoder)
@@ -270,7 +271,7 @@ class LoraTrainer:
         else:
             target = noise
         with self.autocast():
-            prediction = self.unet(noisy, timesteps, text).sample
+            prediction = self.unet_forward(noisy, timesteps, text).sample
         return F.mse_loss(prediction.float(), target.float(), reduction="none").flatten(1).mean(dim=1)
 
     def save_unit(self, unit: AdaptUnit, losses: list[float], steps_per_epoch: int, started: float,

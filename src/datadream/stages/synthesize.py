@@ -2,8 +2,8 @@
 
     datadream synthesize RUN
 
-The base pipeline is loaded once; each class's adapter (or the one dataset adapter) is loaded into
-it in place. Image i of class c starts from its own noise, seeded from (runtime.seed, c, i), so no
+The base pipeline is loaded once and every adapter is read once; a class's adapter is copied into
+the pipeline's LoRA weights in place (components/lora_swap.py). Image i of class c starts from its own noise, seeded from (runtime.seed, c, i), so no
 two classes share starting noise and any image can be regenerated alone. Images are written as
 RUN/synthetic/<class-slug>/<i>.png by a background writer, each by write-then-rename.
 
@@ -25,7 +25,8 @@ import torch
 from tqdm.auto import tqdm
 
 from datadream import atomic
-from datadream.components.models import load_stable_diffusion, resolve_device, resolve_dtype
+from datadream.components.lora_swap import AdapterSwapper
+from datadream.components.models import compile_module, load_stable_diffusion, resolve_device, resolve_dtype
 from datadream.components.seeds import derive_seed
 from datadream.config import result_settings, stable_hash
 from datadream.data.fewshot import FewShotClass
@@ -136,7 +137,16 @@ class Generator:
 
             self.pipeline.scheduler = DPMSolverMultistepScheduler.from_config(
                 self.pipeline.scheduler.config, algorithm_type="dpmsolver++")
-        self.active: str | None = None
+        units = {u.name: run.layout.adapter(u.name) for u in plan_units(run)}
+        self.adapters = AdapterSwapper(self.pipeline, units, self.cfg.lora_scale)
+        self.compiled = not self.cfg.compile
+
+    def _compile_once(self) -> None:
+        """After the first adapter built the LoRA layers: later swaps only copy weights, so the
+        compiled graph stays valid."""
+        if not self.compiled:
+            self.pipeline.unet = compile_module(self.pipeline.unet)
+            self.compiled = True
 
     def generate(self, todo: list[tuple[ClassJob, list[range]]], remaining: int) -> None:
         total = self.cfg.images_per_class
@@ -144,7 +154,8 @@ class Generator:
         pending: list[Future] = []
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="png-writer") as writer:
             for job, batches in todo:
-                self._activate(job.adapter)
+                self.adapters.activate(job.adapter.name if job.adapter else None)
+                self._compile_once()
                 seeds = job.seeds(self.run.config.runtime.seed, total)
                 for batch in batches:
                     images = self._sample(job.cls.prompt, [seeds[i] for i in batch])
@@ -154,20 +165,6 @@ class Generator:
                     pending = _drain(pending, keep=MAX_PENDING_WRITES)
             _drain(pending, keep=0)
         bar.close()
-
-    def _activate(self, adapter: AdaptUnit | None) -> None:
-        """Swap the adapter in place: the base pipeline stays loaded; only LoRA weights change."""
-        name = adapter.name if adapter else None
-        if self.active == name:
-            return
-        if self.active is not None:
-            self.pipeline.delete_adapters(self.active)
-            self.active = None
-        if adapter is None:
-            return
-        self.pipeline.load_lora_weights(str(self.run.layout.adapter(adapter.name)), adapter_name=adapter.name)
-        self.pipeline.set_adapters([adapter.name], adapter_weights=[self.cfg.lora_scale])
-        self.active = adapter.name
 
     def _sample(self, prompt: str, seeds: list[int]):
         # One CPU generator per image: each image's starting noise depends on its seed alone, not

@@ -1,0 +1,71 @@
+"""Swapping class adapters in a loaded pipeline by copying weights in place.
+
+The first adapter is loaded with diffusers' own `load_lora_weights`, which builds the LoRA
+layers; every later adapter of the same shape is copied into those very tensors. Nothing in the
+module structure changes, so a compiled UNet is not recompiled (diffusers' own hot-swap covers
+the UNet but not the text encoder), and a swap is a memory copy. All adapters of a run are read
+once and kept resident in CPU memory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from datadream.layout import LORA_WEIGHTS
+
+ACTIVE = "active"
+
+
+def _targets(pipeline) -> dict[str, torch.Tensor]:
+    """Diffusers-format key -> the live LoRA tensor it is loaded into."""
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    targets: dict[str, torch.Tensor] = {}
+    for prefix, module in (("unet", pipeline.unet), ("text_encoder", pipeline.text_encoder)):
+        if not getattr(module, "peft_config", None) or ACTIVE not in module.peft_config:
+            continue
+        # get_peft_model_state_dict returns the live parameters (detached views share storage).
+        live = get_peft_model_state_dict(module, adapter_name=ACTIVE)
+        converted = convert_state_dict_to_diffusers(dict(live))
+        if len(converted) != len(live):
+            raise RuntimeError("unexpected LoRA key conversion")
+        for (name, tensor), key in zip(live.items(), converted):
+            targets[f"{prefix}.{key}"] = tensor
+    return targets
+
+
+class AdapterSwapper:
+    def __init__(self, pipeline, folders: dict[str, Path], scale: float):
+        self.pipeline = pipeline
+        self.scale = scale
+        self.weights = {name: load_file(folder / LORA_WEIGHTS) for name, folder in folders.items()}
+        self.folders = folders
+        self.active: str | None = None
+        self._targets: dict[str, torch.Tensor] | None = None
+
+    def activate(self, name: str | None) -> None:
+        """Make adapter `name` the one the pipeline samples with (None: the un-adapted generator,
+        for a run without adapters)."""
+        if name == self.active:
+            return
+        if name is None:
+            raise RuntimeError("a run either has adapters for every class or none")
+        if self._targets is None:
+            self.pipeline.load_lora_weights(str(self.folders[name]), adapter_name=ACTIVE)
+            self.pipeline.set_adapters([ACTIVE], adapter_weights=[self.scale])
+            self._targets = _targets(self.pipeline)
+        else:
+            self._copy(self.weights[name])
+        self.active = name
+
+    @torch.no_grad()
+    def _copy(self, weights: dict[str, torch.Tensor]) -> None:
+        if weights.keys() != self._targets.keys():
+            missing = sorted(set(self._targets) ^ set(weights))[:1]
+            raise RuntimeError(f"adapter layouts differ (e.g. {missing}); adapters of one run share one layout")
+        for key, target in self._targets.items():
+            target.copy_(weights[key])
