@@ -105,3 +105,20 @@ def test_compiled_unet_gives_the_same_adapters_and_images(tmp_path, tiny_models,
         diff = np.abs(np.asarray(Image.open(runs["plain"] / image), dtype=np.int16)
                       - np.asarray(Image.open(runs["compiled"] / image), dtype=np.int16))
         assert diff.max() <= 2
+
+
+def test_bf16_paths_run_on_the_cpu(tmp_path, tiny_models, toy_data):
+    """The GPU default is bf16 (frozen weights in bf16, LoRA weights and optimiser state in fp32,
+    autocast); the same code runs in bf16 on a CPU, so it is exercised here."""
+    from datadream.pipeline import run_all
+
+    config = write_config(tmp_path / "exp.yaml", tiny_config(
+        tiny_models, toy_data / "train", data={"test": str(toy_data / "test")},
+        runtime={"device": "cpu", "precision": "bf16"}, classifier={"epochs": 1}))
+    for engine in ("batched", "sequential"):
+        summary = run_all(load_config(config, [f"adapt.engine={engine}"]), tmp_path / engine)
+        assert summary.metrics["n"] == 12
+        weights = load_file(summary.run / "adapters" / "001-square" / LORA_WEIGHTS)
+        assert all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in weights.values())
+        marker = json.loads((summary.run / "adapters" / "001-square" / UNIT_MARKER).read_text())
+        assert marker["precision"] == "bfloat16" and marker["engine"] == engine
