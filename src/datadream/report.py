@@ -5,6 +5,7 @@ thumbnails in RUN/report/thumbs/ (real shots) or links into RUN/synthetic/."""
 from __future__ import annotations
 
 import html
+import io
 import json
 from pathlib import Path
 
@@ -56,7 +57,9 @@ def write_report(root: Path) -> Path:
             if not thumb.is_file():
                 image = load_rgb(run.manifest.image_path(shot))
                 image.thumbnail((THUMB * 2, THUMB * 2))
-                image.save(thumb, quality=85)
+                buffer = io.BytesIO()
+                image.save(buffer, format="JPEG", quality=85)
+                atomic.write_bytes(thumb, buffer.getvalue())  # a killed report leaves no half thumbnail
             real.append(f"thumbs/{thumb.name}")
         synthetic = [f"../synthetic/{row['file']}" for row in index.get(cls.label, [])[:SYNTHETIC_PER_CLASS]]
         accuracy = per_class.get(cls.name)

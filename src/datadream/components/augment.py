@@ -63,9 +63,14 @@ def to_uint8_tensor(image: Image.Image) -> torch.Tensor:
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
     """uint8 (B, 3, H, W) -> CLIP-normalised float."""
-    mean = torch.tensor(CLIP_MEAN, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD, device=images.device).view(1, 3, 1, 1)
-    return (images.float() / 255.0 - mean) / std
+    return standardize(images.float() / 255.0)
+
+
+def standardize(x: torch.Tensor) -> torch.Tensor:
+    """Images in [0, 1] -> CLIP's mean and std."""
+    mean = torch.tensor(CLIP_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
 
 
 class TrainAugment(torch.nn.Module):
@@ -87,10 +92,7 @@ class TrainAugment(torch.nn.Module):
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = images.float() / 255.0
-        x = self.photometric(rand_augment(x, num_ops=2, magnitude=9)).clamp(0, 1)
-        mean = torch.tensor(CLIP_MEAN, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(CLIP_STD, device=x.device).view(1, 3, 1, 1)
-        return (x - mean) / std
+        return standardize(self.photometric(rand_augment(x, num_ops=2, magnitude=9)).clamp(0, 1))
 
 
 def mix_within(images: torch.Tensor, targets: torch.Tensor, groups: list[torch.Tensor],

@@ -15,7 +15,6 @@ nearest sampling with black fill, as torchvision's defaults do.
 
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
@@ -106,7 +105,7 @@ def apply_op(op: str, x: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
     raise ValueError(op)
 
 
-def magnitudes(op: str, m: int, size: int, signs: torch.Tensor) -> torch.Tensor:
+def magnitudes(op: str, m: int, signs: torch.Tensor) -> torch.Tensor:
     """torchvision's magnitude of `op` at bin m for each image, signed where torchvision signs it."""
     unsigned = {
         "shear_x": 0.3 * m / (BINS - 1), "shear_y": 0.3 * m / (BINS - 1),
@@ -135,7 +134,7 @@ def rand_augment(x: torch.Tensor, num_ops: int = 2, magnitude: int = 9) -> torch
         for index, op in enumerate(OPS):
             chosen = (choice == index).nonzero().flatten()
             if len(chosen):
-                mags = magnitudes(op, magnitude, x.shape[-1], signs[chosen]).to(x.device, x.dtype)
+                mags = magnitudes(op, magnitude, signs[chosen]).to(x.device, x.dtype)
                 out[chosen.to(x.device)] = apply_op(op, x[chosen.to(x.device)], mags)
         x = out
     return x

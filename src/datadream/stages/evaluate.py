@@ -22,8 +22,8 @@ from datadream.components import clip as clip_ops
 from datadream.components.augment import normalize
 from datadream.components.metrics import summarize, topk_correct
 from datadream.components.models import resolve_device, resolve_dtype
-from datadream.data.labelled import EvalImages, Sample, split_samples
 from datadream.config import stable_hash
+from datadream.data.labelled import EvalImages, Sample, split_samples
 from datadream.errors import UserError
 from datadream.markers import read_marker
 from datadream.stages.run import Run, open_run, stage_lock
