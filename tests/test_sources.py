@@ -122,7 +122,7 @@ def test_bad_split_files(tmp_path, text, message):
         load_view(DataConfig(root=str(tmp_path), split_file=str(split)))
 
 
-def test_leaking_split_is_found_by_content(tmp_path, coop):
+def test_a_shot_also_in_val_or_test_is_redrawn_and_recorded(tmp_path, coop):
     root, split = coop
     data = DataConfig(root=str(root), split_file=str(split), shots=2)
     manifest = build_manifest(data)
@@ -131,31 +131,43 @@ def test_leaking_split_is_found_by_content(tmp_path, coop):
     copy = "sea_lake/renamed_copy.jpg"
     shutil.copy(manifest.image_path(shot), root / copy)  # a few-shot image, renamed, in test
     entries["test"].append([copy, 2, "sea_lake"])
-    unused = next(e for e in entries["train"] if e[0] not in {s.path for c in manifest.classes for s in c.images})
-    shutil.copy(root / unused[0], root / "forest" / "unused_copy.jpg")  # a never-trained-on image
-    entries["val"].append(["forest/unused_copy.jpg", 0, "forest"])
+    other = manifest.classes[0].images[0].path
+    entries["val"].append([other, 0, "forest"])  # the same file listed in train and val
+    unused = next(e for e in entries["train"]
+                  if e[1] == 1 and e[0] not in {s.path for c in manifest.classes for s in c.images})
+    shutil.copy(root / unused[0], root / "river" / "unused_copy.jpg")  # a never-drawn image
+    entries["val"].append(["river/unused_copy.jpg", 1, "river"])
     split.write_text(json.dumps(entries))
     view = load_view(data)
-    leaks = find_leaks(view, build_manifest(data, view))
-    assert [(a.name, b.name) for a, b in leaks] == [("renamed_copy.jpg", Path(shot.path).name)]
+    redrawn = build_manifest(data, view)
+    assert redrawn.classes[2].excluded == [shot.path] and redrawn.classes[0].excluded == [other]
+    assert shot.path not in {s.path for s in redrawn.classes[2].images}
+    assert len(redrawn.classes[2].images) == 2
+    assert redrawn.classes[1].images == manifest.classes[1].images and not redrawn.classes[1].excluded
+    assert find_leaks(view, redrawn) == []
+    assert '"excluded"' not in manifest.to_json(), "manifests without exclusions keep their old form"
+    assert [(a.name, b.name) for a, b in find_leaks(view, manifest)] == [
+        (Path(other).name, Path(other).name), ("renamed_copy.jpg", Path(shot.path).name)]
     from datadream.data.leaks import content_duplicates
 
-    assert sorted(a.name for a, _ in content_duplicates(view)) == ["renamed_copy.jpg", "unused_copy.jpg"]
+    assert sorted(a.name for a, _ in content_duplicates(view)) == sorted(
+        ["renamed_copy.jpg", "unused_copy.jpg", Path(other).name])
 
 
-def test_init_refuses_a_leaking_run(tmp_path, coop, tiny_models):
+def test_init_redraws_instead_of_refusing(tmp_path, coop, tiny_models):
     from conftest import run_cli
 
     root, split = coop
     entries = json.loads(split.read_text())
-    entries["test"].append(entries["train"][0])  # the same file listed in both splits
+    entries["test"] += [e for e in entries["train"] if e[1] == 1][:3]  # listed in both splits
     split.write_text(json.dumps(entries))
     config = tmp_path / "exp.yaml"
-    config.write_text(f"data: {{root: {root}, split_file: {split}, shots: 2}}\n")
+    config.write_text(f"data: {{root: {root}, split_file: {split}, shots: 1}}\n")
     result = run_cli("init", config, tmp_path / "run")
-    assert result.returncode == 2 and "evaluation image(s) leak from training" in result.stderr
-    assert "is also listed as a training image" in result.stderr
-    assert not (tmp_path / "run").exists()
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((tmp_path / "run" / "fewshot.json").read_text())
+    test_paths = {e[0] for e in entries["test"]}
+    assert not {s["path"] for c in manifest["classes"] for s in c["images"]} & test_paths
 
 
 def test_datasets_list_and_check(tmp_path, coop):

@@ -1,20 +1,55 @@
 """Write-then-rename helpers: a reader (or a resumed run) sees a file or folder either complete
-or not at all, even after `kill -9`."""
+or not at all, even after `kill -9` or a power cut.
+
+A rename is only durable once the renamed data and the directory entry are on disk, so every
+commit fsyncs the new file (or every file of a new folder) before the rename and the parent
+directory after it.
+"""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
+import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from datadream.errors import UserError
+
 TMP_PREFIX = ".tmp-"
 # mkstemp/mkdtemp create private (0600/0700) entries; finished outputs get the usual permissions.
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+
+
+def fsync_directory(folder: Path) -> None:
+    """Make a rename inside `folder` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems refuse fsync on a directory; the data itself was synced
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: Path) -> None:
+    """fsync every file and folder under `root` (written by libraries that do not sync)."""
+    for folder, _, files in os.walk(root):
+        for name in files:
+            fd = os.open(os.path.join(folder, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_directory(Path(folder))
 
 
 def write_bytes(path: Path, data: bytes) -> None:
@@ -30,6 +65,7 @@ def write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_directory(path.parent)
 
 
 def write_text(path: Path, text: str) -> None:
@@ -49,13 +85,15 @@ def staged_directory(final: Path) -> Iterator[Path]:
     try:
         yield staging
         os.chmod(staging, 0o777 & ~_UMASK)
+        fsync_tree(staging)
         # Old aside, new in, old deleted: a kill at any point leaves `final` complete (old or
         # new) or, between the two renames only, the old one under a temporary name.
         retired = None
-        if final.exists():
+        if final.is_symlink() or final.exists():
             retired = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}old-{final.name}-", dir=final.parent))
             os.replace(final, retired / final.name)
         os.replace(staging, final)
+        fsync_directory(final.parent)
         if retired is not None:
             shutil.rmtree(retired, ignore_errors=True)
     finally:
@@ -69,4 +107,36 @@ def remove_stale_temporaries(folder: Path) -> None:
         return
     for entry in folder.iterdir():
         if entry.name.startswith(TMP_PREFIX):
-            shutil.rmtree(entry) if entry.is_dir() else entry.unlink(missing_ok=True)
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink(missing_ok=True)
+
+
+def check_writable(folder: Path, setting: str = "") -> None:
+    """Fail before hours of work rather than when the result is saved."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=TMP_PREFIX, dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        hint = f" ({setting})" if setting else ""
+        raise UserError(f"cannot write to {folder}{hint}: {err.strerror or err}; fix its permissions or"
+                        " free space, then run the same command again") from None
+
+
+def open_lock_file(path: Path) -> int:
+    """Open (or create) a lock file without following a link and without blocking on a FIFO;
+    anything but a plain file of our own is an error, never a file to truncate."""
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as err:
+        if err.errno in (errno.ELOOP, errno.EMLINK):
+            raise UserError(f"{path} is a symbolic link, not a datadream lock; remove it and run the"
+                            " command again") from None
+        raise
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+        os.close(fd)
+        raise UserError(f"{path} is not a plain lock file (a link or special file); remove it and run"
+                        " the command again")
+    return fd

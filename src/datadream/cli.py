@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import pickle
 import sys
 import warnings
 from pathlib import Path
@@ -233,6 +234,11 @@ def main(argv: list[str] | None = None) -> int:
         # Disk full, permission denied, a path that vanished: the message names the file.
         print(f"datadream: error: {err}", file=sys.stderr)
         return 1
+    except pickle.UnpicklingError:
+        # torch.load(weights_only=True) refused a pickled weight file that holds code.
+        print("datadream: error: a pickled weight file (.bin/.pt) of generator.model or classifier.model was"
+              " refused: it holds code, not only tensors; use the model's .safetensors weights", file=sys.stderr)
+        return 2
     except Exception as err:
         if type(err).__name__ == "OutOfMemoryError":  # torch's, without importing torch here
             print("datadream: error: the device ran out of memory; lower adapt.group_size, synthesize.batch_size"

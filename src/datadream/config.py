@@ -14,6 +14,7 @@ import hashlib
 import json
 import math
 import os
+import reprlib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -258,11 +259,58 @@ def describe_differences(old: Config, new: Config, results_only: bool = False) -
     return changes
 
 
+# A config is a few hundred values; aliases may repeat a block, but a document that expands to
+# more than this (an "alias bomb": 9 levels of 9 aliases is 387 million values) is refused before
+# anything walks or prints it.
+MAX_YAML_NODES = 100_000
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    def compose_document(self):
+        node = super().compose_document()
+        if _expanded_size(node, {}) > MAX_YAML_NODES:
+            raise yaml.YAMLError(f"it expands to more than {MAX_YAML_NODES:,} values (too many aliases)")
+        return node
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """Nodes counted with every alias expanded, each distinct node computed once (linear time);
+    a node that contains itself counts as unbounded."""
+    key = id(node)
+    if key in sizes:
+        return sizes[key]
+    sizes[key] = MAX_YAML_NODES + 1  # while in progress: a cycle back to it is unbounded
+    total = 1
+    if isinstance(node, yaml.SequenceNode):
+        children = node.value
+    elif isinstance(node, yaml.MappingNode):
+        children = [part for pair in node.value for part in pair]
+    else:
+        children = []
+    for child in children:
+        total += _expanded_size(child, sizes)
+        if total > MAX_YAML_NODES:
+            break
+    sizes[key] = total
+    return total
+
+
+_SHORT = reprlib.Repr()  # keyword arguments need Python 3.12
+_SHORT.maxstring = _SHORT.maxother = 60
+_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = _SHORT.maxset = 4
+_SHORT.maxlevel = 2
+
+
+def shown(value: Any) -> str:
+    """A value as messages print it: cut to a readable length (a value can be huge)."""
+    return _SHORT.repr(value)
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"config file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_BoundedLoader)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
@@ -282,7 +330,8 @@ def _parse_override(item: str) -> tuple[str, str]:
     return key, value
 
 
-def _unknown(kind: str, name: str, known: list[str], origin: str) -> UserError:
+def _unknown(kind: str, name: object, known: list[str], origin: str) -> UserError:
+    name = str(name)[:80]
     close = difflib.get_close_matches(name, known, n=1)
     hint = f"did you mean '{close[0]}'? " if close else ""
     return UserError(f"{origin}: unknown config {kind} '{name}'; {hint}known: {', '.join(known)}")
@@ -316,7 +365,7 @@ def _coerce(value: Any, annotation: Any, key: str, origin: str) -> Any:
         if optional:
             return None
         raise UserError(f"{origin}: {key} cannot be empty; give a {kind.__name__}")
-    bad = UserError(f"{origin}: {key} must be a {kind.__name__}, got {value!r}")
+    bad = UserError(f"{origin}: {key} must be a {kind.__name__}, got {shown(value)}")
     if kind is bool:
         if isinstance(value, bool):
             return value
@@ -345,7 +394,7 @@ def _coerce(value: Any, annotation: Any, key: str, origin: str) -> Any:
         except (TypeError, ValueError):
             raise bad from None
         if not math.isfinite(number):
-            raise UserError(f"{origin}: {key} must be a finite number, got {value!r}")
+            raise UserError(f"{origin}: {key} must be a finite number, got {shown(value)}")
         return number
     if kind is str:
         if isinstance(value, (dict, list)):
@@ -358,7 +407,7 @@ def _check(value: Any, meta: typing.Mapping[str, Any], key: str, origin: str) ->
     if value is None:
         return
     if "choices" in meta and value not in meta["choices"]:
-        raise UserError(f"{origin}: {key} must be one of {', '.join(meta['choices'])}; got {value!r}")
+        raise UserError(f"{origin}: {key} must be one of {', '.join(meta['choices'])}; got {shown(value)}")
     if "min" in meta and value < meta["min"]:
         raise UserError(f"{origin}: {key} must be >= {meta['min']}; got {value}")
     if "max" in meta and value > meta["max"]:

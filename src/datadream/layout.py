@@ -8,6 +8,7 @@
     RUN/synthetic/index.jsonl             one row per image
     RUN/classifier/                       CLIP LoRA (peft layout), prompts.json, train.json, metrics.json
     RUN/logs/train/                       TensorBoard scalars of the classifier
+    RUN/logs/timings.jsonl                wall time of every unit (kept out of the markers)
     RUN/report/index.html                 the human view
 """
 
@@ -17,6 +18,8 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
+
+from datadream.errors import UserError
 
 DATASET_UNIT = "dataset"
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
@@ -30,6 +33,24 @@ def slugify(name: str) -> str:
     ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
     slug = re.sub(r"[^a-z0-9]+", "-", ascii_name.lower()).strip("-")
     return slug[:60].rstrip("-") or "class"
+
+
+# What a name read back from a run file (a slug, a unit id, an index row) may be before it is
+# joined to a path: one component, no separators, no "." or "..", nothing hidden.
+_SAFE_COMPONENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def is_safe_component(name: object) -> bool:
+    return isinstance(name, str) and bool(_SAFE_COMPONENT.fullmatch(name)) and ".." not in name
+
+
+def checked_component(name: object, where: str) -> str:
+    """`name` if it is a single safe path component; otherwise one line naming `where` it came from."""
+    if not is_safe_component(name):
+        shown = repr(name)[:80]
+        raise UserError(f"{where}: {shown} is not a single safe folder name (letters, digits, '.', '_', '-');"
+                        " the file was edited or damaged: restore it or re-create the run")
+    return name  # type: ignore[return-value]
 
 
 def class_slug(label: int, name: str, num_classes: int) -> str:
@@ -55,18 +76,18 @@ class RunLayout:
         return self.root / "adapters"
 
     def adapter(self, unit: str) -> Path:
-        return self.adapters / unit
+        return self.adapters / checked_component(unit, "adapter unit")
 
     def adapter_checkpoint(self, unit: str) -> Path:
         """Resumable training state of an unfinished adapter (hidden: not an adapter)."""
-        return self.adapters / f".partial-{unit}"
+        return self.adapters / f".partial-{checked_component(unit, 'adapter unit')}"
 
     @property
     def synthetic(self) -> Path:
         return self.root / "synthetic"
 
     def synthetic_class(self, slug: str) -> Path:
-        return self.synthetic / slug
+        return self.synthetic / checked_component(slug, "class folder")
 
     @property
     def synthetic_index(self) -> Path:
@@ -87,6 +108,10 @@ class RunLayout:
     @property
     def logs(self) -> Path:
         return self.root / "logs"
+
+    @property
+    def timings(self) -> Path:
+        return self.logs / "timings.jsonl"
 
     @property
     def report(self) -> Path:

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from datadream import atomic
 from datadream.data.images import load_rgb
-from datadream.layout import UNIT_MARKER
+from datadream.errors import UserError
+from datadream.layout import UNIT_MARKER, is_safe_component
 
 REAL_PER_CLASS = 6
 SYNTHETIC_PER_CLASS = 8
@@ -83,11 +84,20 @@ def _read_json(path: Path) -> dict | None:
 
 
 def _read_index(path: Path) -> dict[int, list[dict]]:
+    """Rows of the synthetic index by label; only rows whose file is `<class folder>/<image>`
+    inside the synthetic folder are linked."""
     rows: dict[int, list[dict]] = {}
     if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            row = json.loads(line)
-            rows.setdefault(row["label"], []).append(row)
+        for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+            try:
+                row = json.loads(line)
+                parts = row["file"].split("/")
+                if len(parts) != 2 or not all(is_safe_component(part) for part in parts):
+                    raise ValueError(row["file"])
+                rows.setdefault(int(row["label"]), []).append(row)
+            except (ValueError, KeyError, TypeError, AttributeError):
+                raise UserError(f"{path} line {number} is damaged; run `datadream synthesize RUN` to rewrite the"
+                                " index") from None
     return rows
 
 

@@ -8,6 +8,7 @@ diffusers' own `save_lora_weights`, with the adapter metadata, so that stock
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -83,4 +84,24 @@ def save_sd_lora(directory: Path, unet, text_encoder, train_text_encoder: bool, 
         kwargs["text_encoder_lora_layers"] = collect(text_encoder)
         kwargs["text_encoder_lora_adapter_metadata"] = metadata(text_encoder)
     StableDiffusionPipeline.save_lora_weights(directory, safe_serialization=True, **kwargs)
+    sort_safetensors_metadata(directory / "pytorch_lora_weights.safetensors")
     return directory
+
+
+def sort_safetensors_metadata(path: Path) -> None:
+    """safetensors writes its metadata map in hash order, which differs from process to process,
+    so two identical trainings would give files that differ in their header. Rewritten with sorted
+    keys, identical runs give identical bytes. The header is the format's length-prefixed JSON;
+    only the order inside `__metadata__` changes, so its padded length and every offset stay."""
+    with open(path, "r+b") as handle:
+        length = int.from_bytes(handle.read(8), "little")
+        header = json.loads(handle.read(length))
+        metadata = header.pop("__metadata__", None)
+        if not metadata:
+            return
+        ordered = {"__metadata__": dict(sorted(metadata.items())), **header}
+        text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        if len(text) > length:  # another serialiser's escaping: leave the file as it is
+            return
+        handle.seek(8)
+        handle.write(text + b" " * (length - len(text)))

@@ -3,7 +3,6 @@ torch datasets that decode them."""
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,21 +25,14 @@ class Sample:
     path: str
     label: int
     origin: str  # REAL or SYNTHETIC: never inferred from the path
+    sha256: str | None = None  # when known, the image is checked against it as it is read
 
 
 def real_shots(manifest: FewShotManifest, repeats: int = 1) -> list[Sample]:
     """The manifest's shots (hashes checked), each repeated `repeats` times."""
-    shots = [Sample(str(manifest.verified_path(s)), c.label, REAL) for c in manifest.classes for s in c.images]
+    shots = [Sample(str(manifest.verified_path(s)), c.label, REAL, sha256=s.sha256)
+             for c in manifest.classes for s in c.images]
     return [sample for sample in shots for _ in range(repeats)]
-
-
-def synthetic_images(index: Path) -> list[Sample]:
-    rows = [json.loads(line) for line in index.read_text(encoding="utf-8").splitlines() if line]
-    samples = [Sample(str(index.parent / row["file"]), row["label"], SYNTHETIC) for row in rows]
-    missing = next((s.path for s in samples if not Path(s.path).is_file()), None)
-    if missing:
-        raise UserError(f"synthetic image listed in {index} is missing: {missing}; run `datadream synthesize RUN`")
-    return samples
 
 
 def split_samples(data: DataConfig, manifest: FewShotManifest, split: str) -> list[Sample]:
@@ -66,7 +58,7 @@ class TrainImages(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         sample = self.samples[i]
         rng = random.Random(derive_seed(self.seed, "crop", self.epoch, i))
-        image = random_resized_crop(load_rgb(Path(sample.path)), self.size, rng)
+        image = random_resized_crop(load_rgb(Path(sample.path), sha256=sample.sha256), self.size, rng)
         return to_uint8_tensor(image), sample.label, sample.origin == REAL
 
 

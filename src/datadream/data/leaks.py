@@ -1,11 +1,12 @@
 """Refuse to evaluate on images the classifier may have been trained on.
 
-What is trained on is the few-shot set (and images generated from it), so a run refuses to start
-when a test or validation image has the same content as a few-shot image, or when one file is
-listed in a training split and an evaluation split. Both checks are cheap at any scale: only the
-evaluation files whose size equals a few-shot file's size are hashed. Duplicates between the
-evaluation splits and the rest of the training split (never trained on) are reported by
-`datadream datasets check`, which reads everything.
+What is trained on is the few-shot set and the synthetic set, so `init` refuses a run when a test
+or validation image has the same content as a few-shot image, or when one file is listed in a
+training split and an evaluation split; `train` refuses when a test or validation image has the
+same content as a synthetic image. Both checks are cheap at any scale: only the evaluation files
+whose size equals a training file's size are hashed. Duplicates between the evaluation splits and
+the rest of the training split (never trained on) are reported by `datadream datasets check`,
+which reads everything.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
+from datadream.config import DataConfig
 from datadream.data.fewshot import FewShotManifest
 from datadream.data.images import sha256_file
-from datadream.data.sources import DatasetView
+from datadream.data.labelled import Sample
+from datadream.data.sources import DatasetView, load_view
 from datadream.errors import UserError
 
 EVALUATION = ("val", "test")
@@ -53,6 +56,26 @@ def check_no_leaks(view: DatasetView, manifest: FewShotManifest) -> None:
         what = "is also listed as a training image" if evaluation == training else f"has the same content as the few-shot image {training}"
         raise UserError(f"{len(leaks)} evaluation image(s) leak from training, e.g. {evaluation} {what}; remove"
                         " the duplicates from one side")
+
+
+def check_synthetic_not_in_evaluation(data: DataConfig, synthetic: list[Sample]) -> None:
+    """A test or validation image with the content of a synthetic image (copied there, or a
+    synthetic folder given as an evaluation split) would be trained on: refuse it."""
+    known: dict[int, dict[str, str]] = defaultdict(dict)
+    for sample in synthetic:
+        size = _size(Path(sample.path))
+        if size >= 0 and sample.sha256:
+            known[size][sample.sha256] = sample.path
+    view = load_view(data, splits=EVALUATION)
+    for split in EVALUATION:
+        for item in view.split(split):
+            candidates = known.get(_size(item.path))
+            if candidates:
+                match = candidates.get(sha256_file(item.path))
+                if match is not None:
+                    raise UserError(f"{split} image {item.path} has the same content as the synthetic image {match};"
+                                    " an image the classifier trains on cannot be evaluated on: remove it from"
+                                    f" the {split} split")
 
 
 def content_duplicates(view: DatasetView) -> list[tuple[Path, Path]]:

@@ -35,7 +35,7 @@ from datadream.data.fewshot import FewShotClass
 from datadream.data.images import load_rgb
 from datadream.errors import UserError
 from datadream.layout import DATASET_UNIT, LORA_WEIGHTS, UNIT_MARKER
-from datadream.markers import read_marker
+from datadream.markers import damaged_file, log_timing, read_marker, record_files
 from datadream.stages import checkpoint
 from datadream.stages.run import Run, open_run, stage_lock
 
@@ -90,7 +90,11 @@ def unit_is_complete(run: Run, unit: AdaptUnit) -> bool:
             f"{folder} was trained with other settings or shots than this run's config; move it"
             " away to retrain it, or use a new run folder"
         )
-    return (folder / LORA_WEIGHTS).is_file()
+    damaged = damaged_file(folder, marker.get("files"))
+    if damaged is not None:
+        raise UserError(f"adapter file {damaged} is damaged or missing (it differs from what {UNIT_MARKER}"
+                        f" recorded); delete {folder} and run `datadream adapt {run.layout.root}` to retrain it")
+    return True
 
 
 def adapt(run_dir: Path) -> list[Path]:
@@ -102,6 +106,8 @@ def adapt(run_dir: Path) -> list[Path]:
 
 def _adapt(run: Run) -> list[Path]:
     units = plan_units(run)
+    if units:
+        atomic.check_writable(run.layout.adapters)
     atomic.remove_stale_temporaries(run.layout.adapters)
     pending = [u for u in units if not unit_is_complete(run, u)]
     for unit in units:
@@ -278,17 +284,21 @@ class LoraTrainer:
                   index: int | None = None, engine: str = "sequential") -> None:
         with atomic.staged_directory(self.run.layout.adapter(unit.name)) as staging:
             save_sd_lora(staging, self.unet, self.text_encoder, self.cfg.train_text_encoder, index=index)
+            # Nothing that varies between identical runs (such as timings, which go to the log)
+            # is in the marker: identical runs give identical files.
             atomic.write_json(staging / UNIT_MARKER, {
                 "unit": unit.name,
                 "classes": [c.name for c in unit.classes],
                 "fingerprint": unit.fingerprint,
+                "files": record_files(staging, [LORA_WEIGHTS]),
                 "steps": len(losses),
                 "loss_per_epoch": _epoch_means(losses, steps_per_epoch),
-                "seconds": round(time.time() - started, 2),
                 "engine": engine,
                 "device": str(self.device),
                 "precision": str(self.dtype).removeprefix("torch."),
             })
+        log_timing(self.run.layout.timings, {"stage": "adapt", "unit": unit.name, "engine": engine,
+                                             "seconds": round(time.time() - started, 2)})
 
     def train_and_save(self, unit: AdaptUnit, label: str) -> None:
         started = time.time()

@@ -65,29 +65,52 @@ def save(folder: Path, fingerprint: str, live: TrainingState, meta: dict[str, An
 def restore(folder: Path, fingerprint: str, live: TrainingState
             ) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:
     """Load the checkpoint into `live` and return the caller's (meta, tensors); None when there
-    is none, or it belongs to other inputs (incomplete work of another config: dropped)."""
-    if not (folder / META).is_file():
+    is none, or it belongs to other inputs (incomplete work of another config: dropped), or it is
+    damaged (a power cut, a full disk: dropped with a warning, the unit starts over)."""
+    if not (folder / META).exists():
         return None
-    state = json.loads((folder / META).read_text(encoding="utf-8"))
-    if state.get("fingerprint") != fingerprint:
-        log.info("dropping checkpoint %s made with other settings", folder)
+    try:
+        state = json.loads((folder / META).read_text(encoding="utf-8"))
+        if not isinstance(state, dict):
+            raise ValueError("not a JSON object")
+        if state.get("fingerprint") != fingerprint:
+            log.info("dropping checkpoint %s made with other settings", folder)
+            discard(folder)
+            return None
+        return _load_into(folder, state, live)
+    except Exception as err:  # any damage at all: the state is not trusted, the unit is redone
+        log.warning("checkpoint %s is damaged (%s); discarding it and starting that unit over", folder,
+                    str(err).splitlines()[0][:120] if str(err) else type(err).__name__)
         discard(folder)
         return None
+
+
+def _load_into(folder: Path, state: dict[str, Any], live: TrainingState
+               ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Everything is read and checked before `live` is touched: a damaged checkpoint must not
+    leave half-restored weights behind for the fresh start that follows."""
     stored = load_file(folder / TENSORS)
     for index, param in enumerate(live.params):
-        param.data.copy_(stored[f"param.{index}"])
+        saved = stored[f"param.{index}"]
+        if saved.shape != param.shape:
+            raise ValueError(f"param.{index} has shape {tuple(saved.shape)}, expected {tuple(param.shape)}")
+    if live.generator is not None:
+        torch.Generator().set_state(stored["generator"])
     moments: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in stored.items():
         if key.startswith("adam."):
             _, index, name = key.split(".", 2)
             moments.setdefault(int(index), {})[name] = value
+    meta = state["meta"]
     live.optimizer.load_state_dict({"state": moments, "param_groups": state["param_groups"]})
     live.schedule.load_state_dict(state["schedule"])
     live.scaler.load_state_dict(state["scaler"])
     if live.generator is not None:
         live.generator.set_state(stored["generator"])
+    for index, param in enumerate(live.params):
+        param.data.copy_(stored[f"param.{index}"])
     extra = {key.removeprefix("extra."): value for key, value in stored.items() if key.startswith("extra.")}
-    return state["meta"], extra
+    return meta, extra
 
 
 def discard(folder: Path) -> None:

@@ -25,7 +25,7 @@ from datadream.components.models import resolve_device, resolve_dtype
 from datadream.config import stable_hash
 from datadream.data.labelled import EvalImages, Sample, split_samples
 from datadream.errors import UserError
-from datadream.markers import read_marker
+from datadream.markers import damaged_file, read_marker
 from datadream.stages.run import Run, open_run, stage_lock
 
 log = logging.getLogger(__name__)
@@ -74,9 +74,15 @@ def split_signature(samples: list[Sample]) -> str:
 
 
 def read_classifier_marker(run: Run) -> dict:
-    marker = read_marker(run.layout.classifier / CLASSIFIER_MARKER)
+    """The trained classifier's marker, after checking its files against what it recorded."""
+    folder = run.layout.classifier
+    marker = read_marker(folder / CLASSIFIER_MARKER)
     if marker is None:
         raise UserError(f"{run.layout.root} has no trained classifier; run `datadream train RUN` first")
+    damaged = damaged_file(folder, marker.get("files"))
+    if damaged is not None or marker.get("train_on") not in ("none", "real", "synthetic", "synthetic+real"):
+        raise UserError(f"classifier file {damaged or folder / CLASSIFIER_MARKER} is damaged or missing; delete"
+                        f" {folder} and run `datadream train {run.layout.root}` to train it again")
     return marker
 
 

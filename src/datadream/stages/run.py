@@ -50,6 +50,7 @@ def init_run(config: Config, root: Path) -> Run:
         raise UserError(f"{layout.root} is not empty and holds no datadream run; choose an empty or new folder")
     # Everything is checked before anything is written: bad data leaves no run behind.
     view = load_view(config.data)
+    check_listed_files_exist(view)
     manifest = build_manifest(config.data, view)
     check_no_leaks(view, manifest)
     layout.root.mkdir(parents=True, exist_ok=True)
@@ -57,6 +58,16 @@ def init_run(config: Config, root: Path) -> Run:
     atomic.write_text(layout.fewshot, manifest.to_json())
     log.info("initialised %s: %d classes, %d shots each", layout.root, len(manifest.classes), manifest.shots)
     return Run(layout, config, manifest)
+
+
+def check_listed_files_exist(view) -> None:
+    """A split file can list images that are not there; finding out at `evaluate`, after hours of
+    generation, is too late. (Image folders list only what exists.)"""
+    for split in ("train", "val", "test"):
+        missing = [item.path for item in view.split(split) if not item.path.is_file()]
+        if missing:
+            raise UserError(f"{len(missing)} {split} image(s) listed by the dataset do not exist, e.g. {missing[0]};"
+                            " check data.root and data.split_file")
 
 
 def open_run(root: Path) -> Run:
@@ -75,20 +86,17 @@ def stage_lock(run: Run, stage: str) -> Iterator[None]:
     except ImportError:  # not POSIX: no locking
         yield
         return
-    path = run.layout.root / f".{stage}.lock"
-    handle = open(path, "a+")
+    fd = atomic.open_lock_file(run.layout.root / f".{stage}.lock")
     try:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise UserError(
                 f"another datadream process is running '{stage}' on {run.layout.root}; wait for it"
                 " to finish (or stop it) and run this command again"
             ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
-        handle.close()
+        os.close(fd)

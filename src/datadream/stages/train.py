@@ -31,9 +31,10 @@ from datadream.components.losses import origin_weighted_loss
 from datadream.components.models import resolve_device, resolve_dtype
 from datadream.components.seeds import derive_seed
 from datadream.config import result_settings, stable_hash
-from datadream.data.labelled import Sample, TrainImages, real_shots, split_samples, synthetic_images
+from datadream.data.labelled import Sample, TrainImages, real_shots, split_samples
+from datadream.data.leaks import check_synthetic_not_in_evaluation
 from datadream.errors import UserError
-from datadream.markers import read_marker
+from datadream.markers import damaged_file, log_timing, read_marker, record_files
 from datadream.stages import checkpoint
 from datadream.stages.evaluate import CLASSIFIER_MARKER, LORA_FOLDER, PROMPTS, loader_workers, predict
 from datadream.stages.run import Run, open_run, stage_lock
@@ -68,8 +69,9 @@ def training_data(run: Run, with_samples: bool = True) -> TrainingData:
     if cfg.train_on in ("synthetic", "synthetic+real"):
         inputs["synthetic"] = synthetic_fingerprint(run)
         if with_samples:
-            index, _ = completed_synthetic_set(run)
-            samples += synthetic_images(index)
+            synthetic, _ = completed_synthetic_set(run)
+            check_synthetic_not_in_evaluation(run.config.data, synthetic)
+            samples += synthetic
     if cfg.train_on in ("real", "synthetic+real"):
         inputs["real_repeats"] = real_repeats(run)
         if with_samples:
@@ -78,12 +80,17 @@ def training_data(run: Run, with_samples: bool = True) -> TrainingData:
 
 
 def classifier_is_complete(run: Run, fingerprint: str) -> bool:
-    marker = read_marker(run.layout.classifier / CLASSIFIER_MARKER)
+    folder = run.layout.classifier
+    marker = read_marker(folder / CLASSIFIER_MARKER)
     if marker is None:
         return False
     if marker.get("fingerprint") != fingerprint:
-        raise UserError(f"{run.layout.classifier} was trained from other settings or data; move it away to"
+        raise UserError(f"{folder} was trained from other settings or data; move it away to"
                         " retrain, or use a new run folder")
+    damaged = damaged_file(folder, marker.get("files"))
+    if damaged is not None:
+        raise UserError(f"classifier file {damaged} is damaged or missing (it differs from what {CLASSIFIER_MARKER}"
+                        f" recorded); delete {folder} and run `datadream train {run.layout.root}` to train it again")
     return True
 
 
@@ -91,6 +98,7 @@ def train(run_dir: Path) -> Path:
     run = open_run(run_dir)
     with stage_lock(run, "train"):
         fingerprint = training_data(run, with_samples=False).fingerprint
+        atomic.check_writable(run.layout.root)
         atomic.remove_stale_temporaries(run.layout.root)  # a killed save of the classifier
         if classifier_is_complete(run, fingerprint):
             checkpoint.discard(run.layout.classifier_checkpoint)
@@ -112,8 +120,10 @@ def save_classifier(run: Run, fingerprint: str, model, info: dict) -> None:
             "classes": [c.name for c in run.manifest.classes],
             "prompts": [c.prompt for c in run.manifest.classes],
         })
+        files = [p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file()]
         atomic.write_json(staging / CLASSIFIER_MARKER, {
-            "fingerprint": fingerprint, "train_on": cfg.train_on, "model": cfg.model, **info,
+            "fingerprint": fingerprint, "train_on": cfg.train_on, "model": cfg.model,
+            "files": record_files(staging, files), **info,
         })
 
 
@@ -183,17 +193,23 @@ class ClassifierTrainer:
                 param.data.copy_(weights)
         selection = ({"selected_epoch": best["epoch"], "selected_by": "val top-1"} if best
                      else {"selected_epoch": cfg.epochs, "selected_by": "last epoch (no data.val)"})
-        save_classifier(self.run, self.data.fingerprint, self.model,
-                        {**selection, "history": history, "seconds": round(time.time() - started, 1)})
+        save_classifier(self.run, self.data.fingerprint, self.model, {**selection, "history": history})
         checkpoint.discard(layout.classifier_checkpoint)
+        log_timing(layout.timings, {"stage": "train", "epochs": cfg.epochs - start_epoch,
+                                    "seconds": round(time.time() - started, 1)})
 
     def train_epoch(self, epoch: int, writer) -> dict:
         cfg = self.cfg
         # Everything random in an epoch derives from (seed, epoch): a resumed epoch replays exactly.
         torch.manual_seed(derive_seed(self.seed, "classifier-epoch", epoch))
+        # The order is drawn here, not by the loader: a loader's shuffle draws from its generator
+        # whenever an iterator is made (a progress wrapper, worker start-up), so the order would
+        # depend on speed-only settings such as the number of workers.
+        order = torch.randperm(len(self.data.samples),
+                               generator=torch.Generator().manual_seed(derive_seed(self.seed, "order", epoch)))
         loader = torch.utils.data.DataLoader(
             TrainImages(self.data.samples, self.size, self.seed, epoch), batch_size=cfg.batch_size,
-            shuffle=True, generator=torch.Generator().manual_seed(derive_seed(self.seed, "order", epoch)),
+            sampler=order.tolist(), generator=torch.Generator().manual_seed(derive_seed(self.seed, "loader", epoch)),
             num_workers=self.workers, pin_memory=self.device.type == "cuda",
         )
         weight = cfg.real_weight if cfg.train_on == "synthetic+real" else None
