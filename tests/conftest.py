@@ -38,7 +38,7 @@ def tiny_config(models: dict[str, Path], train: Path, **sections) -> dict:
         "generator": {"model": str(models["sd"])},
         "adapt": {"epochs": 2, "batch_size": 2, "warmup_steps": 1, "resolution": TINY, "rank": 4, "alpha": 8},
         "synthesize": {"images_per_class": 3, "steps": 3, "batch_size": 2, "resolution": TINY},
-        "classifier": {"model": str(models["clip"]), "epochs": 2, "warmup_epochs": 1, "batch_size": 8,
+        "classifier": {"model": str(models["clip"]), "epochs": 2, "warmup": 0.5, "batch_size": 8,
                        "workers": 0, "eval_batch_size": 16},
         "runtime": {"device": "cpu"},
     }

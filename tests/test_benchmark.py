@@ -104,6 +104,30 @@ def test_published_numbers_sit_beside_ours_for_catalog_datasets(tmp_path):
     assert float(rows[("published", "zero-shot")]["eurosat"]) == 38.1
     assert float(rows[("published", "datadream-dataset / synthetic+real")]["dtd"]) == 74.1
     assert float(rows[("published", "real")]["average"]) == pytest.approx((93.5 + 73.9) / 2)
+    # DTD and EuroSAT were published on the train split with test-based selection: marked.
+    table = (tmp_path / "results.md").read_text()
+    assert "| published | real | 93.5 † | 73.9 † |" in table
+    assert "| published | zero-shot | 38.1 | 46.1 |" in table
+    assert "† published with the reference code's protocol" in table
+
+
+def test_a_dataset_entry_may_carry_its_own_settings(tmp_path):
+    from datadream.benchmark import Cell, read_benchmark
+
+    path = tmp_path / "bench.yaml"
+    path.write_text("datasets:\n"
+                    "  a: {train: A, classifier: {epochs: 7}, adapt: {rank: 4}}\n"
+                    "  b: {train: B, data: {shots: 4}}\n"
+                    "base: {classifier: {epochs: 3, lr: 0.01}, data: {shots: 8}}\n")
+    bench = read_benchmark(path)
+    a = bench.config(Cell("a", 0, "datadream-class", "synthetic"), [])
+    b = bench.config(Cell("b", 1, "real", None), [])
+    assert (a.classifier.epochs, a.classifier.lr, a.adapt.rank, a.data.shots) == (7, 0.01, 4, 8)
+    assert (b.classifier.epochs, b.classifier.lr, b.adapt.rank, b.data.shots, b.data.seed) == (3, 0.01, 16, 4, 1)
+    assert a.classifier.train_on == "synthetic" and b.classifier.train_on == "real"
+    path.write_text("datasets:\n  a: {train: A, classifier: 7}\n")
+    with pytest.raises(Exception, match="'classifier' must hold config keys"):
+        read_benchmark(path).config(Cell("a", 0, "real", None), [])
 
 
 def test_bad_benchmark_files(tmp_path):

@@ -3,6 +3,7 @@ import sys
 
 import pytest
 
+from conftest import run_cli
 from datadream.config import Config, load_config
 from datadream.errors import UserError
 
@@ -18,6 +19,33 @@ def test_defaults_equal_the_published_method():
     s = cfg.synthesize
     assert (s.images_per_class, s.steps, s.guidance, s.batch_size, s.resolution, s.lora_scale) == (500, 50, 2.0, 10, 512, 1.0)
     assert (cfg.runtime.device, cfg.runtime.precision, cfg.runtime.seed) == ("auto", "auto", 0)
+    c = cfg.classifier
+    assert (c.rank, c.alpha, c.dropout, c.batch_size, c.lr, c.weight_decay, c.real_weight) == (16, 32.0, 0.1, 64, 1e-4, 1e-4, 0.8)
+
+
+def test_classifier_budget_matches_the_successor_works_steps():
+    c = Config().classifier  # 60 epochs over the synthetic set at batch 256, in optimizer steps
+    synthetic = 100 * 500
+    assert c.epochs_for(synthetic, synthetic) == 15
+    assert c.epochs_for(synthetic, synthetic + 100 * 16 * 31) == 8
+    assert c.epochs_for(synthetic, 100 * 16 * 31) == 15
+    c.epochs = 3
+    assert c.epochs_for(synthetic, synthetic) == 3
+
+
+@pytest.mark.parametrize("key, suggestion", [
+    ("adapt.learning_rate", "adapt.lr"), ("classifier.num_train_epochs", "classifier.epochs"),
+    ("adapt.network_dim", "adapt.rank"), ("adapt.mixed_precision", "runtime.precision"),
+    ("synthesize.guidance_scale", "synthesize.guidance"), ("adapt.rnak", "adapt.rank"),
+])
+def test_unknown_keys_are_suggested_by_meaning_too(key, suggestion):
+    with pytest.raises(UserError, match=f"did you mean '{suggestion}'"):
+        load_config(None, [f"{key}=1"])
+
+
+def test_version_is_printed():
+    result = run_cli("--version")
+    assert result.returncode == 0 and result.stdout.startswith("datadream ")
 
 
 def test_yaml_then_overrides(tmp_path):

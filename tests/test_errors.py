@@ -3,6 +3,7 @@ already produced is changed."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -61,20 +62,27 @@ def test_non_run_folder_is_refused(tmp_path, config_file):
     assert tree_bytes(folder) == {"keep.txt": b"mine"}
 
 
-def test_model_that_cannot_be_loaded_offline(tmp_path, config_file):
+def test_mistyped_model_stops_init_and_the_fix_is_accepted(tmp_path, config_file):
     run = tmp_path / "run"
-    assert run_cli("init", config_file, run, "--set", "generator.model=no-such-org/no-such-model").returncode == 0
-    result = run_cli("adapt", run)
-    assert_one_line_error(result, "cannot load Stable Diffusion model 'no-such-org/no-such-model'", "local diffusers folder")
-    assert not list((run / "adapters").glob("*/*"))
+    result = run_cli("init", config_file, run, "--set", "generator.model=no-such-org/no-such-model")
+    assert_one_line_error(result, "Stable Diffusion model 'no-such-org/no-such-model'")
+    assert not run.exists(), "nothing is written before the models are checked"
+    assert run_cli("init", config_file, run).returncode == 0
 
 
-def test_folder_that_is_not_a_diffusers_model(tmp_path, config_file):
+def test_folder_that_is_not_a_diffusers_model(tmp_path, config_file, tiny_models):
     run = tmp_path / "run"
     empty = tmp_path / "not-a-model"
     empty.mkdir()
-    assert run_cli("init", config_file, run, "--set", f"generator.model={empty}").returncode == 0
-    assert_one_line_error(run_cli("adapt", run), "is not a diffusers Stable Diffusion folder")
+    assert_one_line_error(run_cli("init", config_file, run, "--set", f"generator.model={empty}"), "not-a-model")
+    assert not run.exists()
+    # A model that disappears after init is named by the stage that needs it.
+    copy = tmp_path / "sd-copy"
+    shutil.copytree(tiny_models["sd"], copy)
+    assert run_cli("init", config_file, run, "--set", f"generator.model={copy}").returncode == 0
+    shutil.rmtree(copy)
+    assert_one_line_error(run_cli("adapt", run), "generator.model", "sd-copy")
+    assert not list((run / "adapters").glob("*/*"))
 
 
 def test_synthesize_before_adapt(tmp_path, config_file):

@@ -2,6 +2,10 @@
 
     datasets:                        # name -> data.* keys (a catalog key as name fills data.dataset)
       eurosat: {root: DATA/eurosat/2750, split_file: DATA/split_zhou_EuroSAT.json}
+      dtd:                           # config sections beside the data keys: this dataset only
+        root: DATA/dtd/images
+        split_file: DATA/dtd/split_zhou_DescribableTextures.json
+        classifier: {epochs: 30}
     methods: [zero-shot, real, sd, datadream-class, datadream-dataset]
     settings: [synthetic, synthetic+real]
     seeds: [0, 1, 2]
@@ -29,7 +33,7 @@ from importlib import resources
 from pathlib import Path
 
 from datadream import atomic
-from datadream.config import Config, config_from_raw, read_yaml
+from datadream.config import SECTIONS, Config, config_from_raw, read_yaml
 from datadream.data.catalog import CATALOG
 from datadream.errors import UserError
 
@@ -76,15 +80,24 @@ class Benchmark:
         return cells
 
     def config(self, cell: Cell, overrides: list[str]) -> Config:
-        data = {**self.datasets[cell.dataset], "seed": cell.seed}
+        """base, then the dataset's own sections, then what the cell itself decides."""
+        entry = self.datasets[cell.dataset]
+        sections = {key: value for key, value in entry.items() if key in SECTIONS}
+        bad = next((key for key, value in sections.items() if not isinstance(value, dict)), None)
+        if bad is not None:
+            raise UserError(f"benchmark dataset '{cell.dataset}': '{bad}' must hold config keys, e.g. {bad}: {{...}}")
+        data = {**sections.pop("data", {}), **{k: v for k, v in entry.items() if k not in SECTIONS}, "seed": cell.seed}
         if cell.dataset in CATALOG:
             data.setdefault("dataset", cell.dataset)
-        raw = {**self.base, "data": {**self.base.get("data", {}), **data}}
-        raw["runtime"] = {**self.base.get("runtime", {}), "seed": cell.seed}
-        raw["classifier"] = {**self.base.get("classifier", {}), "train_on": cell.setting or (
+        raw = {**self.base}
+        for section, values in sections.items():
+            raw[section] = {**self.base.get(section, {}), **values}
+        raw["data"] = {**self.base.get("data", {}), **data}
+        raw["runtime"] = {**raw.get("runtime", {}), "seed": cell.seed}
+        raw["classifier"] = {**raw.get("classifier", {}), "train_on": cell.setting or (
             "none" if cell.method == "zero-shot" else "real")}
         if cell.method in GENERATOR_METHODS:
-            raw["adapt"] = {**self.base.get("adapt", {}), "mode": GENERATOR_METHODS[cell.method]}
+            raw["adapt"] = {**raw.get("adapt", {}), "mode": GENERATOR_METHODS[cell.method]}
         return config_from_raw(raw, f"benchmark {cell.dataset}/{cell.row}", self.base_dir, overrides)
 
 
@@ -156,9 +169,9 @@ def _share_generation(folder: Path, owner: Path) -> None:
             os.symlink(os.path.relpath(owner / name, folder), link, target_is_directory=True)
 
 
-def published_rows() -> tuple[str, dict[str, dict[str, float]]]:
+def published_rows() -> tuple[str, dict[str, dict[str, float]], dict]:
     raw = json.loads(resources.files("datadream").joinpath("resources/published.json").read_text(encoding="utf-8"))
-    return raw["source"], raw["rows"]
+    return raw["source"], raw["rows"], raw.get("protocol_differs", {})
 
 
 def write_tables(bench: Benchmark, out: Path, results: list[tuple[Cell, dict | None, Path]]) -> Path:
@@ -168,7 +181,8 @@ def write_tables(bench: Benchmark, out: Path, results: list[tuple[Cell, dict | N
         if metrics and metrics.get("top1") is not None:
             scores.setdefault(cell.row, {}).setdefault(cell.dataset, []).append(metrics["top1"])
     rows = list(dict.fromkeys(cell.row for cell, _, _ in results))
-    source, published = published_rows()
+    source, published, differs = published_rows()
+    marked = {(row, d) for row in differs.get("rows", []) for d in differs.get("datasets", [])}
 
     def stats(values: list[float]) -> tuple[float, float | None]:
         return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
@@ -185,20 +199,21 @@ def write_tables(bench: Benchmark, out: Path, results: list[tuple[Cell, dict | N
                 statistics.fmean(m for m, _ in per.values()) if len(per) == len(datasets) else None)
             table.append(("published", row, per, average))
 
-    def cell_text(value: tuple[float, float | None] | None) -> str:
+    def cell_text(value: tuple[float, float | None] | None, mark: bool = False) -> str:
         if value is None:
             return "–"
         mean, std = value
-        return f"{mean:.1f}" if std is None else f"{mean:.1f} ± {std:.1f}"
+        return (f"{mean:.1f}" if std is None else f"{mean:.1f} ± {std:.1f}") + (" †" if mark else "")
 
     header = ["source", "method / setting", *datasets, "average"]
     lines = [f"# Benchmark results (top-1 %, {len(bench.seeds)} seed(s): {', '.join(map(str, bench.seeds))})", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for origin, row, per, average in table:
-        cells = [cell_text(per.get(d)) for d in datasets]
+        cells = [cell_text(per.get(d), origin == "published" and (row, d) in marked) for d in datasets]
         lines.append(f"| {origin} | {row} | " + " | ".join(cells) + f" | {'–' if average is None else f'{average:.1f}'} |")
     lines += ["", f"Published: {source}. The average over the datasets shown is computed from the per-dataset",
               "means; the published average is shown only when all ten datasets are in the table.",
+              *([f"† {differs['note']}."] if any((row, d) in marked for row in published for d in datasets) else []),
               "Numbers from tiny random-weight models say nothing about model quality."]
     atomic.write_text(out / "results.md", "\n".join(lines) + "\n")
 

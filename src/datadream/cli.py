@@ -30,6 +30,15 @@ Every stage resumes: run the same command again after an interruption.
 """
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("datadream")
+    except PackageNotFoundError:  # run from a source tree that was not installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="datadream",
@@ -39,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    parser.add_argument("--version", action="version", version=f"datadream {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, help: str) -> argparse.ArgumentParser:
@@ -65,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = add("evaluate", "evaluate the run's classifier on data.test; writes RUN/classifier/metrics.json")
     sub.add_argument("run", type=Path)
 
-    sub = add("run", "init, adapt, synthesize, train and evaluate in one go (resumes where it stopped)")
+    sub = add("run", "init, adapt, synthesize, train, evaluate and report in one go (resumes where it"
+              " stopped); the report is RUN/report/index.html")
     sub.add_argument("config", type=Path, help="experiment YAML")
     sub.add_argument("run", type=Path, help="run folder (created, or resumed)")
     add_overrides(sub)
@@ -149,8 +160,10 @@ def run_command(args: argparse.Namespace) -> int:
     if args.command == "evaluate":
         from datadream.stages.evaluate import evaluate
 
+        from datadream.components.metrics import accuracy_text
+
         metrics = evaluate(args.run)
-        print(f"top-1 {metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}%  on {metrics['n']} test images"
+        print(f"{accuracy_text(metrics)}  on {metrics['n']} test images"
               f"  ({args.run.resolve() / 'classifier' / 'metrics.json'})")
         return 0
     if args.command == "run":

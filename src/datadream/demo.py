@@ -25,7 +25,7 @@ def demo_config(models: dict[str, Path], data: Path) -> dict:
         "synthesize": {"images_per_class": 8, "steps": 20, "batch_size": 8, "resolution": TINY_RESOLUTION},
         # A random tiny CLIP needs a larger step than the published 1e-4 to move visibly in a
         # few epochs; the demo shows the pipeline working, not the published recipe.
-        "classifier": {"model": str(models["clip"]), "epochs": 8, "warmup_epochs": 1, "batch_size": 16,
+        "classifier": {"model": str(models["clip"]), "epochs": 8, "warmup": 0.125, "batch_size": 16,
                        "lr": 3e-3, "workers": 0},
         "runtime": {"device": "cpu"},
     }

@@ -23,7 +23,6 @@ class Summary:
 
 
 def run_all(config: Config, root: Path) -> Summary:
-    from datadream.components.models import check_models_reachable
     from datadream.data.sources import load_view
     from datadream.report import write_report
     from datadream.stages.adapt import adapt
@@ -32,12 +31,10 @@ def run_all(config: Config, root: Path) -> Summary:
     from datadream.stages.synthesize import synthesize
     from datadream.stages.train import train
 
-    run = init_run(config, root)
+    run = init_run(config, root)  # checks that the models can be loaded before anything is written
     root = run.layout.root
     adapters, index = [], None
-    needs_generator = config.classifier.train_on in ("synthetic", "synthetic+real")
-    check_models_reachable(config.generator.model if needs_generator else None, config.classifier.model)
-    if needs_generator:
+    if config.classifier.train_on in ("synthetic", "synthetic+real"):
         adapters = adapt(root)
         index = synthesize(root)
     else:
@@ -56,7 +53,8 @@ def print_summary(summary: Summary) -> None:
     print(f"classifier:   {summary.classifier} (trained on: {summary.train_on})")
     if summary.metrics:
         m = summary.metrics
-        print(f"test top-1:   {m['top1']:.2f}%  (top-5 {m['top5']:.2f}%, {m['n']} images)")
+        top5 = "" if m.get("top5") is None else f"top-5 {m['top5']:.2f}%, "
+        print(f"test top-1:   {m['top1']:.2f}%  ({top5}{m['n']} images)")
     else:
         print("test top-1:   not evaluated (the dataset has no test split)")
     print(f"report:       {summary.report}")

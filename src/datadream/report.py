@@ -112,7 +112,8 @@ def _metrics_section(metrics: dict | None, trained: dict | None) -> str:
     if not metrics:
         return "<h2>Metrics</h2><p class=muted>Not evaluated yet (run <code>datadream evaluate RUN</code>).</p>"
     rows = [("split", f"{metrics['split']} ({metrics['n']} images)"), ("top-1", f"{metrics['top1']:.2f}%"),
-            ("top-5", f"{metrics['top5']:.2f}%"), ("trained on", metrics.get("train_on", "")),
+            *([("top-5", f"{metrics['top5']:.2f}%")] if metrics.get("top5") is not None else []),
+            ("trained on", metrics.get("train_on", "")),
             ("model selection", f"{metrics.get('selected_by')} (epoch {metrics.get('selected_epoch')})")]
     table = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows)
     per_class = sorted(((v, k) for k, v in metrics["per_class"].items() if v is not None))

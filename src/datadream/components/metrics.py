@@ -3,6 +3,8 @@ apart from zero."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 
@@ -12,8 +14,15 @@ def topk_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Te
     return (logits.topk(k, dim=-1).indices == labels.unsqueeze(-1)).any(dim=-1)
 
 
+def accuracy_text(metrics: dict[str, Any]) -> str:
+    """"top-1 x%  top-5 y%" for people; top-5 only where it means something (over 5 classes)."""
+    text = f"top-1 {metrics['top1']:.2f}%"
+    return text if metrics.get("top5") is None else f"{text}  top-5 {metrics['top5']:.2f}%"
+
+
 def summarize(labels: torch.Tensor, top1: torch.Tensor, top5: torch.Tensor, class_names: list[str]) -> dict:
-    """top1/top5 in percent over all samples; per_class: name -> percent, or None without samples."""
+    """top1/top5 in percent over all samples; per_class: name -> percent, or None without samples.
+    top5 is None with 5 classes or fewer, where it is 100% by construction and says nothing."""
     n = int(labels.numel())
     per_class: dict[str, float | None] = {}
     for label, name in enumerate(class_names):
@@ -23,7 +32,7 @@ def summarize(labels: torch.Tensor, top1: torch.Tensor, top5: torch.Tensor, clas
     return {
         "n": n,
         "top1": round(100.0 * float(top1.float().mean()), 4) if n else None,
-        "top5": round(100.0 * float(top5.float().mean()), 4) if n else None,
+        "top5": round(100.0 * float(top5.float().mean()), 4) if n and len(class_names) > 5 else None,
         "per_class": per_class,
         "per_class_count": {name: int((labels == i).sum()) for i, name in enumerate(class_names)},
     }

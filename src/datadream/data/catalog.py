@@ -23,8 +23,8 @@ class CatalogEntry:
 CATALOG: dict[str, CatalogEntry] = {e.key: e for e in (
     CatalogEntry("imagenet", "ImageNet-1k", "", 1000, None,
                  {"train": 1281167, "test": 50000},
-                 "data.root with train/ and test/ (the official val set) folders of wnid class folders, and"
-                 " data.classnames mapping each wnid to its name (wnid<TAB>name)"),
+                 "data.root with train/ and test/ (the official val set) folders of wnid class folders;"
+                 " prompted with the published names (sorted wnid order)"),
     CatalogEntry("caltech101", "Caltech101", "", 100, "split_zhou_Caltech101.json",
                  {"train": 4128, "val": 1649, "test": 2465},
                  "data.root = caltech-101/101_ObjectCategories, data.split_file = split_zhou_Caltech101.json"),
@@ -52,8 +52,7 @@ CATALOG: dict[str, CatalogEntry] = {e.key: e for e in (
                  "data.root = food-101/images, data.split_file = split_zhou_Food101.json"),
     CatalogEntry("flowers102", "Oxford Flowers-102", "flower ", 102, "split_zhou_OxfordFlowers.json",
                  {"train": 4093, "val": 1633, "test": 2463},
-                 "data.root = oxford_flowers/jpg, data.split_file = split_zhou_OxfordFlowers.json,"
-                 " data.classnames = the names in label order (cat_to_name.json ordered by label)"),
+                 "data.root = oxford_flowers/jpg, data.split_file = split_zhou_OxfordFlowers.json"),
 )}
 
 

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from datadream import atomic
 from datadream.components import clip as clip_ops
 from datadream.components.augment import normalize
-from datadream.components.metrics import summarize, topk_correct
+from datadream.components.metrics import accuracy_text, summarize, topk_correct
 from datadream.components.models import resolve_device, resolve_dtype
 from datadream.config import stable_hash
 from datadream.data.labelled import EvalImages, Sample, split_samples
@@ -137,5 +137,5 @@ def _evaluate(run: Run) -> dict:
         "test_split": test_split,
     }
     atomic.write_json(run.layout.metrics, metrics)
-    log.info("evaluate: top-1 %.2f%%, top-5 %.2f%% on %d test images", metrics["top1"], metrics["top5"], metrics["n"])
+    log.info("evaluate: %s on %d test images", accuracy_text(metrics), metrics["n"])
     return metrics

@@ -29,8 +29,13 @@ class Run:
 
 def init_run(config: Config, root: Path) -> Run:
     """Create RUN, or accept it unchanged when it already holds this very config. A folder that
-    holds another config, or anything that is not a run, is refused and left untouched."""
+    holds another config, or anything that is not a run, is refused and left untouched. The
+    models are checked first: a mistyped model must not leave a run that refuses the fix."""
+    from datadream.components.models import check_models_reachable
+
     layout = RunLayout(Path(root).resolve())
+    needs_generator = config.classifier.train_on in ("synthetic", "synthetic+real")
+    check_models_reachable(config.generator.model if needs_generator else None, config.classifier.model)
     if layout.config.exists():
         existing = read_config_file(layout.config)
         changes = describe_differences(existing, config, results_only=True)

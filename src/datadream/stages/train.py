@@ -145,11 +145,14 @@ class ClassifierTrainer:
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.steps_per_epoch = math.ceil(len(data.samples) / cfg.batch_size)
+        self.epochs = cfg.epochs_for(len(run.manifest.classes) * run.config.synthesize.images_per_class,
+                                     len(data.samples))
+        total_steps = self.epochs * self.steps_per_epoch
         from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
         self.schedule = get_cosine_with_min_lr_schedule_with_warmup(
-            self.optimizer, num_warmup_steps=cfg.warmup_epochs * self.steps_per_epoch,
-            num_training_steps=cfg.epochs * self.steps_per_epoch, min_lr=cfg.min_lr,
+            self.optimizer, num_warmup_steps=round(cfg.warmup * total_steps), num_training_steps=total_steps,
+            min_lr=cfg.min_lr,
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         self.val = split_samples(run.config.data, run.manifest, "val") or None
@@ -167,12 +170,12 @@ class ClassifierTrainer:
             start_epoch, history, best = meta["epoch"], meta["history"], meta["best"]
             if best is not None:
                 best_weights = [tensors[f"best.{i}"] for i in range(len(self.params))]
-            log.info("train: resuming after epoch %d of %d", start_epoch, cfg.epochs)
+            log.info("train: resuming after epoch %d of %d", start_epoch, self.epochs)
         log.info("train: %d images (%s), %d epochs of %d steps, on %s", len(self.data.samples), cfg.train_on,
-                 cfg.epochs, self.steps_per_epoch, self.device)
+                 self.epochs, self.steps_per_epoch, self.device)
         writer = SummaryWriter(log_dir=str(layout.logs / "train"), purge_step=start_epoch * self.steps_per_epoch)
         try:
-            for epoch in range(start_epoch, cfg.epochs):
+            for epoch in range(start_epoch, self.epochs):
                 row = self.train_epoch(epoch, writer)
                 if self.val is not None:
                     row["val_top1"] = self.validate()
@@ -181,7 +184,7 @@ class ClassifierTrainer:
                         best = {"epoch": epoch + 1, "val_top1": row["val_top1"]}
                         best_weights = [p.detach().float().cpu().clone() for p in self.params]
                 history.append(row)
-                log.info("train: epoch %d/%d %s", epoch + 1, cfg.epochs,
+                log.info("train: epoch %d/%d %s", epoch + 1, self.epochs,
                          " ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"))
                 extra = {f"best.{i}": w for i, w in enumerate(best_weights)} if best_weights else {}
                 checkpoint.save(layout.classifier_checkpoint, self.data.fingerprint, live,
@@ -192,10 +195,12 @@ class ClassifierTrainer:
             for param, weights in zip(self.params, best_weights):
                 param.data.copy_(weights)
         selection = ({"selected_epoch": best["epoch"], "selected_by": "val top-1"} if best
-                     else {"selected_epoch": cfg.epochs, "selected_by": "last epoch (no data.val)"})
-        save_classifier(self.run, self.data.fingerprint, self.model, {**selection, "history": history})
+                     else {"selected_epoch": self.epochs, "selected_by": "last epoch (no data.val)"})
+        save_classifier(self.run, self.data.fingerprint, self.model,
+                        {**selection, "epochs": self.epochs, "steps": self.epochs * self.steps_per_epoch,
+                         "history": history})
         checkpoint.discard(layout.classifier_checkpoint)
-        log_timing(layout.timings, {"stage": "train", "epochs": cfg.epochs - start_epoch,
+        log_timing(layout.timings, {"stage": "train", "epochs": self.epochs - start_epoch,
                                     "seconds": round(time.time() - started, 1)})
 
     def train_epoch(self, epoch: int, writer) -> dict:
@@ -216,7 +221,7 @@ class ClassifierTrainer:
         classes = len(self.run.manifest.classes)
         self.model.train()
         total_loss, correct, seen = 0.0, 0, 0
-        bar = tqdm(loader, desc=f"train epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=None, dynamic_ncols=True)
+        bar = tqdm(loader, desc=f"train epoch {epoch + 1}/{self.epochs}", leave=False, disable=None, dynamic_ncols=True)
         for step, (images, labels, is_real) in enumerate(bar):
             images = self.augment(images.to(self.device, non_blocking=True))
             labels, is_real = labels.to(self.device), is_real.to(self.device)
