@@ -69,6 +69,7 @@ def export_classifier(run: Run, out: Path) -> None:
     model.eval()
     with torch.no_grad():
         text = clip_ops.text_features(model, tokens)
+        logit_scale = float(model.logit_scale.exp())
     classes = json.loads((run.layout.classifier / PROMPTS).read_text(encoding="utf-8"))
     names, prompts = classes["classes"], classes["prompts"]
     model.config.id2label = dict(enumerate(names))
@@ -87,7 +88,7 @@ def export_classifier(run: Run, out: Path) -> None:
         "labels": list(range(len(names))),
         "class_names": names,
         "prompts": prompts,
-        "logit_scale": float(model.logit_scale.exp()),
+        "logit_scale": logit_scale,
         "train_on": marker["train_on"],
         "base_model": run.config.classifier.model,
         # L2-normalised, in label order: logits = logit_scale * normalised image feature @ these.T
