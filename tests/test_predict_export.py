@@ -83,8 +83,17 @@ def test_predict_equals_stock_clip_and_caps_top_k(made, tiny_models):
     assert [p.labels for p in top2] == [p.labels[:2] for p in predictions[:2]]
 
 
-def test_output_formats(made):
+def test_output_formats(made, capsys):
+    from datadream.cli import main
+
     predictions = predict(made["run"], made["images"], top_k=2)
+    assert main(["predict", str(made["run"]), str(made["images"][0].parent.parent), "--top-k", "2", "--format",
+                 "json", "--batch-size", "2", "--device", "cpu"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert [r["file"] for r in printed] == [str(p.path) for p in predictions]
+    for row, p in zip(printed, predictions):  # other batch size: float rounding may differ slightly
+        assert [e["label"] for e in row["predictions"]] == p.labels
+        assert [e["probability"] for e in row["predictions"]] == pytest.approx(p.probabilities, abs=1e-6)
     rows = format_predictions(predictions, "csv").splitlines()
     assert rows[0] == "file,rank,label,class_name,probability" and len(rows) == 1 + 2 * len(predictions)
     parsed = json.loads(format_predictions(predictions, "json"))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,9 +75,12 @@ def predict(run_dir: Path, inputs: list[Path], top_k: int = 5, batch_size: int |
     names = [c.name for c in run.manifest.classes]
     k = min(top_k, len(names))
     samples = [Sample(str(path), -1, REAL) for path in images]  # label unknown: never read
+    batch_size = batch_size or cfg.eval_batch_size
+    # No more loader processes than batches: starting eight workers for one photo costs seconds.
+    workers = min(loader_workers(cfg.workers), math.ceil(len(samples) / batch_size))
     probabilities = []
-    for logits, _ in batched_logits(model, tokens, samples, size, batch_size or cfg.eval_batch_size,
-                                    loader_workers(cfg.workers), torch_device, dtype, desc="predict"):
+    for logits, _ in batched_logits(model, tokens, samples, size, batch_size, workers, torch_device, dtype,
+                                    desc="predict"):
         probabilities.append(logits.float().softmax(dim=-1).cpu())
     best, labels = torch.cat(probabilities).topk(k, dim=-1)
     return [Prediction(path, row.tolist(), [names[i] for i in row.tolist()], p.tolist())
