@@ -114,10 +114,12 @@ def kohya_state_dict(adapter: Path) -> tuple[dict[str, torch.Tensor], dict[str, 
             peft_state.update({f"{part}.{k}": v for k, v in convert(keys).items()})
     if len(peft_state) != len(state):
         raise RuntimeError(f"{adapter}: unexpected LoRA keys outside unet/text_encoder")
+    if not metadata:
+        raise UserError(f"{adapter}: the adapter file records no rank and alpha; adapt it again with this version")
     alphas = {}
     for part in ("unet", "text_encoder"):
         if any(k.startswith(part + ".") for k in peft_state):
-            if (metadata or {}).get(f"{part}.alpha_pattern") or (metadata or {}).get(f"{part}.rank_pattern"):
+            if metadata.get(f"{part}.alpha_pattern") or metadata.get(f"{part}.rank_pattern"):
                 raise UserError(f"{adapter}: per-module ranks or alphas have no kohya equivalent here")
             alphas[part] = float(metadata[f"{part}.lora_alpha"])
     kohya: dict[str, torch.Tensor] = {}
