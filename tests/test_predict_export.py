@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from conftest import TINY, tiny_config, write_config
 from datadream.components.augment import center_crop, normalize, to_uint8_tensor
