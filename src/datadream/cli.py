@@ -25,6 +25,8 @@ examples:
   datadream synthesize runs/pets                          # stage 2: synthetic images
   datadream train runs/pets && datadream evaluate runs/pets   # stage 3: CLIP classifier
   datadream config configs/example.yaml --set adapt.mode=dataset   # print the resolved config
+  datadream predict runs/pets photo.jpg more-photos/ --top-k 3     # classify new images
+  datadream export runs/pets pets-classifier --what classifier    # also: adapters, dataset
 
 Every stage resumes: run the same command again after an interruption.
 """
@@ -107,7 +109,39 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = add("demo", "offline end-to-end demo on tiny random models and generated images")
     sub.add_argument("dir", type=Path, help="folder for the demo's models, images and run")
+    add_use_commands(add)
     return parser
+
+
+def add_use_commands(add) -> None:
+    """`predict` and `export`: using what a run made."""
+    sub = add("predict", "classify images with the run's classifier: top-k class names and probabilities")
+    sub.add_argument("run", type=Path)
+    sub.add_argument("images", type=Path, nargs="+", metavar="IMAGE_OR_FOLDER",
+                     help="image files, or folders of images (read recursively)")
+    sub.add_argument("--top-k", type=int, default=5, help="classes per image, at most the number of classes (default 5)")
+    sub.add_argument("--format", choices=["table", "csv", "json"], default="table", help="output on stdout")
+    sub.add_argument("--batch-size", type=int, help="images per batch (default: classifier.eval_batch_size)")
+    sub.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default: the run's runtime.device)")
+
+    sub = add("export", "export for use without datadream: the classifier (a transformers CLIPModel), the"
+              " adapters (diffusers and kohya/A1111/ComfyUI files) or the synthetic set (an image folder)")
+    sub.add_argument("run", type=Path)
+    sub.add_argument("out", type=Path, help="new or empty folder to write")
+    sub.add_argument("--what", choices=["classifier", "adapters", "dataset"], required=True)
+
+
+def use_command(args: argparse.Namespace) -> int:
+    if args.command == "predict":
+        from datadream.stages.predict import format_predictions, predict
+
+        predictions = predict(args.run, args.images, args.top_k, args.batch_size, args.device)
+        print(format_predictions(predictions, args.format), end="")
+        return 0
+    from datadream.export import export
+
+    print(f"exported {args.what}: {export(args.run, args.out, args.what)}")
+    return 0
 
 
 def _configure_logging(quiet: bool) -> None:
@@ -122,6 +156,8 @@ def _configure_logging(quiet: bool) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
+    if args.command in ("predict", "export"):
+        return use_command(args)
     if args.command == "config":
         from datadream.config import field_help, load_config, reference_markdown
 

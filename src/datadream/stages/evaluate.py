@@ -39,21 +39,28 @@ def loader_workers(setting: int) -> int:
     return min(8, os.cpu_count() or 1) if setting < 0 else setting
 
 
-@torch.no_grad()
-def predict(model, tokens: dict[str, torch.Tensor], samples: list[Sample], size: int, batch_size: int,
-            workers: int, device: torch.device, dtype: torch.dtype, desc: str = "evaluate"):
-    """(labels, top-1 hit, top-5 hit) per sample."""
+@torch.no_grad()  # torch applies it around each step of a generator, so callers keep their grad mode
+def batched_logits(model, tokens: dict[str, torch.Tensor], samples: list[Sample], size: int, batch_size: int,
+                   workers: int, device: torch.device, dtype: torch.dtype, desc: str = "evaluate"):
+    """Yield (logits, labels) per batch: centre-cropped images against the class prompts, whose
+    features are computed once. Evaluation, validation and `datadream predict` all score here."""
     model.eval()
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
     with autocast:
         text = clip_ops.text_features(model, tokens)
     loader = torch.utils.data.DataLoader(EvalImages(samples, size), batch_size=batch_size, shuffle=False,
                                          num_workers=workers, pin_memory=device.type == "cuda")
-    labels, top1, top5 = [], [], []
-    for images, batch_labels in tqdm(loader, desc=desc, leave=False, disable=None, dynamic_ncols=True):
+    for images, labels in tqdm(loader, desc=desc, leave=False, disable=None, dynamic_ncols=True):
         with autocast:
             features = clip_ops.image_features(model, normalize(images.to(device, non_blocking=True)))
-        logits = clip_ops.logits(model, features, text)
+        yield clip_ops.logits(model, features, text), labels
+
+
+def predict(model, tokens: dict[str, torch.Tensor], samples: list[Sample], size: int, batch_size: int,
+            workers: int, device: torch.device, dtype: torch.dtype, desc: str = "evaluate"):
+    """(labels, top-1 hit, top-5 hit) per sample."""
+    labels, top1, top5 = [], [], []
+    for logits, batch_labels in batched_logits(model, tokens, samples, size, batch_size, workers, device, dtype, desc):
         batch_labels = batch_labels.to(device)
         labels.append(batch_labels.cpu())
         top1.append(topk_correct(logits, batch_labels, 1).cpu())

@@ -1,0 +1,202 @@
+"""Export what a run made, in formats other tools read without datadream.
+
+    datadream export RUN OUT --what classifier   # transformers CLIPModel (LoRA merged) + processor
+    datadream export RUN OUT --what adapters     # diffusers layout and kohya (A1111 / ComfyUI) files
+    datadream export RUN OUT --what dataset      # image folder + metadata.jsonl (Hugging Face imagefolder)
+
+OUT must be new or empty; it is written under a temporary name and renamed when complete, so it
+never holds half an export.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from datadream import atomic
+from datadream.components import clip as clip_ops
+from datadream.errors import UserError
+from datadream.layout import LORA_WEIGHTS, UNIT_MARKER
+from datadream.stages.run import Run, open_run
+
+log = logging.getLogger(__name__)
+
+WHAT = ("classifier", "adapters", "dataset")
+CLASSES_FILE = "datadream_classes.json"
+METADATA_FILE = "metadata.jsonl"
+DIFFUSERS_FOLDER = "diffusers"
+KOHYA_FOLDER = "kohya"
+
+
+def export(run_dir: Path, out: Path, what: str) -> Path:
+    """Write the run's `what` (one of WHAT) to the new folder `out`; returns it."""
+    if what not in WHAT:
+        raise UserError(f"--what {what!r}: use one of {', '.join(WHAT)}")
+    run = open_run(run_dir)
+    out = Path(out).resolve()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"{out} already exists and is not empty; export into a new or empty folder")
+    if out == run.layout.root or run.layout.root in out.parents:
+        raise UserError(f"{out} is inside the run {run.layout.root}; export to a folder outside it")
+    writer = {"classifier": export_classifier, "adapters": export_adapters, "dataset": export_dataset}[what]
+    with atomic.staged_directory(out) as staging:
+        writer(run, staging)
+    log.info("export: %s of %s written to %s", what, run.layout.root, out)
+    return out
+
+
+# --- classifier ---------------------------------------------------------------------------------
+
+def export_classifier(run: Run, out: Path) -> None:
+    """The classifier as one stock `CLIPModel` (LoRA merged into the weights), its processor, and
+    the class prompts and their normalised text features (so a user can skip the text tower)."""
+    from transformers import AutoTokenizer, CLIPImageProcessor, CLIPProcessor
+    from transformers.image_utils import PILImageResampling
+
+    from datadream.components.models import explained_loading
+    from datadream.stages.evaluate import PROMPTS, load_classifier, read_classifier_marker
+
+    marker = read_classifier_marker(run)
+    model, tokens, size = load_classifier(run, marker)
+    if marker["train_on"] != "none":
+        model = model.merge_and_unload()
+    model.eval()
+    with torch.no_grad():
+        text = clip_ops.text_features(model, tokens)
+        logit_scale = float(model.logit_scale.exp())
+    classes = json.loads((run.layout.classifier / PROMPTS).read_text(encoding="utf-8"))
+    names, prompts = classes["classes"], classes["prompts"]
+    model.config.id2label = dict(enumerate(names))
+    model.config.label2id = {name: label for label, name in enumerate(names)}
+    model.save_pretrained(out)
+    with explained_loading("CLIP", run.config.classifier.model, "classifier.model", "transformers"):
+        tokenizer = AutoTokenizer.from_pretrained(run.config.classifier.model)
+    # Our test transform (shorter side to `size`, bicubic, centre crop, CLIP normalisation), so
+    # that stock preprocessing sees the images as `predict` and `evaluate` do.
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": size}, crop_size={"height": size, "width": size}, resample=PILImageResampling.BICUBIC,
+        image_mean=list(clip_ops.CLIP_MEAN), image_std=list(clip_ops.CLIP_STD),
+    )
+    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out)
+    atomic.write_json(out / CLASSES_FILE, {
+        "labels": list(range(len(names))),
+        "class_names": names,
+        "prompts": prompts,
+        "logit_scale": logit_scale,
+        "train_on": marker["train_on"],
+        "base_model": run.config.classifier.model,
+        # L2-normalised, in label order: logits = logit_scale * normalised image feature @ these.T
+        "text_features": text.tolist(),
+    })
+
+
+# --- adapters -----------------------------------------------------------------------------------
+
+def kohya_state_dict(adapter: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """An adapter folder's LoRA in the kohya key format (`lora_unet_*`, `lora_te_*`, with
+    `.lora_down` / `.lora_up` / `.alpha`) that A1111, ComfyUI and diffusers read, and the file's
+    metadata (rank and alpha)."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_kohya, convert_state_dict_to_peft, convert_unet_state_dict_to_peft
+
+    state, _, metadata = StableDiffusionPipeline.lora_state_dict(str(adapter), return_lora_metadata=True)
+    peft_state: dict[str, torch.Tensor] = {}
+    # diffusers stores the two parts in different legacy spellings, each with its own converter.
+    for part, convert in (("unet", convert_unet_state_dict_to_peft), ("text_encoder", convert_state_dict_to_peft)):
+        keys = {k[len(part) + 1:]: v for k, v in state.items() if k.startswith(part + ".")}
+        if keys:
+            peft_state.update({f"{part}.{k}": v for k, v in convert(keys).items()})
+    if len(peft_state) != len(state):
+        raise RuntimeError(f"{adapter}: unexpected LoRA keys outside unet/text_encoder")
+    if not metadata:
+        raise UserError(f"{adapter}: the adapter file records no rank and alpha; adapt it again with this version")
+    alphas = {}
+    for part in ("unet", "text_encoder"):
+        if any(k.startswith(part + ".") for k in peft_state):
+            if metadata.get(f"{part}.alpha_pattern") or metadata.get(f"{part}.rank_pattern"):
+                raise UserError(f"{adapter}: per-module ranks or alphas have no kohya equivalent here")
+            alphas[part] = float(metadata[f"{part}.lora_alpha"])
+    kohya: dict[str, torch.Tensor] = {}
+    for key, tensor in convert_state_dict_to_kohya(peft_state).items():
+        if key.startswith("lora_te1_"):
+            # The converter writes SDXL's first-text-encoder prefix; SD 1.x/2.x files use
+            # `lora_te_`. transformers 5 also dropped CLIPTextModel's `text_model.` level, which
+            # A1111 and ComfyUI expect in `lora_te_text_model_encoder_layers_N_...`.
+            rest = key[len("lora_te1_"):]
+            key = "lora_te_" + (rest if rest.startswith("text_model_") else "text_model_" + rest)
+        if key.endswith(".alpha"):
+            # The converter sets alpha = rank, right only when lora_alpha == r (ours: 16/16 for SD,
+            # but any value can be configured).
+            tensor = torch.tensor(alphas["text_encoder" if key.startswith("lora_te_") else "unet"])
+        kohya[key] = tensor.detach().float().contiguous()
+    ranks = {part: int(metadata[f"{part}.r"]) for part in alphas}
+    info = {"ss_network_module": "networks.lora", "ss_network_dim": str(ranks["unet"]),
+            "ss_network_alpha": str(alphas["unet"]), "ss_output_name": adapter.name}
+    return kohya, info
+
+
+def export_adapters(run: Run, out: Path) -> None:
+    """OUT/diffusers/<unit>/ (as in the run: `load_lora_weights(folder)`) and
+    OUT/kohya/<unit>.safetensors (drop into A1111's or ComfyUI's LoRA folder)."""
+    from safetensors.torch import save_file
+
+    from datadream.stages.adapt import plan_units, unit_is_complete
+
+    units = plan_units(run)
+    if not units:
+        raise UserError(f"{run.layout.root} has no adapters (adapt.mode=none); nothing to export")
+    missing = [u.name for u in units if not unit_is_complete(run, u)]
+    if missing:
+        raise UserError(f"{len(missing)} adapter(s) of {run.layout.root} are not finished (first: {missing[0]});"
+                        " run `datadream adapt RUN` first")
+    (out / KOHYA_FOLDER).mkdir()
+    for unit in tqdm(units, desc="export adapters", disable=None, dynamic_ncols=True):
+        source = run.layout.adapter(unit.name)
+        target = out / DIFFUSERS_FOLDER / unit.name
+        target.mkdir(parents=True)
+        for name in (LORA_WEIGHTS, UNIT_MARKER):
+            shutil.copy2(source / name, target / name)
+        weights, info = kohya_state_dict(source)
+        info.update({"datadream_classes": json.dumps([c.name for c in unit.classes], ensure_ascii=False),
+                     "datadream_prompts": json.dumps([c.prompt for c in unit.classes], ensure_ascii=False)})
+        save_file(weights, out / KOHYA_FOLDER / f"{unit.name}.safetensors", metadata=info)
+
+
+# --- dataset ------------------------------------------------------------------------------------
+
+def link_or_copy(source: Path, target: Path) -> None:
+    # A hard link costs no space for 500 images x 1,000 classes; the run's images are never
+    # modified in place (written by rename), so sharing them is safe. Across file systems: copy.
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def export_dataset(run: Run, out: Path) -> None:
+    """The synthetic set as an image folder: OUT/<label>-<slug>/<i>.png (safe, unique folder
+    names that sort in label order) and OUT/metadata.jsonl with the exact class names."""
+    from datadream.stages.synthesize import completed_synthetic_set
+
+    index, _ = completed_synthetic_set(run)
+    rows = [json.loads(line) for line in index.read_text(encoding="utf-8").splitlines() if line]
+    slugs = {c.label: c.slug for c in run.manifest.classes}
+    metadata = []
+    for row in tqdm(rows, desc="export dataset", unit="img", disable=None, dynamic_ncols=True):
+        file_name = f"{slugs[row['label']]}/{Path(row['file']).name}"
+        (out / file_name).parent.mkdir(exist_ok=True)
+        link_or_copy(run.layout.synthetic / row["file"], out / file_name)
+        metadata.append({"file_name": file_name, **{k: row[k] for k in ("label", "class_name", "prompt", "seed", "adapter")}})
+    atomic.write_text(out / METADATA_FILE, "".join(json.dumps(m, ensure_ascii=False) + "\n" for m in metadata))
+    atomic.write_json(out / CLASSES_FILE, {
+        "labels": [c.label for c in run.manifest.classes],
+        "class_names": [c.name for c in run.manifest.classes],
+        "folders": [c.slug for c in run.manifest.classes],
+        "prompts": [c.prompt for c in run.manifest.classes],
+    })
