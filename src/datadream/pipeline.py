@@ -36,7 +36,8 @@ def run_all(config: Config, root: Path) -> Summary:
     root = run.layout.root
     adapters, index = [], None
     needs_generator = config.classifier.train_on in ("synthetic", "synthetic+real")
-    check_models_reachable(config.generator.model if needs_generator else None, config.classifier.model)
+    check_models_reachable(config.generator.model if needs_generator else None, config.classifier.model,
+                           config.generator.config)
     if needs_generator:
         adapters = adapt(root)
         index = synthesize(root)
