@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from datadream import atomic
-from datadream.components import weights
-from datadream.components.hub import NEEDED_PATTERNS, explain, fetch_snapshot, is_hub_id
+from datadream.components import hub, weights
+from datadream.components.hub import NEEDED_PATTERNS, explain, is_hub_id
 from datadream.errors import UserError
 
 
@@ -38,7 +38,7 @@ def download(model: str | None, to: Path | None) -> int:
     print(f"downloading {model}: safetensors weights, configs and tokenizer only (an interrupted download"
           " resumes when run again)", flush=True)
     try:
-        folder = fetch_snapshot(model, NEEDED_PATTERNS, local_dir=where)
+        folder = hub.fetch_snapshot(model, NEEDED_PATTERNS, local_dir=where)
     except (OSError, ValueError) as err:
         raise UserError(explain("hub", model, "generator.model", "diffusers", err)) from None
     if where is not None:
@@ -76,7 +76,7 @@ def check(model: str | None) -> int:
             raise UserError(f"models check: no official hashes are known for '{model}'; known models:"
                             f" {', '.join(r for m in weights.KNOWN_MODELS.values() for r in m.repo_ids)}")
         try:
-            folder = fetch_snapshot(model, NEEDED_PATTERNS, local_only=True)
+            folder = hub.fetch_snapshot(model, NEEDED_PATTERNS, local_only=True)
         except (OSError, ValueError):
             raise UserError(f"models check: '{model}' is not in the Hugging Face cache; fetch it with"
                             f" `datadream models download {model}`") from None

@@ -1,7 +1,10 @@
-"""Loading models from a hub id or a local folder, and choosing device and precision.
+"""Loading models from a hub id, a local folder or a single-file checkpoint, and choosing device
+and precision.
 
-One loading path for real checkpoints and tiny test models alike; a model that cannot be loaded
-(offline, misspelt, incomplete folder) becomes one UserError line instead of a hub traceback.
+One loading path for real checkpoints and tiny test models alike. Weights come from safetensors
+only; a known model (the default generator) is checked against the official hashes. A model that
+cannot be loaded (repository gone, gated, machine offline, incomplete folder) becomes one
+UserError line that says what to set instead, never a hub traceback.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from datadream.errors import UserError
 
 log = logging.getLogger(__name__)
 
+# What a single-file checkpoint lacks, in "cannot load <this> model '<id>'".
+SINGLE_FILE_CONFIGS = "the single-file checkpoint's configs: Stable Diffusion"
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -94,11 +99,12 @@ def _diffusers_folder(model: str, local: Path) -> Path:
     """The local folder of a diffusers model (fetching a hub id's needed files first), its
     weights checked against the official hashes when it is a known model."""
     from datadream.components import weights
-    from datadream.components.hub import NEEDED_PATTERNS, fetch_snapshot, is_hub_id
+    from datadream.components import hub
+    from datadream.components.hub import NEEDED_PATTERNS, is_hub_id
 
     if is_hub_id(model):
         with explained_loading("Stable Diffusion", model, "generator.model", "diffusers"):
-            folder = fetch_snapshot(model, NEEDED_PATTERNS)
+            folder = hub.fetch_snapshot(model, NEEDED_PATTERNS)
         known = weights.known_by_repo(model)
     else:
         folder = local
@@ -135,7 +141,8 @@ def _load_single_file(path: Path, dtype: torch.dtype, config: str):
     from diffusers import StableDiffusionPipeline
 
     from datadream.components import weights
-    from datadream.components.hub import CONFIG_PATTERNS, fetch_snapshot
+    from datadream.components import hub
+    from datadream.components.hub import CONFIG_PATTERNS
 
     if path.suffix != ".safetensors":
         raise UserError(
@@ -154,8 +161,8 @@ def _load_single_file(path: Path, dtype: torch.dtype, config: str):
         if not (folder / "model_index.json").is_file():
             raise UserError(f"generator.config: {folder} is not a diffusers Stable Diffusion folder (no model_index.json)")
     else:
-        with explained_loading("Stable Diffusion config", source, "generator.config", "diffusers"):
-            folder = fetch_snapshot(source, CONFIG_PATTERNS)
+        with explained_loading(SINGLE_FILE_CONFIGS, source, "generator.config", "diffusers"):
+            folder = hub.fetch_snapshot(source, CONFIG_PATTERNS)
     with explained_loading("Stable Diffusion", str(path), "generator.model", "diffusers"):
         return StableDiffusionPipeline.from_single_file(
             str(path), config=str(folder), dtype=dtype, local_files_only=True,
@@ -183,7 +190,7 @@ def check_models_reachable(generator: str | None, classifier: str | None, genera
                 raise UserError(f"generator.model: checkpoint file not found: {local}")
             source = generator_config or DEFAULT_GENERATOR
             if not Path(source).expanduser().is_dir():
-                with explained_loading("Stable Diffusion config", source, "generator.config", "diffusers"):
+                with explained_loading(SINGLE_FILE_CONFIGS, source, "generator.config", "diffusers"):
                     DiffusionPipeline.load_config(source)
         else:
             with explained_loading("Stable Diffusion", generator, "generator.model", "diffusers"):
