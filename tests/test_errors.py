@@ -65,7 +65,8 @@ def test_model_that_cannot_be_loaded_offline(tmp_path, config_file):
     run = tmp_path / "run"
     assert run_cli("init", config_file, run, "--set", "generator.model=no-such-org/no-such-model").returncode == 0
     result = run_cli("adapt", run)
-    assert_one_line_error(result, "cannot load Stable Diffusion model 'no-such-org/no-such-model'", "local diffusers folder")
+    assert_one_line_error(result, "cannot load Stable Diffusion model 'no-such-org/no-such-model'",
+                          "offline (HF_HUB_OFFLINE is set)", "datadream models download no-such-org/no-such-model")
     assert not list((run / "adapters").glob("*/*"))
 
 

@@ -84,25 +84,24 @@ def explain(kind: str, model: str, key: str, folder_kind: str, err: BaseExceptio
 
     reason = hub_failure(err) if is_hub_id(model) else None
     local = f"a local {folder_kind} folder"
-    known = known_by_repo(model)
-    mirror = (f"{key}={DEFAULT_GENERATOR} (a mirror with the same files)"
-              if known is not None and known.key == known_by_repo(DEFAULT_GENERATOR).key
-              and model.lower() != DEFAULT_GENERATOR.lower() else None)
-    fetch = f"`datadream models download {model} --to DIR` where the hub is reachable, then {key}=DIR"
+    known, default = known_by_repo(model), known_by_repo(DEFAULT_GENERATOR)
+    # Another name of the default generator (the withdrawn stabilityai id): the mirror is the fix.
+    mirrored = known is not None and known is default and model.lower() != DEFAULT_GENERATOR.lower()
+    target = DEFAULT_GENERATOR if mirrored else model
+    fetch = f"fetch it where the hub is reachable (`datadream models download {target} --to DIR`) and set {key}=DIR"
     head = f"cannot load {kind} model '{model}'"
     if reason == "gone":
-        fix = mirror or f"check the spelling, or set {key} to another hub id or {local}"
-        return f"{head}: the hub has no such repository (removed by its owner, private, or misspelt); set {fix}"
+        fix = (f"set {key}={DEFAULT_GENERATOR} (a mirror of the same files, checked against the official"
+               " hashes)" if mirrored else f"check the spelling, or set {key} to another hub id or {local}")
+        return f"{head}: the hub has no such repository (removed by its owner, private, or misspelt); {fix}"
     if reason == "gated":
         return (f"{head}: the repository is gated; accept its licence on huggingface.co and log in"
                 f" (`hf auth login`), or set {key} to {local}")
-    if reason == "offline":
-        alt = f"; or set {mirror}" if mirror else ""
-        return (f"{head}: the machine is offline (HF_HUB_OFFLINE is set) and the model is not in the"
-                f" Hugging Face cache; run {fetch}, or unset HF_HUB_OFFLINE{alt}")
-    if reason == "unreachable":
-        return (f"{head}: the hub cannot be reached (no network) and the model is not in the Hugging"
-                f" Face cache; run {fetch}, or set {key} to {local}")
+    if reason in ("offline", "unreachable"):
+        why = "the machine is offline (HF_HUB_OFFLINE is set)" if reason == "offline" else "the hub cannot be reached"
+        cached = f"set {key}={DEFAULT_GENERATOR} if that mirror is cached, or " if mirrored else ""
+        unset = ", or unset HF_HUB_OFFLINE" if reason == "offline" else ""
+        return f"{head}: {why} and the model is not in the Hugging Face cache; {cached}{fetch}{unset}"
     lines = str(err).strip().splitlines()
     first = lines[0] if lines else type(err).__name__
-    return f"{head} ({first}); set {key} to {local} or a hub id, or pre-download it: {fetch}"
+    return f"{head} ({first}); set {key} to {local} or another hub id, or {fetch}"
