@@ -190,6 +190,17 @@ def test_folder_with_only_pickled_weights_is_refused(tmp_path, tiny_models):
         load_stable_diffusion(str(folder))
 
 
+def test_download_of_a_repo_without_safetensors_is_refused(tmp_path, monkeypatch, capsys):
+    def fetch(repo_id, patterns, local_dir=None, local_only=False):
+        (tmp_path / "pickled").mkdir(exist_ok=True)
+        (tmp_path / "pickled" / "config.json").write_text("{}")
+        return tmp_path / "pickled"
+
+    monkeypatch.setattr(hub, "fetch_snapshot", fetch)
+    assert main(["models", "download", "old-org/pickled-only"]) == 2
+    assert "has no safetensors weights" in capsys.readouterr().err
+
+
 def test_models_check_unknown_hub_id_and_uncached_snapshot(tiny_known, fake_hub, capsys):
     assert main(["models", "check", "someone/else"]) == 2
     assert "no official hashes are known for 'someone/else'" in capsys.readouterr().err

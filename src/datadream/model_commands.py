@@ -41,6 +41,9 @@ def download(model: str | None, to: Path | None) -> int:
         folder = hub.fetch_snapshot(model, NEEDED_PATTERNS, local_dir=where)
     except (OSError, ValueError) as err:
         raise UserError(explain("hub", model, "generator.model", "diffusers", err)) from None
+    if not any(folder.rglob("*.safetensors")):
+        raise UserError(f"models download: {model} has no safetensors weights (only pickled ones, or none);"
+                        " datadream loads safetensors only")
     if where is not None:
         atomic.write_json(where / weights.SOURCE_MARKER, {"source": model})
     key = _key_for(folder)

@@ -104,4 +104,6 @@ def explain(kind: str, model: str, key: str, folder_kind: str, err: BaseExceptio
         return f"{head}: {why} and the model is not in the Hugging Face cache; {cached}{fetch}{unset}"
     lines = str(err).strip().splitlines()
     first = lines[0] if lines else type(err).__name__
+    if not is_hub_id(model):
+        return f"{head} ({first}); check that it is a complete {folder_kind} model, or set {key} to another one"
     return f"{head} ({first}); set {key} to {local} or another hub id, or {fetch}"
