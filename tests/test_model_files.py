@@ -322,7 +322,8 @@ def test_run_on_a_single_file_matches_stock_diffusers_on_the_folder(tmp_path, ti
     from datadream.stages.run import init_run
     from datadream.stages.synthesize import synthesize
 
-    config = tiny_config(tiny_models, toy_data / "train", adapt={"mode": "dataset", "lr": 1e-2},
+    config = tiny_config(tiny_models, toy_data / "train", data={"shots": 1},
+                         adapt={"mode": "dataset", "lr": 1e-2, "epochs": 1},
                          synthesize={"images_per_class": 1, "steps": 3, "batch_size": 2, "resolution": TINY})
     config["generator"] = {"model": str(single_file), "config": str(tiny_models["sd"])}
     run = init_run(load_config(write_config(tmp_path / "exp.yaml", config)), tmp_path / "run").layout.root
