@@ -98,8 +98,7 @@ def load_stable_diffusion(model: str, dtype: torch.dtype = torch.float32, config
 def _diffusers_folder(model: str, local: Path) -> Path:
     """The local folder of a diffusers model (fetching a hub id's needed files first), its
     weights checked against the official hashes when it is a known model."""
-    from datadream.components import weights
-    from datadream.components import hub
+    from datadream.components import hub, weights
     from datadream.components.hub import NEEDED_PATTERNS, is_hub_id
 
     if is_hub_id(model):
@@ -129,8 +128,8 @@ def refuse_pickled_weights(folder: Path, key: str) -> None:
         if sub.is_dir() and not any(sub.glob("*.safetensors")) and any(sub.glob("*.bin")):
             raise UserError(
                 f"{key}: {sub} has only pickled .bin weights and datadream loads safetensors only;"
-                " fetch the safetensors files (`datadream models download`) or convert the folder"
-                " (load it once and save_pretrained(..., safe_serialization=True))"
+                " fetch the safetensors files (`datadream models download`), or convert a copy you"
+                " trust with save_pretrained(..., safe_serialization=True)"
             )
 
 
@@ -140,8 +139,7 @@ def _load_single_file(path: Path, dtype: torch.dtype, config: str):
     generator's, a few MB, read from the HF cache when present)."""
     from diffusers import StableDiffusionPipeline
 
-    from datadream.components import weights
-    from datadream.components import hub
+    from datadream.components import hub, weights
     from datadream.components.hub import CONFIG_PATTERNS
 
     if path.suffix != ".safetensors":
