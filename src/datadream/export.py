@@ -146,6 +146,7 @@ def export_adapters(run: Run, out: Path) -> None:
     OUT/kohya/<unit>.safetensors (drop into A1111's or ComfyUI's LoRA folder)."""
     from safetensors.torch import save_file
 
+    from datadream.components.sd_lora import sort_safetensors_metadata
     from datadream.stages.adapt import plan_units, unit_is_complete
 
     units = plan_units(run)
@@ -166,6 +167,7 @@ def export_adapters(run: Run, out: Path) -> None:
         info.update({"datadream_classes": json.dumps([c.name for c in unit.classes], ensure_ascii=False),
                      "datadream_prompts": json.dumps([c.prompt for c in unit.classes], ensure_ascii=False)})
         save_file(weights, out / KOHYA_FOLDER / f"{unit.name}.safetensors", metadata=info)
+        sort_safetensors_metadata(out / KOHYA_FOLDER / f"{unit.name}.safetensors")
 
 
 # --- dataset ------------------------------------------------------------------------------------
@@ -184,7 +186,8 @@ def export_dataset(run: Run, out: Path) -> None:
     names that sort in label order) and OUT/metadata.jsonl with the exact class names."""
     from datadream.stages.synthesize import completed_synthetic_set
 
-    index, _ = completed_synthetic_set(run)
+    completed_synthetic_set(run)  # every image vouched for by its class marker, the index as synthesize wrote it
+    index = run.layout.synthetic_index
     rows = [json.loads(line) for line in index.read_text(encoding="utf-8").splitlines() if line]
     slugs = {c.label: c.slug for c in run.manifest.classes}
     metadata = []

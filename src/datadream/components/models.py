@@ -1,7 +1,10 @@
-"""Loading models from a hub id or a local folder, and choosing device and precision.
+"""Loading models from a hub id, a local folder or a single-file checkpoint, and choosing device
+and precision.
 
-One loading path for real checkpoints and tiny test models alike; a model that cannot be loaded
-(offline, misspelt, incomplete folder) becomes one UserError line instead of a hub traceback.
+One loading path for real checkpoints and tiny test models alike. Weights come from safetensors
+only; a known model (the default generator) is checked against the official hashes. A model that
+cannot be loaded (repository gone, gated, machine offline, incomplete folder) becomes one
+UserError line that says what to set instead, never a hub traceback.
 """
 
 from __future__ import annotations
@@ -13,10 +16,13 @@ from typing import Iterator
 
 import torch
 
+from datadream.components.weights import DEFAULT_GENERATOR
 from datadream.errors import UserError
 
 log = logging.getLogger(__name__)
 
+# What a single-file checkpoint lacks, in "cannot load <this> model '<id>'".
+SINGLE_FILE_CONFIGS = "the single-file checkpoint's configs: Stable Diffusion"
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -52,19 +58,20 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
 
 @contextmanager
 def explained_loading(kind: str, model: str, key: str, folder_kind: str) -> Iterator[None]:
-    """Turn a hub or file error while loading `model` into one line that says what to do."""
+    """Turn a hub or file error while loading `model` into one line that says why (repository
+    gone, gated, machine offline) and what to set instead."""
+    from datadream.components.hub import explain
+
     try:
         yield
     except (OSError, ValueError, KeyError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(
-            f"cannot load {kind} model '{model}' ({first_line}); with no hub access, set {key} to a"
-            f" local {folder_kind} folder or pre-download the model into the HF cache"
-        ) from None
+        raise UserError(explain(kind, model, key, folder_kind, err)) from None
 
 
-def load_stable_diffusion(model: str, dtype: torch.dtype = torch.float32):
-    """A `StableDiffusionPipeline` from a hub id or a local diffusers folder."""
+def load_stable_diffusion(model: str, dtype: torch.dtype = torch.float32, config: str = ""):
+    """A `StableDiffusionPipeline` from a hub id, a local diffusers folder, or a single-file
+    checkpoint (`.safetensors`, original layout; its configs come from `config`). Weights are read
+    from safetensors only, and checked against the official hashes when the model is a known one."""
     import diffusers
     import transformers
     from diffusers import StableDiffusionPipeline
@@ -72,22 +79,93 @@ def load_stable_diffusion(model: str, dtype: torch.dtype = torch.float32):
     # Their per-component loading bars drown our own progress bars.
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
-    local = Path(model)
-    if local.is_absolute() or local.exists():
-        if not (local / "model_index.json").is_file():
-            raise UserError(
-                f"generator.model: {local} is not a diffusers Stable Diffusion folder (no"
-                " model_index.json); point it at a folder saved with save_pretrained or a hub id"
+    local = Path(model).expanduser()
+    if local.is_file() or model.endswith((".safetensors", ".ckpt", ".bin", ".pt", ".pth")):
+        pipeline = _load_single_file(local, dtype, config)
+    else:
+        folder = _diffusers_folder(model, local)
+        with explained_loading("Stable Diffusion", model, "generator.model", "diffusers"):
+            pipeline = StableDiffusionPipeline.from_pretrained(
+                folder, dtype=dtype, use_safetensors=True, safety_checker=None, requires_safety_checker=False
             )
-    with explained_loading("Stable Diffusion", model, "generator.model", "diffusers"):
-        pipeline = StableDiffusionPipeline.from_pretrained(
-            model, dtype=dtype, safety_checker=None, requires_safety_checker=False
-        )
     if len(pipeline.tokenizer) <= 2:
         # CLIPTokenizer.from_pretrained can return an empty 2-token tokenizer instead of failing.
         raise UserError(f"generator.model '{model}': its tokenizer has no vocabulary; the folder is incomplete")
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
+
+
+def _diffusers_folder(model: str, local: Path) -> Path:
+    """The local folder of a diffusers model (fetching a hub id's needed files first), its
+    weights checked against the official hashes when it is a known model."""
+    from datadream.components import hub, weights
+    from datadream.components.hub import NEEDED_PATTERNS, is_hub_id
+
+    if is_hub_id(model):
+        with explained_loading("Stable Diffusion", model, "generator.model", "diffusers"):
+            folder = hub.fetch_snapshot(model, NEEDED_PATTERNS)
+        known = weights.known_by_repo(model)
+    else:
+        folder = local
+        if not (folder / "model_index.json").is_file():
+            raise UserError(
+                f"generator.model: {local} is not a diffusers Stable Diffusion folder (no"
+                " model_index.json); point it at a folder saved with save_pretrained, a .safetensors"
+                " checkpoint or a hub id"
+            )
+        known = weights.identify(str(folder))
+    refuse_pickled_weights(folder, "generator.model")
+    if known is not None:
+        weights.warn_if_not_official(weights.check_folder(folder, known), known, f"generator.model={model}")
+    return folder
+
+
+def refuse_pickled_weights(folder: Path, key: str) -> None:
+    """Pickled weights can run code when loaded: a component with only `.bin` files is refused
+    rather than silently loaded."""
+    for part in ("unet", "vae", "text_encoder"):
+        sub = folder / part
+        if sub.is_dir() and not any(sub.glob("*.safetensors")) and any(sub.glob("*.bin")):
+            raise UserError(
+                f"{key}: {sub} has only pickled .bin weights and datadream loads safetensors only;"
+                " fetch the safetensors files (`datadream models download`), or convert a copy you"
+                " trust with save_pretrained(..., safe_serialization=True)"
+            )
+
+
+def _load_single_file(path: Path, dtype: torch.dtype, config: str):
+    """An original-layout checkpoint file (e.g. v2-1_512-ema-pruned.safetensors) with the
+    diffusers configs of `config`: a local diffusers folder or a hub id (default: the default
+    generator's, a few MB, read from the HF cache when present)."""
+    from diffusers import StableDiffusionPipeline
+
+    from datadream.components import hub, weights
+    from datadream.components.hub import CONFIG_PATTERNS
+
+    if path.suffix != ".safetensors":
+        raise UserError(
+            f"generator.model: {path} is not a .safetensors file; datadream loads no pickled"
+            " checkpoints (.ckpt, .bin): use v2-1_512-ema-pruned.safetensors or a diffusers folder"
+        )
+    if not path.is_file():
+        raise UserError(f"generator.model: checkpoint file not found: {path}")
+    known = weights.identify(str(path))
+    if known is not None:
+        check = weights.check_file(path, path.name, known.single_files[path.name])
+        weights.warn_if_not_official([check], known, f"generator.model={path}")
+    source = config or weights.DEFAULT_GENERATOR
+    folder = Path(source).expanduser()
+    if folder.is_dir():
+        if not (folder / "model_index.json").is_file():
+            raise UserError(f"generator.config: {folder} is not a diffusers Stable Diffusion folder (no model_index.json)")
+    else:
+        with explained_loading(SINGLE_FILE_CONFIGS, source, "generator.config", "diffusers"):
+            folder = hub.fetch_snapshot(source, CONFIG_PATTERNS)
+    with explained_loading("Stable Diffusion", str(path), "generator.model", "diffusers"):
+        return StableDiffusionPipeline.from_single_file(
+            str(path), config=str(folder), dtype=dtype, local_files_only=True,
+            safety_checker=None, requires_safety_checker=False,
+        )
 
 
 def compile_module(module: torch.nn.Module) -> torch.nn.Module:
@@ -98,14 +176,23 @@ def compile_module(module: torch.nn.Module) -> torch.nn.Module:
     return torch.compile(module, backend=os.environ.get("DATADREAM_COMPILE_BACKEND", "inductor"))
 
 
-def check_models_reachable(generator: str | None, classifier: str | None) -> None:
-    """Read only the models' configs (small files, cached or local): a misspelt id or a missing
-    folder stops a run before any training starts rather than hours into it."""
+def check_models_reachable(generator: str | None, classifier: str | None, generator_config: str = "") -> None:
+    """Read only the models' configs (small files, cached or local): a misspelt id, a withdrawn
+    repository or a missing folder stops a run before any training starts rather than hours into it."""
     if generator is not None:
         from diffusers import DiffusionPipeline
 
-        with explained_loading("Stable Diffusion", generator, "generator.model", "diffusers"):
-            DiffusionPipeline.load_config(generator)
+        local = Path(generator).expanduser()
+        if local.suffix == ".safetensors" or local.is_file():
+            if not local.is_file():
+                raise UserError(f"generator.model: checkpoint file not found: {local}")
+            source = generator_config or DEFAULT_GENERATOR
+            if not Path(source).expanduser().is_dir():
+                with explained_loading(SINGLE_FILE_CONFIGS, source, "generator.config", "diffusers"):
+                    DiffusionPipeline.load_config(source)
+        else:
+            with explained_loading("Stable Diffusion", generator, "generator.model", "diffusers"):
+                DiffusionPipeline.load_config(generator)
     if classifier is not None:
         from transformers import AutoConfig
 

@@ -214,7 +214,7 @@ class LoraTrainer:
         self.cfg: AdaptConfig = cfg.adapt
         self.device = resolve_device(cfg.runtime.device)
         self.dtype = resolve_dtype(cfg.runtime.precision, self.device)
-        pipeline = load_stable_diffusion(cfg.generator.model, dtype=self.dtype)
+        pipeline = load_stable_diffusion(cfg.generator.model, dtype=self.dtype, config=cfg.generator.config)
         from diffusers import DDPMScheduler
 
         self.tokenizer = pipeline.tokenizer

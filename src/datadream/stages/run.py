@@ -35,7 +35,8 @@ def init_run(config: Config, root: Path) -> Run:
 
     layout = RunLayout(Path(root).resolve())
     needs_generator = config.classifier.train_on in ("synthetic", "synthetic+real")
-    check_models_reachable(config.generator.model if needs_generator else None, config.classifier.model)
+    check_models_reachable(config.generator.model if needs_generator else None, config.classifier.model,
+                           config.generator.config)
     if layout.config.exists():
         existing = read_config_file(layout.config)
         changes = describe_differences(existing, config, results_only=True)

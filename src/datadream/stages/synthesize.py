@@ -186,7 +186,8 @@ class Generator:
         self.cfg = run.config.synthesize
         self.device = resolve_device(runtime.device)
         dtype = resolve_dtype(runtime.precision, self.device)
-        self.pipeline = load_stable_diffusion(run.config.generator.model, dtype=dtype).to(self.device)
+        self.pipeline = load_stable_diffusion(run.config.generator.model, dtype=dtype,
+                                              config=run.config.generator.config).to(self.device)
         if self.cfg.sampler == "dpm++":
             from diffusers import DPMSolverMultistepScheduler
 
