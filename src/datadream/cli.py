@@ -24,6 +24,7 @@ examples:
   datadream synthesize runs/pets                          # stage 2: synthetic images
   datadream train runs/pets && datadream evaluate runs/pets   # stage 3: CLIP classifier
   datadream config configs/example.yaml --set adapt.mode=dataset   # print the resolved config
+  datadream plan configs/paper/datadream-class.yaml --set data.dataset=pets --gpu 24   # estimated cost
 
 Every stage resumes: run the same command again after an interruption.
 """
@@ -38,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="also show the libraries' own logs and warnings (transformers, diffusers, hub)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, help: str) -> argparse.ArgumentParser:
@@ -68,6 +71,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("config", type=Path, help="experiment YAML")
     sub.add_argument("run", type=Path, help="run folder (created, or resumed)")
     add_overrides(sub)
+    sub.add_argument("--dry-run", action="store_true",
+                     help="print the plan (units, skipped units, estimated cost) and exit; writes nothing")
+    sub.add_argument("--gpu", help="with --dry-run: GPU to estimate for (16, 24, 40, 80 or a name)")
+
+    sub = add("plan", "what a run would do and cost (GPU-hours, memory, disk): estimates, no model loaded")
+    sub.add_argument("config", type=Path, nargs="?", help="experiment YAML, or a run folder to count what it holds")
+    add_overrides(sub)
+    sub.add_argument("--gpu", help="16, 24, 40 or 80 (GB), or a name: t4, a10, l4, a100-80gb, h100, ...")
+    sub.add_argument("--classes", type=int, help="class count, when the config names no data")
+    sub.add_argument("--markdown", action="store_true", help="print docs/hardware.md (run from the repository root)")
 
     sub = add("report", "write RUN/report/index.html: shots beside synthetic images, curves, metrics")
     sub.add_argument("run", type=Path)
@@ -98,15 +111,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _configure_logging(quiet: bool) -> None:
+LIBRARY_LOGGERS = ("transformers", "diffusers", "huggingface_hub", "peft", "accelerate", "torch")
+
+
+def _configure_logging(quiet: bool, verbose: bool = False) -> None:
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s",
                         stream=sys.stderr)
-    # Library chatter (e.g. the torchvision fallback notice) is not for our users.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if verbose:
+        level = "warning" if quiet else "info"
+        os.environ["TRANSFORMERS_VERBOSITY"] = os.environ["DIFFUSERS_VERBOSITY"] = level
+        for name in LIBRARY_LOGGERS:
+            logging.getLogger(name).setLevel(level.upper())
+        return
+    # Library chatter (the torchvision fallback notice, download bars, deprecations of the
+    # libraries' internals) fills a batch log and tells our users nothing they can act on.
+    # The environment covers libraries not yet imported; the levels cover those already loaded.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # Deprecation notices about the libraries' own internals are for their developers, not ours.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    for name in LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"(transformers|diffusers|huggingface_hub|peft|torch)\b")
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -152,6 +180,8 @@ def run_command(args: argparse.Namespace) -> int:
         print(f"top-1 {metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}%  on {metrics['n']} test images"
               f"  ({args.run.resolve() / 'classifier' / 'metrics.json'})")
         return 0
+    if args.command == "plan" or (args.command == "run" and args.dry_run):
+        return plan_command(args)
     if args.command == "run":
         from datadream.config import load_config
         from datadream.pipeline import print_summary, run_all
@@ -184,6 +214,34 @@ def run_command(args: argparse.Namespace) -> int:
 
         return run_demo(args.dir)
     raise AssertionError(args.command)
+
+
+def plan_command(args: argparse.Namespace) -> int:
+    from datadream.config import describe_differences, load_config, read_config_file
+    from datadream.plan import make_plan
+    from datadream.plan_text import hardware_markdown, render
+
+    if getattr(args, "markdown", False):
+        print(hardware_markdown(Path.cwd()), end="")
+        return 0
+    if args.config is None:
+        raise UserError("usage: datadream plan CONFIG [--set KEY=VALUE] [--gpu 16|24|40|80|NAME]")
+    run = args.run if args.command == "run" else None
+    if args.command == "plan" and args.config.is_dir():
+        run = args.config
+        config = read_config_file(run / "config.yaml") if (run / "config.yaml").is_file() else None
+        if config is None:
+            raise UserError(f"{run} is not a datadream run (no config.yaml); give a config file")
+    else:
+        config = load_config(args.config, args.overrides)
+    if run is not None and (run / "config.yaml").is_file() and args.command == "run":
+        changes = describe_differences(read_config_file(run / "config.yaml"), config, results_only=True)
+        if changes:
+            raise UserError(f"{run} holds a run with a different config ({'; '.join(changes[:3])}); the run"
+                            " would refuse it: choose a new run folder")
+    plan = make_plan(config, run, gpu=args.gpu, classes=getattr(args, "classes", None))
+    print(render(plan, str(run if run is not None and args.command == "plan" else args.config)), end="")
+    return 0
 
 
 def datasets_command(args: argparse.Namespace) -> int:
@@ -223,7 +281,7 @@ def one_line(err: Exception) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _configure_logging(args.quiet)
+    _configure_logging(args.quiet, args.verbose)
     try:
         return run_command(args)
     except UserError as err:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from datadream.progress import progress
 
 from datadream import atomic
 from datadream.components import clip as clip_ops
@@ -200,7 +200,7 @@ class ClassifierTrainer:
         classes = len(self.run.manifest.classes)
         self.model.train()
         total_loss, correct, seen = 0.0, 0, 0
-        bar = tqdm(loader, desc=f"train epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=None, dynamic_ncols=True)
+        bar = progress(loader, desc=f"train epoch {epoch + 1}/{cfg.epochs}", unit="step", leave=False)
         for step, (images, labels, is_real) in enumerate(bar):
             images = self.augment(images.to(self.device, non_blocking=True))
             labels, is_real = labels.to(self.device), is_real.to(self.device)
