@@ -224,10 +224,8 @@ def plan_command(args: argparse.Namespace) -> int:
     if getattr(args, "markdown", False):
         print(hardware_markdown(Path.cwd()), end="")
         return 0
-    if args.config is None:
-        raise UserError("usage: datadream plan CONFIG [--set KEY=VALUE] [--gpu 16|24|40|80|NAME]")
     run = args.run if args.command == "run" else None
-    if args.command == "plan" and args.config.is_dir():
+    if args.command == "plan" and args.config is not None and args.config.is_dir():
         run = args.config
         config = read_config_file(run / "config.yaml") if (run / "config.yaml").is_file() else None
         if config is None:
@@ -240,7 +238,8 @@ def plan_command(args: argparse.Namespace) -> int:
             raise UserError(f"{run} holds a run with a different config ({'; '.join(changes[:3])}); the run"
                             " would refuse it: choose a new run folder")
     plan = make_plan(config, run, gpu=args.gpu, classes=getattr(args, "classes", None))
-    print(render(plan, str(run if run is not None and args.command == "plan" else args.config)), end="")
+    title = run if args.command == "plan" and run is not None else args.config or "defaults"
+    print(render(plan, str(title)), end="")
     return 0
 
 
