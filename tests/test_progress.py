@@ -1,0 +1,125 @@
+"""Progress in batch logs (timed plain lines, on a fake clock) and on terminals (tqdm), and the
+CLI's -v switch for library logs. Nothing here sleeps."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import subprocess
+import sys
+
+import pytest
+
+from datadream.progress import INTERVAL_ENV, LineProgress, format_duration, progress
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def progress_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "datadream.progress"]
+
+
+def test_batch_log_gets_a_line_every_interval_with_rate_eta_and_loss(caplog, monkeypatch):
+    monkeypatch.delenv(INTERVAL_ENV, raising=False)
+    caplog.set_level(logging.INFO, logger="datadream.progress")
+    clock = FakeClock()
+    bar = progress(total=400, desc="adapt [1/2] cat", unit="step", stream=io.StringIO(), clock=clock)
+    assert isinstance(bar, LineProgress)
+    for _ in range(100):
+        clock.now += 1.0  # one step per second: a line every 30 steps
+        bar.update()
+        bar.set_postfix(loss="0.1432")
+    lines = progress_lines(caplog)
+    assert len(lines) == 3
+    assert lines[0] == "adapt [1/2] cat: 30/400 step (8%), 1 step/s, ETA 6m10s, loss 0.1432"
+    bar.close()
+    final = progress_lines(caplog)[-1]
+    assert final.startswith("adapt [1/2] cat: 100/400 step (25%)") and "took 1m40s" in final
+
+
+def test_interval_comes_from_the_environment(caplog, monkeypatch):
+    monkeypatch.setenv(INTERVAL_ENV, "5")
+    caplog.set_level(logging.INFO, logger="datadream.progress")
+    clock = FakeClock()
+    bar = progress(total=20, desc="synthesize", unit="img", stream=io.StringIO(), clock=clock)
+    for _ in range(20):
+        clock.now += 1.0
+        bar.update()
+    assert len(progress_lines(caplog)) == 4
+    assert "ETA" in progress_lines(caplog)[0] and "img/s" in progress_lines(caplog)[0]
+
+
+def test_wrapping_an_iterable_counts_it_and_closes(caplog):
+    caplog.set_level(logging.INFO, logger="datadream.progress")
+    clock = FakeClock()
+    seen = [item for item in progress(range(7), desc="evaluate", unit="batch", stream=io.StringIO(), clock=clock)]
+    assert seen == list(range(7))
+    assert progress_lines(caplog)[-1].startswith("evaluate: 7/7 batch (100%)")
+
+
+def test_resumed_bar_rates_only_new_work(caplog):
+    caplog.set_level(logging.INFO, logger="datadream.progress")
+    clock = FakeClock()
+    bar = progress(total=100, initial=60, desc="adapt", unit="step", stream=io.StringIO(), clock=clock)
+    clock.now += 10
+    bar.update(10)
+    bar.close()
+    assert "70/100 step (70%), 1 step/s" in progress_lines(caplog)[-1]
+
+
+def test_terminal_gets_a_tqdm_bar_and_disabled_gets_nothing(caplog):
+    from tqdm import tqdm
+
+    caplog.set_level(logging.INFO, logger="datadream.progress")
+    stream = Terminal()
+    bar = progress(total=3, desc="adapt", stream=stream)
+    assert isinstance(bar, tqdm)
+    bar.update(3)
+    bar.close()
+    assert "adapt" in stream.getvalue()
+    silent = progress(total=3, desc="probe", disable=True, stream=io.StringIO())
+    silent.update(3)
+    silent.close()
+    assert not progress_lines(caplog)
+
+
+def test_format_duration():
+    assert [format_duration(s) for s in (0, 59.4, 61, 3600 * 2 + 5)] == ["0s", "59s", "1m01s", "2h00m05s"]
+
+
+LIBRARY_LOG = (
+    "import sys, warnings\n"
+    "from datadream.cli import _configure_logging\n"
+    "_configure_logging(quiet=False, verbose={verbose})\n"
+    "import transformers\n"
+    "transformers.utils.logging.get_logger('transformers.modeling_utils').warning('LIBRARY-CHATTER')\n"
+    "warnings.warn('LIBRARY-DEPRECATION', FutureWarning)\n"
+)
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_verbose_shows_library_logs_and_default_hides_them(verbose):
+    env = {k: v for k, v in os.environ.items() if k not in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY")}
+    done = subprocess.run([sys.executable, "-c", LIBRARY_LOG.format(verbose=verbose)], capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert ("LIBRARY-CHATTER" in done.stderr) == verbose
+    assert ("LIBRARY-DEPRECATION" in done.stderr) == verbose
+
+
+def test_cli_accepts_verbose():
+    from datadream.cli import build_parser
+
+    assert build_parser().parse_args(["-v", "plan", "--classes", "2"]).verbose
