@@ -1,6 +1,7 @@
 """FLOP and memory constants of the full-size models, for `datadream plan` (src/datadream/costs.py).
 
     python benchmarks/cost_constants.py            # CPU, about 2-4 minutes and ~8 GB of RAM
+    python benchmarks/cost_constants.py --check    # and compare with src/datadream/costs.py
 
 Builds SD 2.1-base (UNet, VAE, OpenCLIP ViT-H text encoder) and CLIP ViT-B/16 at full size with
 random weights (FLOPs and activation sizes do not depend on the weight values), then counts with
@@ -188,6 +189,7 @@ def _feature(output) -> torch.Tensor:
 
 
 def main() -> None:
+    check = "--check" in sys.argv[1:]
     torch.manual_seed(0)
     started = time.time()
     constants = {**measure_clip(), **measure_sd()}
@@ -195,6 +197,15 @@ def main() -> None:
     print(json.dumps(constants, indent=4))
     print(f"# {time.time() - started:.0f}s on {torch.get_num_threads()} CPU threads, torch {torch.__version__}",
           file=sys.stderr)
+    if check:
+        from datadream.costs import MEASURED
+
+        # Counts are exact; byte figures depend on which kernels the installed torch picks.
+        stale = [k for k, v in constants.items()
+                 if abs(v - MEASURED.get(k, 0)) > (0.05 * v if k.endswith("_bytes") else 0)]
+        if stale:
+            sys.exit(f"src/datadream/costs.py is stale for: {', '.join(stale)}; paste the dictionary above")
+        print("src/datadream/costs.py matches")
 
 
 if __name__ == "__main__":
