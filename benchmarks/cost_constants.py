@@ -121,7 +121,8 @@ def measure_sd() -> dict[str, float]:
         pixels = torch.randn(1, 3, 512, 512, dtype=bf16)
         out["sd_vae_encode_flops"] = flops(lambda: vae.encode(pixels))
         out["sd_vae_decode_flops"] = flops(lambda: vae.decode(latents))
-        for name, run in (("sd_unet_infer_peak_bytes", lambda: unet(torch.cat([latents] * 2), t, torch.cat([context] * 2))),
+        pair = torch.cat([latents] * 2), torch.cat([context] * 2)  # the guidance pair of one image
+        for name, run in (("sd_unet_infer_peak_bytes", lambda: unet(pair[0], t, pair[1])),
                           ("sd_vae_decode_peak_bytes", lambda: vae.decode(latents))):
             tracker = LivePeak()
             with tracker:

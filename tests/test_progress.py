@@ -123,3 +123,56 @@ def test_cli_accepts_verbose():
     from datadream.cli import build_parser
 
     assert build_parser().parse_args(["-v", "plan", "--classes", "2"]).verbose
+
+
+class FakeTensorBoard:
+    def __init__(self) -> None:
+        self.scalars: list[tuple] = []
+        self.closed = False
+
+    def add_scalar(self, tag, value, step) -> None:
+        self.scalars.append((tag, value, step))
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_wandb_gets_the_curves_when_asked_for(monkeypatch):
+    import types
+
+    from datadream import tracking
+    from datadream.config import load_config
+
+    calls: dict = {"log": []}
+
+    class FakeRun:
+        def log(self, values, step):
+            calls["log"].append((values, step))
+
+        def finish(self):
+            calls["finished"] = True
+
+    def init(**kwargs):
+        calls["init"] = kwargs
+        return FakeRun()
+
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=init))
+    config = load_config(None, ["runtime.wandb_project=dd"])
+    writer = tracking.CurveWriter(FakeTensorBoard(), tracking._wandb_run(config, "pets run"))
+    writer.add_scalar("train/loss", 0.5, 3)
+    writer.close()
+    assert calls["init"]["project"] == "dd" and calls["init"]["config"]["runtime"]["wandb_project"] == "dd"
+    assert calls["init"]["id"].startswith("pets-run-")
+    assert calls["log"] == [({"train/loss": 0.5}, 3)] and calls["finished"]
+    assert writer.tensorboard.scalars == [("train/loss", 0.5, 3)] and writer.tensorboard.closed
+
+
+def test_wandb_off_by_default_and_skipped_when_missing(monkeypatch, caplog):
+    from datadream import tracking
+    from datadream.config import load_config
+
+    assert tracking._wandb_run(load_config(None), "run") is None
+    monkeypatch.setitem(sys.modules, "wandb", None)  # makes `import wandb` raise ImportError
+    with caplog.at_level(logging.WARNING, logger="datadream.tracking"):
+        assert tracking._wandb_run(load_config(None, ["runtime.wandb_project=dd"]), "run") is None
+    assert "wandb is not installed" in caplog.text

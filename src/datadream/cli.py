@@ -134,7 +134,8 @@ def _configure_logging(quiet: bool, verbose: bool = False) -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", category=UserWarning, module=r"(transformers|diffusers|huggingface_hub|peft|torch)\b")
+    warnings.filterwarnings("ignore", category=UserWarning,
+                            module=r"(transformers|diffusers|huggingface_hub|peft|torch)\b")
 
 
 def run_command(args: argparse.Namespace) -> int:

@@ -296,6 +296,7 @@ def _evaluate(plan: Plan, layout: RunLayout | None) -> Stage:
     plan.counts.update(test_passes=1)
     flops = 0.0 if complete else (data.test * costs.value("clip_image_fwd_flops")
                                   + data.classes * costs.value("clip_text_fwd_flops"))
-    return Stage("evaluate", f"1 pass over {data.test:,} test images", "metrics present, reused if the split is unchanged"
-                 if complete else "all", flops, costs.evaluate_memory(cfg.eval_batch_size), plan.precision,
+    todo = "metrics present, reused if the split is unchanged" if complete else "all"
+    return Stage("evaluate", f"1 pass over {data.test:,} test images", todo, flops,
+                 costs.evaluate_memory(cfg.eval_batch_size), plan.precision,
                  int(complete))

@@ -145,7 +145,7 @@ class ClassifierTrainer:
         self.val = split_samples(run.config.data, run.manifest, "val") or None
 
     def fit(self) -> None:
-        from torch.utils.tensorboard import SummaryWriter
+        from datadream.tracking import curve_writer
 
         started = time.time()
         cfg, layout = self.cfg, self.run.layout
@@ -160,7 +160,8 @@ class ClassifierTrainer:
             log.info("train: resuming after epoch %d of %d", start_epoch, cfg.epochs)
         log.info("train: %d images (%s), %d epochs of %d steps, on %s", len(self.data.samples), cfg.train_on,
                  cfg.epochs, self.steps_per_epoch, self.device)
-        writer = SummaryWriter(log_dir=str(layout.logs / "train"), purge_step=start_epoch * self.steps_per_epoch)
+        writer = curve_writer(layout.logs / "train", start_epoch * self.steps_per_epoch, self.run.config,
+                              layout.root.name)
         try:
             for epoch in range(start_epoch, cfg.epochs):
                 row = self.train_epoch(epoch, writer)
