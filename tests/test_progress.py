@@ -57,26 +57,42 @@ def test_interval_comes_from_the_environment(caplog, monkeypatch):
     for _ in range(20):
         clock.now += 1.0
         bar.update()
+    assert len(progress_lines(caplog)) == 3  # at 5, 10 and 15 images; the end is close()'s
+    bar.close()
     assert len(progress_lines(caplog)) == 4
     assert "ETA" in progress_lines(caplog)[0] and "img/s" in progress_lines(caplog)[0]
 
 
-def test_wrapping_an_iterable_counts_it_and_closes(caplog):
+def test_wrapping_an_iterable_counts_it_and_closes(caplog, monkeypatch):
+    monkeypatch.setenv(INTERVAL_ENV, "5")
     caplog.set_level(logging.INFO, logger="datadream.progress")
     clock = FakeClock()
-    seen = [item for item in progress(range(7), desc="evaluate", unit="batch", stream=io.StringIO(), clock=clock)]
+    seen = []
+    for item in progress(range(7), desc="evaluate", unit="batch", stream=io.StringIO(), clock=clock):
+        seen.append(item)
+        clock.now += 1.0
     assert seen == list(range(7))
-    assert progress_lines(caplog)[-1].startswith("evaluate: 7/7 batch (100%)")
+    lines = progress_lines(caplog)
+    assert lines[0].startswith("evaluate: 5/7 batch (71%)")
+    assert lines[-1].startswith("evaluate: 7/7 batch (100%)") and "took 7s" in lines[-1]
+    assert len(lines) == 2  # the end is reported once, by close()
+
+
+def test_a_short_loop_leaves_the_log_alone(caplog):
+    caplog.set_level(logging.INFO, logger="datadream.progress")
+    clock = FakeClock()
+    assert [i for i in progress(range(3), desc="validate", stream=io.StringIO(), clock=clock)] == [0, 1, 2]
+    assert not progress_lines(caplog)
 
 
 def test_resumed_bar_rates_only_new_work(caplog):
     caplog.set_level(logging.INFO, logger="datadream.progress")
     clock = FakeClock()
     bar = progress(total=100, initial=60, desc="adapt", unit="step", stream=io.StringIO(), clock=clock)
-    clock.now += 10
-    bar.update(10)
+    clock.now += 40
+    bar.update(40)
     bar.close()
-    assert "70/100 step (70%), 1 step/s" in progress_lines(caplog)[-1]
+    assert "100/100 step (100%), 1 step/s" in progress_lines(caplog)[-1]
 
 
 def test_terminal_gets_a_tqdm_bar_and_disabled_gets_nothing(caplog):

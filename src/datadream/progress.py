@@ -2,7 +2,7 @@
 
 On a terminal: a tqdm bar. When stderr is a file or a pipe (nohup, SLURM, a Ray worker) a bar
 would either print nothing or a carriage-return soup, so a plain line is logged instead every
-DATADREAM_PROGRESS_SECONDS seconds (default 30) and once when the loop ends:
+DATADREAM_PROGRESS_SECONDS seconds (default 30), and once when a loop that long ends:
 
     adapt [2/10] 002-cat: 120/400 steps (30%), 3.91 steps/s, ETA 1m12s, loss 0.1432
 
@@ -75,7 +75,8 @@ class LineProgress:
     def update(self, n: int = 1) -> None:
         self.n += n
         now = self.clock()
-        if now - self.last >= self.interval:
+        finished = self.total is not None and self.n >= self.total
+        if now - self.last >= self.interval and not finished:  # close() reports the end
             self.last = now
             log.info(self.line(now))
 
@@ -83,9 +84,13 @@ class LineProgress:
         self.postfix.update(ordered_dict or {}, **values)
 
     def close(self) -> None:
+        """A last line with the loop's time, for loops long enough to have been reported on:
+        a batch log should not hold a line per validation pass of a few seconds."""
         if not self.closed:
             self.closed = True
-            log.info(self.line(self.clock(), final=True))
+            now = self.clock()
+            if now - self.started >= self.interval:
+                log.info(self.line(now, final=True))
 
     def line(self, now: float, final: bool = False) -> str:
         elapsed = max(now - self.started, 1e-9)
