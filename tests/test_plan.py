@@ -162,3 +162,20 @@ def test_hardware_doc_is_in_sync():
     assert doc.read_text(encoding="utf-8") == hardware_markdown(REPO), (
         "docs/hardware.md is stale: run `datadream plan --markdown > docs/hardware.md` from the repository root"
     )
+
+
+def test_catalog_counts_stand_in_for_data_not_downloaded_yet(tmp_path):
+    config = load_config(None, ["data.dataset=pets", f"data.root={tmp_path / 'missing'}",
+                                f"data.split_file={tmp_path / 'missing.json'}"])
+    plan = make_plan(config)
+    assert plan.data.classes == 37 and "not readable yet" in plan.data.source
+
+
+def test_run_all_logs_each_stage_wall_time(caplog):
+    import logging
+
+    from datadream.pipeline import _timed
+
+    with caplog.at_level(logging.INFO, logger="datadream.pipeline"):
+        assert _timed("adapt", lambda root: "done", Path(".")) == "done"
+    assert "adapt: wall time" in caplog.text

@@ -94,7 +94,13 @@ def data_shape(config: Config, run: Path | None = None, classes: int | None = No
     if config.data.train or config.data.root:
         from datadream.data.sources import load_view
 
-        view = load_view(config.data)
+        try:
+            view = load_view(config.data)
+        except UserError as err:
+            if not config.data.dataset:
+                raise
+            # Planning before the download is the point: the catalog knows the counts.
+            return DataShape(counts, val, test, f"{source}; the data folders are not readable yet: {err}")
         per_class = [0] * len(view.keys)
         for item in view.split("train"):
             per_class[item.label] += 1
