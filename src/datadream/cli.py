@@ -218,29 +218,13 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def plan_command(args: argparse.Namespace) -> int:
-    from datadream.config import describe_differences, load_config, read_config_file
-    from datadream.plan import make_plan
-    from datadream.plan_text import hardware_markdown, render
+    from datadream.plan_text import hardware_markdown, plan_text
 
     if getattr(args, "markdown", False):
         print(hardware_markdown(Path.cwd()), end="")
         return 0
     run = args.run if args.command == "run" else None
-    if args.command == "plan" and args.config is not None and args.config.is_dir():
-        run = args.config
-        config = read_config_file(run / "config.yaml") if (run / "config.yaml").is_file() else None
-        if config is None:
-            raise UserError(f"{run} is not a datadream run (no config.yaml); give a config file")
-    else:
-        config = load_config(args.config, args.overrides)
-    if run is not None and (run / "config.yaml").is_file() and args.command == "run":
-        changes = describe_differences(read_config_file(run / "config.yaml"), config, results_only=True)
-        if changes:
-            raise UserError(f"{run} holds a run with a different config ({'; '.join(changes[:3])}); the run"
-                            " would refuse it: choose a new run folder")
-    plan = make_plan(config, run, gpu=args.gpu, classes=getattr(args, "classes", None))
-    title = run if args.command == "plan" and run is not None else args.config or "defaults"
-    print(render(plan, str(title)), end="")
+    print(plan_text(args.config, args.overrides, run, args.gpu, getattr(args, "classes", None)), end="")
     return 0
 
 

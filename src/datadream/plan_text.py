@@ -13,7 +13,9 @@ from pathlib import Path
 import yaml
 
 from datadream import costs
-from datadream.config import load_config
+from datadream.config import describe_differences, load_config, read_config_file
+from datadream.errors import UserError
+from datadream.layout import RunLayout
 from datadream.plan import Plan, make_plan
 
 GB = costs.GB
@@ -26,6 +28,26 @@ def assumption(gpu: costs.Gpu) -> str:
             f" x {costs.UTILISATION:.0%} assumed utilisation); FLOPs and activation sizes were counted on"
             " full-size random-weight models by benchmarks/cost_constants.py. No GPU throughput has been"
             " measured yet (docs/benchmarks.md).")
+
+
+def plan_text(config_path: Path | None, overrides: list[str], run: Path | None = None, gpu: str | None = None,
+              classes: int | None = None) -> str:
+    """`datadream plan CONFIG` (CONFIG may be a run folder: its own config, its files counted) and
+    `datadream run CONFIG RUN --dry-run`."""
+    if run is None and config_path is not None and config_path.is_dir():
+        run = config_path
+        if not RunLayout(run).config.is_file():
+            raise UserError(f"{run} is not a datadream run (no config.yaml); give a config file")
+        config = read_config_file(RunLayout(run).config)
+    else:
+        config = load_config(config_path, overrides)
+        if run is not None and RunLayout(run).config.is_file():
+            changes = describe_differences(read_config_file(RunLayout(run).config), config, results_only=True)
+            if changes:
+                raise UserError(f"{run} holds a run with a different config ({'; '.join(changes[:3])}); the run"
+                                " would refuse it: choose a new run folder")
+    title = run if config_path is None or config_path.is_dir() else config_path
+    return render(make_plan(config, run, gpu=gpu, classes=classes), str(title or "defaults"))
 
 
 def render(plan: Plan, title: str) -> str:
