@@ -105,18 +105,19 @@ GB = 1024 ** 3
 
 
 def adapt_memory(precision: str, group: int, batch: int, prompts_per_step: int, text_lora: bool,
-                 gradient_checkpointing: bool = False) -> float:
+                 gradient_checkpointing: bool = False, pixels: float = 1.0) -> float:
     """Peak bytes of stage 1 training `group` adapters at once (1: the sequential engine)."""
     weights = (value("sd_unet_params") + value("sd_text_params")) * dtype_bytes(precision)
     weights += value("sd_vae_params") * (4 if precision == "fp16" else dtype_bytes(precision))  # fp16: VAE in fp32
     return weights + CUDA_OVERHEAD_GB * GB + group * adapt_memory_per_adapter(
-        precision, batch, prompts_per_step, text_lora, gradient_checkpointing)
+        precision, batch, prompts_per_step, text_lora, gradient_checkpointing, pixels)
 
 
 def adapt_memory_per_adapter(precision: str, batch: int, prompts_per_step: int, text_lora: bool,
-                             gradient_checkpointing: bool = False) -> float:
+                              gradient_checkpointing: bool = False, pixels: float = 1.0) -> float:
+    """`pixels`: the crop's pixel count relative to 512 x 512 (UNet activations scale with it)."""
     scale = dtype_bytes(precision) / 2  # the activations were measured in bf16
-    unet = value("sd_unet_train_activation_bytes") * batch * scale
+    unet = value("sd_unet_train_activation_bytes") * batch * scale * pixels
     if gradient_checkpointing:
         unet *= CHECKPOINTED_FRACTION
     text = value("sd_text_train_activation_bytes") * prompts_per_step * scale if text_lora else 0.0
@@ -130,19 +131,19 @@ CHECKPOINTED_FRACTION = 0.3
 
 
 def largest_group(gpu: Gpu, precision: str, batch: int, prompts_per_step: int, text_lora: bool,
-                  gradient_checkpointing: bool = False) -> int:
+                  gradient_checkpointing: bool = False, pixels: float = 1.0) -> int:
     """Classes per batched group that fit in the usable part of the GPU (0: not even one)."""
     base = adapt_memory(precision, 0, batch, prompts_per_step, text_lora, gradient_checkpointing)
-    per = adapt_memory_per_adapter(precision, batch, prompts_per_step, text_lora, gradient_checkpointing)
+    per = adapt_memory_per_adapter(precision, batch, prompts_per_step, text_lora, gradient_checkpointing, pixels)
     return max(0, int((USABLE_FRACTION * gpu.memory_gb * GB - base) // per))
 
 
-def synthesize_memory(precision: str, batch: int, cfg_factor: int) -> float:
+def synthesize_memory(precision: str, batch: int, cfg_factor: int, pixels: float = 1.0) -> float:
     weights = (value("sd_unet_params") + value("sd_text_params")) * dtype_bytes(precision)
     weights += value("sd_vae_params") * (4 if precision == "fp16" else dtype_bytes(precision))
     scale = dtype_bytes(precision) / 2
-    sampling = value("sd_unet_infer_peak_bytes") * batch * cfg_factor * scale
-    decoding = value("sd_vae_decode_peak_bytes") * batch * scale
+    sampling = value("sd_unet_infer_peak_bytes") * batch * cfg_factor * scale * pixels
+    decoding = value("sd_vae_decode_peak_bytes") * batch * scale * pixels
     return weights + CUDA_OVERHEAD_GB * GB + max(sampling, decoding)
 
 

@@ -172,19 +172,21 @@ def _adapt(plan: Plan, layout: RunLayout | None) -> Stage:
         return Stage("adapt", "adapt.mode=none: no adapter (the un-adapted generator)", "nothing", 0, 0, "-")
     prompts = 1 if cfg.mode == "class" else min(cfg.batch_size, data.classes)
     samples = {name: cfg.epochs * n for name, n in zip([u for u, _ in units], _unit_shots(plan))}
+    pixels = _pixels(cfg.resolution)
     flops = 0.0
     for name, unit_steps in pending:
-        flops += samples[name] * (costs.value("sd_unet_lora_train_flops") + costs.value("sd_vae_encode_flops"))
+        per_sample = costs.value("sd_unet_lora_train_flops") + costs.value("sd_vae_encode_flops")
+        flops += samples[name] * pixels * per_sample
         if cfg.train_text_encoder:
             flops += unit_steps * prompts * costs.value("sd_text_lora_train_flops")
     engine = adapt_engine(plan.config, plan.precision)
     group = 1
     if engine == "batched":
         fits = costs.largest_group(plan.gpu, plan.precision, cfg.batch_size, 1, cfg.train_text_encoder,
-                                   cfg.gradient_checkpointing)
+                                   cfg.gradient_checkpointing, pixels)
         group = cfg.group_size or max(1, min(fits, len(units)))
     memory = costs.adapt_memory(plan.precision, group, min(cfg.batch_size, max(_unit_shots(plan))), prompts,
-                                cfg.train_text_encoder, cfg.gradient_checkpointing)
+                                cfg.train_text_encoder, cfg.gradient_checkpointing, pixels)
     kind = "class-wise" if cfg.mode == "class" else f"dataset-wise on {sum(data.shots)} shots"
     shots = _unit_shots(plan)
     per = (f"{units[0][1]:,} steps each ({cfg.epochs} epochs x ceil({shots[0]}/{cfg.batch_size}))"
@@ -228,12 +230,13 @@ def _synthesize(plan: Plan, layout: RunLayout | None) -> Stage:
     flops = pending * (evals * costs.value("sd_unet_fwd_flops") * _pixels(cfg.resolution)
                        + costs.value("sd_vae_decode_flops") * _pixels(cfg.resolution))
     cfg_factor = 2 if cfg.guidance > 1 else 1
-    memory = costs.synthesize_memory(plan.precision, cfg.batch_size, cfg_factor)
+    memory = costs.synthesize_memory(plan.precision, cfg.batch_size, cfg_factor, _pixels(cfg.resolution))
     plan.disk = pending * costs.PNG_BYTES_512 * _pixels(cfg.resolution)
     guidance = f"x 2 (guidance {cfg.guidance:g})" if cfg_factor == 2 else f"(guidance {cfg.guidance:g}: no CFG)"
     sampler = "PNDM" if cfg.sampler == "default" else "DPM-Solver++"
     return Stage("synthesize", f"{total:,} images ({data.classes} classes x {cfg.images_per_class}), {sampler}"
-                 f" {evals // cfg_factor} UNet steps {guidance} = {total * evals:,} UNet evaluations",
+                 f" {cfg.steps} steps ({evals // cfg_factor} UNet calls) {guidance} = {total * evals:,} UNet"
+                 " evaluations",
                  f"{pending:,} images, {skipped:,} already written and skipped", flops, memory,
                  f"{plan.precision}, batch {cfg.batch_size}", skipped)
 

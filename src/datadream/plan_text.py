@@ -26,8 +26,8 @@ DOC_GPUS = ("16", "24", "80")
 def assumption(gpu: costs.Gpu) -> str:
     return (f"ESTIMATES, not measured: GPU time = FLOPs / ({gpu.tflops:g} TFLOP/s dense {gpu.precision} peak"
             f" x {costs.UTILISATION:.0%} assumed utilisation); FLOPs and activation sizes were counted on"
-            " full-size random-weight models by benchmarks/cost_constants.py. No GPU throughput has been"
-            " measured yet (docs/benchmarks.md).")
+            " full-size random-weight SD 2.1-base and CLIP ViT-B/16 by benchmarks/cost_constants.py (other"
+            " model sizes are not recognised). No GPU throughput has been measured yet (docs/benchmarks.md).")
 
 
 def plan_text(config_path: Path | None, overrides: list[str], run: Path | None = None, gpu: str | None = None,
