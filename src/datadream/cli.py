@@ -28,6 +28,7 @@ examples:
   datadream predict runs/pets photo.jpg more-photos/ --top-k 3     # classify new images
   datadream export runs/pets pets-classifier --what classifier    # also: adapters, dataset
   datadream models download --to ~/models/sd21-base   # fetch and check the default generator
+  datadream plan configs/paper/datadream-class.yaml --set data.dataset=pets --gpu 24   # estimated cost
 
 Every stage resumes: run the same command again after an interruption.
 """
@@ -52,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     parser.add_argument("--version", action="version", version=f"datadream {_version()}")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="also show the libraries' own logs and warnings (transformers, diffusers, hub)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, help: str) -> argparse.ArgumentParser:
@@ -83,6 +86,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("config", type=Path, help="experiment YAML")
     sub.add_argument("run", type=Path, help="run folder (created, or resumed)")
     add_overrides(sub)
+    sub.add_argument("--dry-run", action="store_true",
+                     help="print the plan (units, skipped units, estimated cost) and exit; writes nothing")
+    sub.add_argument("--gpu", help="with --dry-run: GPU to estimate for (16, 24, 40, 80 or a name)")
+
+    sub = add("plan", "what a run would do and cost (GPU-hours, memory, disk): estimates, no model loaded")
+    sub.add_argument("config", type=Path, nargs="?", help="experiment YAML, or a run folder to count what it holds")
+    add_overrides(sub)
+    sub.add_argument("--gpu", help="16, 24, 40 or 80 (GB), or a name: t4, a10, l4, a100-80gb, h100, ...")
+    sub.add_argument("--classes", type=int, help="class count, when the config names no data")
+    sub.add_argument("--markdown", action="store_true", help="print docs/hardware.md (run from the repository root)")
 
     sub = add("report", "write RUN/report/index.html: shots beside synthetic images, curves, metrics")
     sub.add_argument("run", type=Path)
@@ -151,15 +164,31 @@ def use_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _configure_logging(quiet: bool) -> None:
+LIBRARY_LOGGERS = ("transformers", "diffusers", "huggingface_hub", "peft", "accelerate", "torch")
+
+
+def _configure_logging(quiet: bool, verbose: bool = False) -> None:
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s",
                         stream=sys.stderr)
-    # Library chatter (e.g. the torchvision fallback notice) is not for our users.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if verbose:
+        level = "warning" if quiet else "info"
+        os.environ["TRANSFORMERS_VERBOSITY"] = os.environ["DIFFUSERS_VERBOSITY"] = level
+        for name in LIBRARY_LOGGERS:
+            logging.getLogger(name).setLevel(level.upper())
+        return
+    # Library chatter (the torchvision fallback notice, download bars, deprecations of the
+    # libraries' internals) fills a batch log and tells our users nothing they can act on.
+    # The environment covers libraries not yet imported; the levels cover those already loaded.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # Deprecation notices about the libraries' own internals are for their developers, not ours.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    for name in LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=UserWarning,
+                            module=r"(transformers|diffusers|huggingface_hub|peft|torch)\b")
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -209,6 +238,8 @@ def run_command(args: argparse.Namespace) -> int:
         print(f"{accuracy_text(metrics)}  on {metrics['n']} test images"
               f"  ({args.run.resolve() / 'classifier' / 'metrics.json'})")
         return 0
+    if args.command == "plan" or (args.command == "run" and args.dry_run):
+        return plan_command(args)
     if args.command == "run":
         from datadream.config import load_config
         from datadream.pipeline import print_summary, run_all
@@ -245,6 +276,17 @@ def run_command(args: argparse.Namespace) -> int:
 
         return run_demo(args.dir)
     raise AssertionError(args.command)
+
+
+def plan_command(args: argparse.Namespace) -> int:
+    from datadream.plan_text import hardware_markdown, plan_text
+
+    if getattr(args, "markdown", False):
+        print(hardware_markdown(Path.cwd()), end="")
+        return 0
+    run = args.run if args.command == "run" else None
+    print(plan_text(args.config, args.overrides, run, args.gpu, getattr(args, "classes", None)), end="")
+    return 0
 
 
 def datasets_command(args: argparse.Namespace) -> int:
@@ -284,7 +326,7 @@ def one_line(err: Exception) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _configure_logging(args.quiet)
+    _configure_logging(args.quiet, args.verbose)
     try:
         return run_command(args)
     except UserError as err:

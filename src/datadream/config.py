@@ -183,6 +183,8 @@ class RuntimeConfig:
     precision: str = _field("auto", "auto (bf16 on GPUs that have it, fp16 on older GPUs, fp32 on"
                             " CPU), fp32, bf16 or fp16", choices=("auto", "fp32", "bf16", "fp16"))
     seed: int = _field(0, "seed of training noise and of every synthetic image", min=0)
+    wandb_project: str = _field("", "Weights & Biases project for the classifier's curves (empty: off;"
+                                " needs `pip install wandb`; TensorBoard logs are always written)", result=False)
 
 
 @dataclass

@@ -17,12 +17,12 @@ import shutil
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from datadream import atomic
 from datadream.components import clip as clip_ops
 from datadream.errors import UserError
 from datadream.layout import LORA_WEIGHTS, UNIT_MARKER
+from datadream.progress import progress
 from datadream.stages.run import Run, open_run
 
 log = logging.getLogger(__name__)
@@ -157,7 +157,7 @@ def export_adapters(run: Run, out: Path) -> None:
         raise UserError(f"{len(missing)} adapter(s) of {run.layout.root} are not finished (first: {missing[0]});"
                         " run `datadream adapt RUN` first")
     (out / KOHYA_FOLDER).mkdir()
-    for unit in tqdm(units, desc="export adapters", disable=None, dynamic_ncols=True):
+    for unit in progress(units, desc="export adapters", unit="adapter"):
         source = run.layout.adapter(unit.name)
         target = out / DIFFUSERS_FOLDER / unit.name
         target.mkdir(parents=True)
@@ -191,7 +191,7 @@ def export_dataset(run: Run, out: Path) -> None:
     rows = [json.loads(line) for line in index.read_text(encoding="utf-8").splitlines() if line]
     slugs = {c.label: c.slug for c in run.manifest.classes}
     metadata = []
-    for row in tqdm(rows, desc="export dataset", unit="img", disable=None, dynamic_ncols=True):
+    for row in progress(rows, desc="export dataset", unit="img"):
         file_name = f"{slugs[row['label']]}/{Path(row['file']).name}"
         (out / file_name).parent.mkdir(exist_ok=True)
         link_or_copy(run.layout.synthetic / row["file"], out / file_name)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from datadream.config import Config
+from datadream.progress import format_duration
 
 log = logging.getLogger(__name__)
 
@@ -31,18 +33,30 @@ def run_all(config: Config, root: Path) -> Summary:
     from datadream.stages.synthesize import synthesize
     from datadream.stages.train import train
 
+    started = time.monotonic()
     run = init_run(config, root)  # checks that the models can be loaded before anything is written
     root = run.layout.root
     adapters, index = [], None
     if config.classifier.train_on in ("synthetic", "synthetic+real"):
-        adapters = adapt(root)
-        index = synthesize(root)
+        adapters = _timed("adapt", adapt, root)
+        index = _timed("synthesize", synthesize, root)
     else:
         log.info("run: classifier.train_on=%s needs no synthetic images; adapt and synthesize skipped",
                  config.classifier.train_on)
-    classifier = train(root)
-    metrics = evaluate(root) if load_view(config.data, splits=("test",)).split("test") else None
-    return Summary(root, config.classifier.train_on, len(adapters), index, classifier, metrics, write_report(root))
+    classifier = _timed("train", train, root)
+    has_test = load_view(config.data, splits=("test",)).split("test")
+    metrics = _timed("evaluate", evaluate, root) if has_test else None
+    report = write_report(root)
+    log.info("run: wall time %s", format_duration(time.monotonic() - started))
+    return Summary(root, config.classifier.train_on, len(adapters), index, classifier, metrics, report)
+
+
+def _timed(stage: str, function, root: Path):
+    """Each stage's wall time in the log: what a batch job's budget is planned from."""
+    started = time.monotonic()
+    result = function(root)
+    log.info("%s: wall time %s", stage, format_duration(time.monotonic() - started))
+    return result
 
 
 def print_summary(summary: Summary) -> None:

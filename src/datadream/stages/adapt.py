@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from datadream.progress import progress as progress_bar
 
 from datadream import atomic
 from datadream.components.models import compile_module, load_stable_diffusion, resolve_device, resolve_dtype
@@ -337,8 +337,8 @@ class LoraTrainer:
             log.info("adapt: resuming %s at step %d", label, progress.step)
         token_ids, frozen_text = self.start_training(prompts)
         losses = progress.losses
-        bar = tqdm(total=total_steps, initial=progress.step, desc=f"adapt {label}", dynamic_ncols=True,
-                   disable=None, leave=False)
+        bar = progress_bar(total=total_steps, initial=progress.step, desc=f"adapt {label}", unit="step",
+                           leave=False)
         while progress.step < total_steps:
             position = progress.step % steps_per_epoch
             if position == 0:

@@ -20,7 +20,7 @@ import math
 import time
 
 import torch
-from tqdm.auto import tqdm
+from datadream.progress import progress
 
 from datadream.components.grouped_lora import clip_grad_norm_per_group, make_grouped
 from datadream.components.seeds import derive_seed
@@ -99,8 +99,7 @@ class BatchedTrainer:
         token_ids, frozen_text = t.start_training([u.classes[0].prompt for u in units])
         losses: list[list[float]] = [[] for _ in units]
         orders: list[list[int]] = []
-        bar = tqdm(total=total_steps, desc=f"adapt {label}", dynamic_ncols=True, disable=True if probe else None,
-                   leave=False)
+        bar = progress(total=total_steps, desc=f"adapt {label}", unit="step", disable=probe, leave=False)
         for step in range(total_steps):
             position = step % steps_per_epoch
             if position == 0:

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
+from datadream.progress import progress
 
 from datadream import atomic
 from datadream.components import clip as clip_ops
@@ -50,7 +50,7 @@ def batched_logits(model, tokens: dict[str, torch.Tensor], samples: list[Sample]
         text = clip_ops.text_features(model, tokens)
     loader = torch.utils.data.DataLoader(EvalImages(samples, size), batch_size=batch_size, shuffle=False,
                                          num_workers=workers, pin_memory=device.type == "cuda")
-    for images, labels in tqdm(loader, desc=desc, leave=False, disable=None, dynamic_ncols=True):
+    for images, labels in progress(loader, desc=desc, unit="batch", leave=False):
         with autocast:
             features = clip_ops.image_features(model, normalize(images.to(device, non_blocking=True)))
         yield clip_ops.logits(model, features, text), labels

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
+from datadream.progress import progress
 
 from datadream import atomic
 from datadream.components.lora_swap import AdapterSwapper
@@ -206,7 +206,7 @@ class Generator:
 
     def generate(self, todo: list[tuple[ClassJob, list[range]]], remaining: int) -> None:
         total = self.cfg.images_per_class
-        bar = tqdm(total=remaining, desc="synthesize", unit="img", dynamic_ncols=True, disable=None)
+        bar = progress(total=remaining, desc="synthesize", unit="img", leave=True)
         pending: list[Future] = []
         open_classes: list[OpenClass] = []
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="png-writer") as writer:

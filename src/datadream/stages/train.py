@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from datadream.progress import progress
 
 from datadream import atomic
 from datadream.components import clip as clip_ops
@@ -158,7 +158,7 @@ class ClassifierTrainer:
         self.val = split_samples(run.config.data, run.manifest, "val") or None
 
     def fit(self) -> None:
-        from torch.utils.tensorboard import SummaryWriter
+        from datadream.tracking import curve_writer
 
         started = time.time()
         cfg, layout = self.cfg, self.run.layout
@@ -173,7 +173,8 @@ class ClassifierTrainer:
             log.info("train: resuming after epoch %d of %d", start_epoch, self.epochs)
         log.info("train: %d images (%s), %d epochs of %d steps, on %s", len(self.data.samples), cfg.train_on,
                  self.epochs, self.steps_per_epoch, self.device)
-        writer = SummaryWriter(log_dir=str(layout.logs / "train"), purge_step=start_epoch * self.steps_per_epoch)
+        writer = curve_writer(layout.logs / "train", start_epoch * self.steps_per_epoch, self.run.config,
+                              layout.root.name)
         try:
             for epoch in range(start_epoch, self.epochs):
                 row = self.train_epoch(epoch, writer)
@@ -221,7 +222,7 @@ class ClassifierTrainer:
         classes = len(self.run.manifest.classes)
         self.model.train()
         total_loss, correct, seen = 0.0, 0, 0
-        bar = tqdm(loader, desc=f"train epoch {epoch + 1}/{self.epochs}", leave=False, disable=None, dynamic_ncols=True)
+        bar = progress(loader, desc=f"train epoch {epoch + 1}/{self.epochs}", unit="step", leave=False)
         for step, (images, labels, is_real) in enumerate(bar):
             images = self.augment(images.to(self.device, non_blocking=True))
             labels, is_real = labels.to(self.device), is_real.to(self.device)

@@ -1,0 +1,313 @@
+"""What a run will do and cost, before any GPU time is spent.
+
+    datadream plan configs/paper/datadream-class.yaml --set data.dataset=fgvc_aircraft --gpu 24
+    datadream run CONFIG RUN --dry-run      # the same, counting what RUN already holds
+
+Counts every unit of work from the config and the files alone (RUN/adapters/<unit>/unit.json,
+RUN/synthetic/<class>/<i>.png, the classifier's markers): nothing is written, no model is loaded,
+and this module never imports torch. Time, memory and disk come from datadream.costs and are
+ESTIMATES (FLOP counts x an assumed GPU throughput), printed as such.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from datadream import costs
+from datadream.config import Config
+from datadream.errors import UserError
+from datadream.layout import DATASET_UNIT, LORA_WEIGHTS, UNIT_MARKER, RunLayout, image_name
+
+CLASSIFIER_MARKER = "train.json"  # stages/evaluate.py's name; that module imports torch
+METRICS = "metrics.json"
+
+
+@dataclass
+class DataShape:
+    """What the plan knows of the dataset: enough to count, nothing to train on."""
+
+    shots: list[int]  # real shots of each class, in label order
+    val: int  # images in the validation split (0: none)
+    test: int
+    source: str  # where the counts come from, printed with the plan
+    slugs: list[str] | None = None  # class folders inside RUN, known once a run exists
+
+    @property
+    def classes(self) -> int:
+        return len(self.shots)
+
+
+@dataclass
+class Stage:
+    name: str
+    work: str  # what the whole stage does
+    todo: str  # what is left of it in this run
+    flops: float  # of the work left
+    memory: float  # peak bytes on the GPU
+    setting: str  # precision and engine the memory figure assumes
+    skipped: int = 0
+
+    def gpu_hours(self, gpu: costs.Gpu) -> float:
+        return gpu.seconds(self.flops) / 3600
+
+
+@dataclass
+class Plan:
+    config: Config
+    data: DataShape
+    gpu: costs.Gpu
+    precision: str
+    stages: list[Stage] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)  # the figures the tests add up
+    disk: float = 0.0  # bytes of the synthetic set still to write
+
+    def stage(self, name: str) -> Stage | None:
+        return next((s for s in self.stages if s.name == name), None)
+
+
+def data_shape(config: Config, run: Path | None = None, classes: int | None = None) -> DataShape:
+    """Class and split sizes from RUN/fewshot.json, else --classes, else the data folders, else
+    the benchmark catalog (CoOp split sizes)."""
+    shots = config.data.shots
+    val = test = 0
+    source = ""
+    if config.data.dataset:
+        from datadream.data.catalog import get_entry
+
+        entry = get_entry(config.data.dataset)
+        val, test = entry.sizes.get("val", 0), entry.sizes.get("test", 0)
+        source = f"{entry.key}: class count and split sizes from the catalog (CoOp protocol)"
+        counts = [shots] * entry.classes
+    if run is not None and RunLayout(run).fewshot.is_file():
+        manifest = json.loads(RunLayout(run).fewshot.read_text(encoding="utf-8"))
+        items = manifest["classes"]
+        if not config.data.dataset:
+            val, test = _split_sizes(config)
+        return DataShape([len(c["images"]) for c in items], val, test, f"{RunLayout(run).fewshot}",
+                         [c["slug"] for c in items])
+    if classes is not None:
+        return DataShape([shots] * classes, val, test, f"--classes {classes}")
+    if config.data.train or config.data.root:
+        from datadream.data.sources import load_view
+
+        try:
+            view = load_view(config.data)
+        except UserError as err:
+            if not config.data.dataset:
+                raise
+            # Planning before the download is the point: the catalog knows the counts.
+            return DataShape(counts, val, test, f"{source}; the data folders are not readable yet: {err}")
+        per_class = [0] * len(view.keys)
+        for item in view.split("train"):
+            per_class[item.label] += 1
+        return DataShape([min(shots, n) for n in per_class], len(view.split("val")), len(view.split("test")),
+                         "the data folders of the config")
+    if config.data.dataset:
+        return DataShape(counts, val, test, source)
+    raise UserError("plan: the class count is unknown; set data.train (or data.root), data.dataset, or pass"
+                    " --classes N")
+
+
+def _split_sizes(config: Config) -> tuple[int, int]:
+    if not (config.data.train or config.data.root):
+        return 0, 0
+    from datadream.data.sources import load_view
+
+    try:
+        view = load_view(config.data, splits=("val", "test"))
+    except UserError:
+        return 0, 0  # data moved away since init: the plan still counts the generator's work
+    return len(view.split("val")), len(view.split("test"))
+
+
+def make_plan(config: Config, run: Path | None = None, gpu: str | None = None,
+              classes: int | None = None) -> Plan:
+    run = Path(run).resolve() if run is not None else None
+    data = data_shape(config, run, classes)
+    device = costs.find_gpu(gpu)
+    precision = device.precision if config.runtime.precision == "auto" else config.runtime.precision
+    plan = Plan(config, data, device, precision)
+    layout = RunLayout(run) if run is not None else None
+    if config.classifier.train_on in ("synthetic", "synthetic+real"):
+        plan.stages.append(_adapt(plan, layout))
+        plan.stages.append(_synthesize(plan, layout))
+    plan.stages.append(_train(plan, layout))
+    if data.test:
+        plan.stages.append(_evaluate(plan, layout))
+    return plan
+
+
+def adapt_units(config: Config, data: DataShape) -> list[tuple[str, int]]:
+    """(unit folder, steps) of every adapter: class-wise, one per class; dataset-wise, one."""
+    cfg = config.adapt
+    if cfg.mode == "none":
+        return []
+    if cfg.mode == "dataset":
+        return [(DATASET_UNIT, cfg.epochs * math.ceil(sum(data.shots) / cfg.batch_size))]
+    names = data.slugs or [f"class-{i}" for i in range(data.classes)]
+    return [(name, cfg.epochs * math.ceil(n / cfg.batch_size)) for name, n in zip(names, data.shots)]
+
+
+def adapt_engine(config: Config, precision: str) -> str:
+    """The engine stages/adapt.py's choose_engine picks, without torch."""
+    cfg = config.adapt
+    if cfg.mode != "class" or precision == "fp16" or cfg.engine == "sequential":
+        return "sequential"
+    return "batched"
+
+
+def _adapt(plan: Plan, layout: RunLayout | None) -> Stage:
+    cfg, data = plan.config.adapt, plan.data
+    units = adapt_units(plan.config, data)
+    done = {name for name, _ in units if layout is not None and _adapter_complete(layout, name)}
+    pending = [(name, steps) for name, steps in units if name not in done]
+    steps = sum(s for _, s in units)
+    plan.counts.update(adapt_units=len(units), adapt_steps=steps, adapt_skipped=len(done),
+                       adapt_pending_steps=sum(s for _, s in pending))
+    if not units:
+        return Stage("adapt", "adapt.mode=none: no adapter (the un-adapted generator)", "nothing", 0, 0, "-")
+    prompts = 1 if cfg.mode == "class" else min(cfg.batch_size, data.classes)
+    samples = {name: cfg.epochs * n for name, n in zip([u for u, _ in units], _unit_shots(plan))}
+    pixels = _pixels(cfg.resolution)
+    flops = 0.0
+    for name, unit_steps in pending:
+        per_sample = costs.value("sd_unet_lora_train_flops") + costs.value("sd_vae_encode_flops")
+        flops += samples[name] * pixels * per_sample
+        if cfg.train_text_encoder:
+            flops += unit_steps * prompts * costs.value("sd_text_lora_train_flops")
+    engine = adapt_engine(plan.config, plan.precision)
+    group = 1
+    if engine == "batched":
+        fits = costs.largest_group(plan.gpu, plan.precision, cfg.batch_size, 1, cfg.train_text_encoder,
+                                   cfg.gradient_checkpointing, pixels)
+        group = cfg.group_size or max(1, min(fits, len(units)))
+    memory = costs.adapt_memory(plan.precision, group, min(cfg.batch_size, max(_unit_shots(plan))), prompts,
+                                cfg.train_text_encoder, cfg.gradient_checkpointing, pixels)
+    kind = "class-wise" if cfg.mode == "class" else f"dataset-wise on {sum(data.shots)} shots"
+    shots = _unit_shots(plan)
+    per = (f"{units[0][1]:,} steps each ({cfg.epochs} epochs x ceil({shots[0]}/{cfg.batch_size}))"
+           if len(set(shots)) == 1 else "steps per class from its shots")
+    setting = f"{plan.precision}, {engine} engine" + (f", {group} classes per group" if engine == "batched" else "")
+    if cfg.gradient_checkpointing:
+        setting += ", gradient checkpointing"
+    return Stage("adapt", f"{len(units)} adapter(s), {kind}, {per} = {steps:,} steps",
+                 f"{len(pending)} adapter(s), {len(done)} complete and skipped", flops, memory, setting, len(done))
+
+
+def _unit_shots(plan: Plan) -> list[int]:
+    return [sum(plan.data.shots)] if plan.config.adapt.mode == "dataset" else plan.data.shots
+
+
+def _adapter_complete(layout: RunLayout, name: str) -> bool:
+    # The marker is written last; the real stage also checks its fingerprint, which needs the
+    # shots' hashes and settings the plan does not recompute.
+    folder = layout.adapter(name)
+    return (folder / UNIT_MARKER).is_file() and (folder / LORA_WEIGHTS).is_file()
+
+
+def unet_evaluations(config: Config) -> int:
+    """UNet calls per image: PNDM (the default sampler) takes one more than `steps`, and
+    classifier-free guidance (scale > 1, as diffusers decides) doubles each call's batch."""
+    cfg = config.synthesize
+    steps = cfg.steps + (costs.PNDM_EXTRA_STEP if cfg.sampler == "default" else 0)
+    return steps * (2 if cfg.guidance > 1 else 1)
+
+
+def _synthesize(plan: Plan, layout: RunLayout | None) -> Stage:
+    cfg, data = plan.config.synthesize, plan.data
+    total = data.classes * cfg.images_per_class
+    skipped = 0
+    if layout is not None and data.slugs:
+        skipped = sum(_complete_images(layout.synthetic_class(slug), cfg.images_per_class, cfg.batch_size)
+                      for slug in data.slugs)
+    pending = total - skipped
+    evals = unet_evaluations(plan.config)
+    plan.counts.update(images=total, images_skipped=skipped, unet_evaluations=total * evals)
+    flops = pending * (evals * costs.value("sd_unet_fwd_flops") * _pixels(cfg.resolution)
+                       + costs.value("sd_vae_decode_flops") * _pixels(cfg.resolution))
+    cfg_factor = 2 if cfg.guidance > 1 else 1
+    memory = costs.synthesize_memory(plan.precision, cfg.batch_size, cfg_factor, _pixels(cfg.resolution))
+    plan.disk = pending * costs.PNG_BYTES_512 * _pixels(cfg.resolution)
+    guidance = f"x 2 (guidance {cfg.guidance:g})" if cfg_factor == 2 else f"(guidance {cfg.guidance:g}: no CFG)"
+    sampler = "PNDM" if cfg.sampler == "default" else "DPM-Solver++"
+    return Stage("synthesize", f"{total:,} images ({data.classes} classes x {cfg.images_per_class}), {sampler}"
+                 f" {cfg.steps} steps ({evals // cfg_factor} UNet calls) {guidance} = {total * evals:,} UNet"
+                 " evaluations",
+                 f"{pending:,} images, {skipped:,} already written and skipped", flops, memory,
+                 f"{plan.precision}, batch {cfg.batch_size}", skipped)
+
+
+def _pixels(resolution: int) -> float:
+    return (resolution / 512) ** 2
+
+
+def _complete_images(folder: Path, total: int, batch: int) -> int:
+    """Images in batches the stage would skip: a batch is redone unless all its files exist."""
+    try:
+        present = set(os.listdir(folder))
+    except OSError:
+        return 0
+    done = 0
+    for start in range(0, total, batch):
+        indices = range(start, min(start + batch, total))
+        if all(image_name(i, total) in present for i in indices):
+            done += len(indices)
+    return done
+
+
+def train_samples(config: Config, data: DataShape) -> dict[str, int]:
+    """Training images per epoch by origin (train.py: real shots repeated to about the synthetic
+    count per class)."""
+    cfg, per_class = config.classifier, config.synthesize.images_per_class
+    out = {"synthetic": 0, "real": 0}
+    if cfg.train_on in ("synthetic", "synthetic+real"):
+        out["synthetic"] = data.classes * per_class
+    if cfg.train_on in ("real", "synthetic+real"):
+        out["real"] = sum(data.shots) * max(1, per_class // config.data.shots)
+    return out
+
+
+def _train(plan: Plan, layout: RunLayout | None) -> Stage:
+    cfg, data = plan.config.classifier, plan.data
+    samples = train_samples(plan.config, data)
+    n = samples["synthetic"] + samples["real"]
+    steps_per_epoch = math.ceil(n / cfg.batch_size) if n else 0
+    epochs = cfg.epochs_for(data.classes * plan.config.synthesize.images_per_class, n) if n else 0
+    steps = epochs * steps_per_epoch
+    val_passes = epochs if data.val and n else 0
+    plan.counts.update(train_samples=n, train_steps=steps, val_passes=val_passes)
+    complete = layout is not None and (layout.classifier / CLASSIFIER_MARKER).is_file()
+    flops = 0.0
+    if not complete and n:
+        flops = epochs * (n * costs.value("clip_image_lora_train_flops")
+                              + steps_per_epoch * data.classes * costs.value("clip_text_lora_train_flops"))
+        flops += val_passes * (data.val * costs.value("clip_image_fwd_flops")
+                               + data.classes * costs.value("clip_text_fwd_flops"))
+    if cfg.train_on == "none":
+        work = "classifier.train_on=none: zero-shot CLIP, nothing to train"
+    else:
+        parts = " + ".join(f"{k} {v:,}" for k, v in samples.items() if v)
+        auto = "" if cfg.epochs else " (classifier.epochs=0: the successor work's step budget)"
+        work = (f"{epochs} epochs{auto} x {steps_per_epoch:,} steps = {steps:,} steps at batch {cfg.batch_size}"
+                f" on {n:,} images ({parts})")
+        if val_passes:
+            work += f"; {val_passes} validation passes over {data.val:,} images"
+    return Stage("train", work, "complete, skipped" if complete else "all", flops,
+                 costs.classifier_memory(cfg.batch_size, data.classes, plan.precision) if n else
+                 costs.evaluate_memory(cfg.eval_batch_size), plan.precision, int(complete))
+
+
+def _evaluate(plan: Plan, layout: RunLayout | None) -> Stage:
+    data, cfg = plan.data, plan.config.classifier
+    complete = layout is not None and (layout.classifier / METRICS).is_file()
+    plan.counts.update(test_passes=1)
+    flops = 0.0 if complete else (data.test * costs.value("clip_image_fwd_flops")
+                                  + data.classes * costs.value("clip_text_fwd_flops"))
+    todo = "metrics present, reused if the split is unchanged" if complete else "all"
+    return Stage("evaluate", f"1 pass over {data.test:,} test images", todo, flops,
+                 costs.evaluate_memory(cfg.eval_batch_size), plan.precision,
+                 int(complete))

@@ -1,0 +1,181 @@
+"""`datadream plan` and `run --dry-run`: the counts add up, nothing is written, complete units of
+an existing run are counted as skipped, and the module stays torch-free. No model is built."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import tree_bytes, write_config
+from datadream.cli import main
+from datadream.config import load_config
+from datadream.plan import make_plan
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def plan_for(*overrides: str, classes: int = 5, **kwargs):
+    return make_plan(load_config(None, list(overrides)), classes=classes, **kwargs)
+
+
+def test_importing_the_plan_loads_no_torch():
+    code = ("import sys, datadream.plan, datadream.plan_text, datadream.costs\n"
+            "from datadream.cli import main\n"
+            "main(['plan', '--classes', '3'])\n"
+            "heavy = [m for m in ('torch', 'diffusers', 'transformers', 'peft') if m in sys.modules]\n"
+            "assert not heavy, heavy\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "GPU-hours" in done.stdout
+
+
+def test_class_wise_adapter_steps_add_up():
+    plan = plan_for("data.shots=16", classes=5)
+    assert plan.counts["adapt_units"] == 5
+    assert plan.counts["adapt_steps"] == 5 * 200 * math.ceil(16 / 8) == 2000
+    plan = plan_for("data.shots=5", "adapt.batch_size=2", "adapt.epochs=3", classes=4)
+    assert plan.counts["adapt_steps"] == 4 * 3 * math.ceil(5 / 2)
+
+
+def test_dataset_wise_is_one_adapter_over_all_shots():
+    plan = plan_for("adapt.mode=dataset", "data.shots=16", classes=10)
+    assert plan.counts["adapt_units"] == 1
+    assert plan.counts["adapt_steps"] == 200 * math.ceil(160 / 8)
+
+
+def test_images_and_unet_evaluations():
+    plan = plan_for("synthesize.images_per_class=7", classes=3)
+    assert plan.counts["images"] == 21
+    assert plan.counts["unet_evaluations"] == 21 * (50 + 1) * 2  # PNDM takes steps + 1; CFG doubles
+    no_cfg = plan_for("synthesize.images_per_class=7", "synthesize.guidance=1", "synthesize.sampler=dpm++",
+                      classes=3)
+    assert no_cfg.counts["unet_evaluations"] == 21 * 50
+
+
+@pytest.mark.parametrize("train_on, samples", [
+    ("synthetic", 4 * 500),
+    ("real", 4 * 16 * (500 // 16)),
+    ("synthetic+real", 4 * 500 + 4 * 16 * 31),
+])
+def test_classifier_steps_for_each_training_set(train_on, samples):
+    plan = plan_for(f"classifier.train_on={train_on}", "classifier.epochs=3", classes=4)
+    assert plan.counts["train_samples"] == samples
+    assert plan.counts["train_steps"] == 3 * math.ceil(samples / 64)
+    stages = [s.name for s in plan.stages]
+    assert ("adapt" in stages) == (train_on != "real")
+
+
+def test_zero_shot_plans_no_generator_and_no_training():
+    plan = plan_for("classifier.train_on=none", classes=4)
+    assert [s.name for s in plan.stages] == ["train"]
+    assert plan.counts["train_steps"] == 0 and plan.stage("train").flops == 0
+
+
+def test_catalog_dataset_gives_counts_and_validation_passes():
+    plan = make_plan(load_config(None, ["data.dataset=eurosat", "classifier.epochs=2"]))
+    assert plan.data.classes == 10
+    assert plan.counts["val_passes"] == 2
+    assert plan.stage("evaluate") is not None
+
+
+def test_memory_grows_with_group_and_gpu_picks_precision():
+    t4, a100 = plan_for(gpu="16"), plan_for(gpu="80")
+    assert t4.precision == "fp16" and "sequential" in t4.stage("adapt").setting
+    assert a100.precision == "bf16" and "batched" in a100.stage("adapt").setting
+    assert a100.stage("adapt").memory > plan_for(gpu="24").stage("adapt").memory
+    assert a100.stage("adapt").gpu_hours(a100.gpu) < t4.stage("adapt").gpu_hours(t4.gpu)
+
+
+def test_cli_plan_prints_estimates_and_rejects_unknown_gpu(capsys):
+    assert main(["plan", "--classes", "3", "--gpu", "a10"]) == 0
+    out = capsys.readouterr().out
+    assert "ESTIMATES, not measured" in out and "35% assumed utilisation" in out
+    assert "disk:" in out and "GPU-hours" in out
+    assert main(["plan", "--classes", "3", "--gpu", "abacus"]) == 2
+    assert "unknown GPU" in capsys.readouterr().err
+    assert main(["plan", str(REPO / "configs" / "example.yaml")]) == 2
+    assert "--classes" in capsys.readouterr().err
+
+
+@pytest.fixture()
+def config_file(tmp_path, toy_data) -> Path:
+    return write_config(tmp_path / "exp.yaml", {
+        "data": {"train": str(toy_data / "train"), "test": str(toy_data / "test"), "shots": 3},
+        "synthesize": {"images_per_class": 25, "batch_size": 10},
+        "runtime": {"device": "cpu"},
+    })
+
+
+def test_dry_run_writes_nothing(tmp_path, config_file, capsys):
+    run = tmp_path / "run"
+    assert main(["run", str(config_file), str(run), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert not run.exists()
+    assert "adapt" in out and "synthesize" in out and "0 complete and skipped" in out
+    assert main(["init", str(config_file), str(run)]) == 0
+    before = tree_bytes(run)
+    assert main(["run", str(config_file), str(run), "--dry-run"]) == 0
+    assert tree_bytes(run) == before
+
+
+def test_plan_of_a_partial_run_counts_skipped_units(tmp_path, config_file, capsys):
+    run = tmp_path / "run"
+    assert main(["init", str(config_file), str(run)]) == 0
+    slugs = [c["slug"] for c in json.loads((run / "fewshot.json").read_text())["classes"]]
+    for slug in slugs[:2]:  # two finished adapters
+        (run / "adapters" / slug).mkdir(parents=True)
+        (run / "adapters" / slug / "unit.json").write_text("{}")
+        (run / "adapters" / slug / "pytorch_lora_weights.safetensors").write_bytes(b"x")
+    (run / "adapters" / slugs[2]).mkdir()  # a folder without its marker is not complete
+    images = run / "synthetic" / slugs[0]
+    images.mkdir(parents=True)
+    for index in range(15):  # batch 0 (0-9) complete, batch 1 (10-19) not: 10 images skipped
+        (images / f"{index:05d}.png").write_bytes(b"png")
+    capsys.readouterr()
+    assert main(["run", str(config_file), str(run), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert f"{len(slugs) - 2} adapter(s), 2 complete and skipped" in out
+    assert "10 already written and skipped" in out
+    plan = make_plan(load_config(config_file), run)
+    assert plan.counts["adapt_skipped"] == 2 and plan.counts["images_skipped"] == 10
+    assert plan.counts["adapt_pending_steps"] == plan.counts["adapt_steps"] * (len(slugs) - 2) // len(slugs)
+    assert main(["plan", str(run)]) == 0  # a run folder plans itself
+    assert "2 complete and skipped" in capsys.readouterr().out
+
+
+def test_dry_run_refuses_a_run_of_another_config(tmp_path, config_file, capsys):
+    run = tmp_path / "run"
+    assert main(["init", str(config_file), str(run)]) == 0
+    assert main(["run", str(config_file), str(run), "--dry-run", "--set", "adapt.rank=4"]) == 2
+    assert "different config" in capsys.readouterr().err
+
+
+def test_hardware_doc_is_in_sync():
+    from datadream.plan_text import hardware_markdown
+
+    doc = REPO / "docs" / "hardware.md"
+    assert doc.read_text(encoding="utf-8") == hardware_markdown(REPO), (
+        "docs/hardware.md is stale: run `datadream plan --markdown > docs/hardware.md` from the repository root"
+    )
+
+
+def test_catalog_counts_stand_in_for_data_not_downloaded_yet(tmp_path):
+    config = load_config(None, ["data.dataset=pets", f"data.root={tmp_path / 'missing'}",
+                                f"data.split_file={tmp_path / 'missing.json'}"])
+    plan = make_plan(config)
+    assert plan.data.classes == 37 and "not readable yet" in plan.data.source
+
+
+def test_run_all_logs_each_stage_wall_time(caplog):
+    import logging
+
+    from datadream.pipeline import _timed
+
+    with caplog.at_level(logging.INFO, logger="datadream.pipeline"):
+        assert _timed("adapt", lambda root: "done", Path(".")) == "done"
+    assert "adapt: wall time" in caplog.text
