@@ -51,7 +51,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from datadream.components.random_models import build_random_sd21_base
-    from datadream.components.tiny import build_tiny_stable_diffusion
+    from datadream.components.tiny import build_tiny_clip, build_tiny_stable_diffusion
     from datadream.config import load_config
     from datadream.data.toy import write_toy_dataset
     from datadream.stages.adapt import adapt
@@ -60,11 +60,14 @@ def main() -> None:
     resolution = 512 if args.full else 32
     work = Path(tempfile.mkdtemp(prefix="datadream-bench-"))
     try:
+        # init checks every model a run needs; this benchmark never trains the classifier.
+        classifier = build_tiny_clip(work / "clip")
         model = (build_random_sd21_base if args.full else build_tiny_stable_diffusion)(work / "sd")
         classes = tuple(f"class{i:03d}" for i in range(args.classes))
         data = write_toy_dataset(work / "data", {"train": 16}, size=resolution, classes=classes)
         precision = "auto"
         common = [f"data.train={data / 'train'}", "data.shots=16", f"generator.model={model}",
+                  f"classifier.model={classifier}",
                   f"adapt.resolution={resolution}", f"adapt.epochs={args.epochs}", f"runtime.device={args.device}"]
         groups = [int(k) for k in args.groups.split(",") if k]
         rows = []

@@ -72,7 +72,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from datadream.components.random_models import build_random_sd21_base
-    from datadream.components.tiny import TINY_RESOLUTION, build_tiny_stable_diffusion
+    from datadream.components.tiny import TINY_RESOLUTION, build_tiny_clip, build_tiny_stable_diffusion
     from datadream.config import load_config
     from datadream.data.toy import write_toy_dataset
     from datadream.stages.adapt import adapt
@@ -81,11 +81,14 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="datadream-bench-"))
     try:
+        # init checks every model a run needs; this benchmark never trains the classifier.
+        classifier = build_tiny_clip(work / "clip")
         model = (build_tiny_stable_diffusion if args.tiny else build_random_sd21_base)(work / "sd")
         resolution = TINY_RESOLUTION if args.tiny else 512
         data = write_toy_dataset(work / "data", {"train": 2}, size=64,
                                  classes=tuple(f"class{i:03d}" for i in range(args.classes)))
         common = [f"data.train={data / 'train'}", "data.shots=2", f"generator.model={model}",
+                  f"classifier.model={classifier}",
                   "adapt.epochs=1", "adapt.batch_size=2", f"adapt.resolution={min(64, resolution)}",
                   f"runtime.device={args.device}", f"synthesize.images_per_class={args.images}",
                   f"synthesize.steps={args.steps}", f"synthesize.resolution={resolution}"]

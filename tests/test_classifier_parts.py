@@ -90,6 +90,9 @@ def test_metrics_count_per_sample_and_keep_empty_classes_apart():
     labels = torch.tensor([0, 1, 1, 0])
     top1, top5 = topk_correct(logits, labels, 1), topk_correct(logits, labels, 5)
     summary = summarize(labels, top1, top5, ["a", "b", "c"])
-    assert summary["n"] == 4 and summary["top1"] == 50.0 and summary["top5"] == 100.0
+    assert summary["n"] == 4 and summary["top1"] == 50.0
+    assert summary["top5"] is None, "with 5 classes or fewer top-5 is 100% by construction: not reported"
+    six = summarize(labels, top1, top5, ["a", "b", "c", "d", "e", "f"])
+    assert six["top5"] == 100.0
     assert summary["per_class"] == {"a": 50.0, "b": 50.0, "c": None}
     assert summary["per_class_count"] == {"a": 2, "b": 2, "c": 0}

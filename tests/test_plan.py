@@ -103,9 +103,12 @@ def test_cli_plan_prints_estimates_and_rejects_unknown_gpu(capsys):
 
 
 @pytest.fixture()
-def config_file(tmp_path, toy_data) -> Path:
+def config_file(tmp_path, toy_data, tiny_models) -> Path:
+    # init checks that the models load; the plan's estimates are for the full-size ones regardless.
     return write_config(tmp_path / "exp.yaml", {
         "data": {"train": str(toy_data / "train"), "test": str(toy_data / "test"), "shots": 3},
+        "generator": {"model": str(tiny_models["sd"])},
+        "classifier": {"model": str(tiny_models["clip"])},
         "synthesize": {"images_per_class": 25, "batch_size": 10},
         "runtime": {"device": "cpu"},
     })

@@ -162,7 +162,8 @@ def test_init_redraws_instead_of_refusing(tmp_path, coop, tiny_models):
     entries["test"] += [e for e in entries["train"] if e[1] == 1][:3]  # listed in both splits
     split.write_text(json.dumps(entries))
     config = tmp_path / "exp.yaml"
-    config.write_text(f"data: {{root: {root}, split_file: {split}, shots: 1}}\n")
+    config.write_text(f"data: {{root: {root}, split_file: {split}, shots: 1}}\n"
+                      f"generator: {{model: {tiny_models['sd']}}}\nclassifier: {{model: {tiny_models['clip']}}}\n")
     result = run_cli("init", config, tmp_path / "run")
     assert result.returncode == 0, result.stderr
     manifest = json.loads((tmp_path / "run" / "fewshot.json").read_text())

@@ -1,8 +1,8 @@
 """Refuse to evaluate on images the classifier may have been trained on.
 
-What is trained on is the few-shot set and the synthetic set, so `init` refuses a run when a test
-or validation image has the same content as a few-shot image, or when one file is listed in a
-training split and an evaluation split; `train` refuses when a test or validation image has the
+What is trained on is the few-shot set and the synthetic set. The few-shot draw passes over any
+training image that is also a test or validation image (same path or same content) and records it
+(`build_manifest`); `init` then checks the drawn shots once more, and `train` refuses when a test or validation image has the
 same content as a synthetic image. Both checks are cheap at any scale: only the evaluation files
 whose size equals a training file's size are hashed. Duplicates between the evaluation splits and
 the rest of the training split (never trained on) are reported by `datadream datasets check`,
@@ -26,17 +26,18 @@ EVALUATION = ("val", "test")
 
 
 def find_leaks(view: DatasetView, manifest: FewShotManifest) -> list[tuple[Path, Path]]:
-    """(evaluation file, training file) pairs: the same path in two splits, or a few-shot image's
-    content under another name."""
+    """(evaluation file, few-shot file) pairs: a shot listed in an evaluation split too, or a
+    shot's content under another name. The draw avoids both (`build_manifest`), so at `init`
+    this is a safety net; for a manifest from elsewhere it is the check."""
     leaks = []
-    train_paths = {os.path.normpath(item.path) for item in view.split("train")}
+    shot_paths = {os.path.normpath(manifest.image_path(shot)) for cls in manifest.classes for shot in cls.images}
     shots: dict[int, list[tuple[str, Path]]] = defaultdict(list)
     for cls in manifest.classes:
         for shot in cls.images:
             shots[_size(manifest.image_path(shot))].append((shot.sha256, manifest.image_path(shot)))
     for split in EVALUATION:
         for item in view.split(split):
-            if os.path.normpath(item.path) in train_paths:
+            if os.path.normpath(item.path) in shot_paths:
                 leaks.append((item.path, item.path))
                 continue
             size = _size(item.path)
@@ -53,7 +54,7 @@ def check_no_leaks(view: DatasetView, manifest: FewShotManifest) -> None:
     leaks = find_leaks(view, manifest)
     if leaks:
         evaluation, training = leaks[0]
-        what = "is also listed as a training image" if evaluation == training else f"has the same content as the few-shot image {training}"
+        what = "is also a few-shot image" if evaluation == training else f"has the same content as the few-shot image {training}"
         raise UserError(f"{len(leaks)} evaluation image(s) leak from training, e.g. {evaluation} {what}; remove"
                         " the duplicates from one side")
 
