@@ -12,6 +12,8 @@ def test_help_is_fast_and_light():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "examples:" in result.stdout and "datadream init" in result.stdout
+    run_help = subprocess.run([sys.executable, "-m", "datadream", "run", "--help"], capture_output=True, text=True)
+    assert "report" in run_help.stdout and "RUN/report/index.html" in run_help.stdout
 
 
 def test_demo_runs_end_to_end_and_says_its_models_are_random(tmp_path):

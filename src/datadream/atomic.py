@@ -52,7 +52,10 @@ def fsync_tree(root: Path) -> None:
         fsync_directory(Path(folder))
 
 
-def write_bytes(path: Path, data: bytes) -> None:
+def write_bytes(path: Path, data: bytes, sync_directory: bool = True) -> None:
+    """`sync_directory=False` leaves the rename's durability to a later fsync of the same folder
+    (a synthetic image's is made durable by its class marker, written beside it when the class
+    completes): one directory fsync per class instead of one per image."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
     try:
@@ -65,7 +68,8 @@ def write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    fsync_directory(path.parent)
+    if sync_directory:
+        fsync_directory(path.parent)
 
 
 def write_text(path: Path, text: str) -> None:

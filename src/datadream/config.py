@@ -369,7 +369,7 @@ ALIASES = {
     "n_shots": "shots", "num_shots": "shots", "pretrained_model_name_or_path": "model",
     "mixed_precision": "precision", "dtype": "precision", "num_workers": "workers",
     "dataloader_num_workers": "workers", "train_data_dir": "train", "instance_data_dir": "train",
-    "gradient_checkpoint": "gradient_checkpointing", "max_grad_norm": "max_grad_norm",
+    "gradient_checkpoint": "gradient_checkpointing",
 }
 
 

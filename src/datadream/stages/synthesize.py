@@ -248,7 +248,7 @@ def write_png(path: Path, image) -> tuple[str, dict]:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     data = buffer.getvalue()
-    atomic.write_bytes(path, data)
+    atomic.write_bytes(path, data, sync_directory=False)  # the class marker's write syncs the folder
     return path.name, {"size": len(data), "sha256": sha256_bytes(data)}
 
 
