@@ -76,7 +76,7 @@ def main() -> None:
     from datadream.config import load_config
     from datadream.data.toy import write_toy_dataset
     from datadream.stages.adapt import adapt
-    from datadream.stages.run import init_run
+    from datadream.runs import init_run
     from datadream.stages.synthesize import synthesize
 
     work = Path(tempfile.mkdtemp(prefix="datadream-bench-"))

@@ -14,7 +14,7 @@ from datadream.components.grouped_lora import GroupedLinear, clip_grad_norm_per_
 from datadream.config import load_config
 from datadream.layout import LORA_WEIGHTS, UNIT_MARKER
 from datadream.stages.adapt import adapt
-from datadream.stages.run import init_run
+from datadream.runs import init_run
 
 
 def test_grouped_linear_applies_each_groups_weights():

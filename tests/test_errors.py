@@ -121,7 +121,7 @@ def test_adapter_made_with_other_settings_is_not_reused(tmp_path, config_file):
 
 
 def test_second_process_on_the_same_stage_is_refused(tmp_path, config_file):
-    from datadream.stages.run import open_run, stage_lock
+    from datadream.runs import open_run, stage_lock
 
     run = tmp_path / "run"
     assert run_cli("init", config_file, run).returncode == 0

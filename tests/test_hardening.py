@@ -17,7 +17,7 @@ from datadream.config import load_config, read_config_file
 from datadream.layout import LORA_WEIGHTS, UNIT_MARKER
 from datadream.pipeline import run_all
 from datadream.stages.adapt import adapt
-from datadream.stages.run import init_run
+from datadream.runs import init_run
 from test_errors import assert_one_line_error
 
 
@@ -77,7 +77,7 @@ def test_tampered_slug_never_reaches_the_file_system(tmp_path, config_file, stag
 @pytest.mark.parametrize("slug", ["/etc", "a/b", "..", ".hidden", "", "x" * 200, 3])
 def test_every_unsafe_slug_is_refused(tmp_path, config_file, slug):
     from datadream.errors import UserError
-    from datadream.stages.run import open_run
+    from datadream.runs import open_run
 
     run = init_run(load_config(config_file), tmp_path / "run").layout.root
     tamper_slug(run, slug)
@@ -190,7 +190,7 @@ def test_truncated_checkpoint_is_discarded_and_the_adapter_redone(tmp_path, tiny
     (partial / "state.safetensors").write_bytes(b"\x10\x00\x00")
     if damage == "state.safetensors":  # a valid meta file that points at broken tensors
         from datadream.stages.adapt import plan_units
-        from datadream.stages.run import open_run
+        from datadream.runs import open_run
 
         fingerprint = plan_units(open_run(run))[0].fingerprint
         (partial / "state.json").write_text(json.dumps({"fingerprint": fingerprint, "param_groups": [],

@@ -319,7 +319,7 @@ def test_run_on_a_single_file_matches_stock_diffusers_on_the_folder(tmp_path, ti
     from PIL import Image
 
     from datadream.stages.adapt import adapt
-    from datadream.stages.run import init_run
+    from datadream.runs import init_run
     from datadream.stages.synthesize import synthesize
 
     config = tiny_config(tiny_models, toy_data / "train", data={"shots": 1},

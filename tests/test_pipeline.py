@@ -20,7 +20,7 @@ from conftest import TINY, run_cli, tiny_config, tree_bytes, write_config
 from datadream.config import load_config
 from datadream.layout import LORA_WEIGHTS, UNIT_MARKER
 from datadream.stages.adapt import adapt
-from datadream.stages.run import init_run, open_run
+from datadream.runs import init_run, open_run
 from datadream.stages.synthesize import synthesize
 
 # A high learning rate makes the adapters change the images visibly, so that a LoRA that was lost

@@ -146,7 +146,7 @@ def test_exported_classifier_runs_with_the_readme_lines(made):
 
 
 def test_zero_shot_classifier_predicts_and_exports(tmp_path, tiny_models, made):
-    from datadream.stages.run import init_run
+    from datadream.runs import init_run
     from datadream.stages.train import train
 
     config = tiny_config(tiny_models, made["toy"] / "train", classifier={"train_on": "none"})

@@ -57,7 +57,7 @@ def write_bytes(path: Path, data: bytes, sync_directory: bool = True) -> None:
     (a synthetic image's is made durable by its class marker, written beside it when the class
     completes): one directory fsync per class instead of one per image."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{path.name}-", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -105,12 +105,15 @@ def staged_directory(final: Path) -> Iterator[Path]:
             shutil.rmtree(staging, ignore_errors=True)
 
 
-def remove_stale_temporaries(folder: Path) -> None:
-    """Leftovers of a killed run: never complete, always safe to delete."""
+def remove_stale_temporaries(folder: Path, name: str) -> None:
+    """Leftovers of a killed write of `name` (by write_bytes or staged_directory): never complete,
+    and safe to delete while the caller holds the lock of the unit that writes `name`; other units'
+    temporaries in the same folder are left alone."""
     if not folder.is_dir():
         return
+    prefixes = (f"{TMP_PREFIX}{name}-", f"{TMP_PREFIX}old-{name}-")
     for entry in folder.iterdir():
-        if entry.name.startswith(TMP_PREFIX):
+        if entry.name.startswith(prefixes):
             shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink(missing_ok=True)
 
 

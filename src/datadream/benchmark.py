@@ -133,7 +133,7 @@ def read_benchmark(path: Path) -> Benchmark:
 
 def run_benchmark(path: Path, out: Path, overrides: list[str] = ()) -> Path:
     from datadream.pipeline import run_all
-    from datadream.stages.run import init_run
+    from datadream.runs import init_run
 
     bench = read_benchmark(path)
     seeded = next((o for o in overrides if o.split("=", 1)[0].strip() in ("data.seed", "runtime.seed")), None)

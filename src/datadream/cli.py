@@ -208,7 +208,7 @@ def run_command(args: argparse.Namespace) -> int:
         return 0
     if args.command == "init":
         from datadream.config import load_config
-        from datadream.stages.run import init_run
+        from datadream.runs import init_run
 
         run = init_run(load_config(args.config, args.overrides), args.run)
         print(f"run ready: {run.layout.root} ({len(run.manifest.classes)} classes)")

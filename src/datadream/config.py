@@ -125,6 +125,8 @@ class SynthesizeConfig:
     lora_scale: float = _field(1.0, "strength of the adapter while sampling", min=0)
     compile: bool = _field(False, "torch.compile the UNet (adapters are swapped in place, so it is"
                            " compiled once)", result=False)
+    shard_size: int = _field(100, "images per unit of work (rounded up to whole batches): what one worker"
+                             " generates and marks done at a time; speed only", min=1, result=False)
     sampler: str = _field(
         "default", "default: the model's own sampler (PNDM for SD 2.1-base, as published); dpm++:"
         " DPM-Solver++ (multistep), an opt-in speed-up that changes the images (use ~20-25 steps)",
@@ -183,6 +185,15 @@ class RuntimeConfig:
     precision: str = _field("auto", "auto (bf16 on GPUs that have it, fp16 on older GPUs, fp32 on"
                             " CPU), fp32, bf16 or fp16", choices=("auto", "fp32", "bf16", "fp16"))
     seed: int = _field(0, "seed of training noise and of every synthetic image", min=0)
+    store: str = _field("", "folder of the content-addressed store that keeps adapters and synthetic images"
+                        " for every run that needs them (empty: datadream-store beside the run folder; on a"
+                        " cluster, a path on the shared file system)", result=False, path=True)
+    runner: str = _field("local", "local: this process works through the units; ray: Ray tasks on every GPU"
+                         " of a Ray cluster (pip install 'datadream[ray]')", choices=("local", "ray"), result=False)
+    ray_address: str = _field("", "Ray cluster to join (e.g. auto or ray://head:10001); empty: start a local"
+                              " Ray cluster with every visible GPU", result=False)
+    wait_for_locks: bool = _field(True, "wait for a unit another process is working on (false: stop with a"
+                                  " line naming that process)", result=False)
     wandb_project: str = _field("", "Weights & Biases project for the classifier's curves (empty: off;"
                                 " needs `pip install wandb`; TensorBoard logs are always written)", result=False)
 

@@ -23,7 +23,7 @@ from datadream.components import clip as clip_ops
 from datadream.errors import UserError
 from datadream.layout import LORA_WEIGHTS, UNIT_MARKER
 from datadream.progress import progress
-from datadream.stages.run import Run, open_run
+from datadream.runs import Run, open_run
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,9 @@ def export_classifier(run: Run, out: Path) -> None:
     from transformers.image_utils import PILImageResampling
 
     from datadream.components.models import explained_loading
-    from datadream.stages.evaluate import PROMPTS, load_classifier, read_classifier_marker
+    from datadream.artifacts import read_classifier_marker
+    from datadream.layout import PROMPTS
+    from datadream.stages.classifier_files import load_classifier
 
     marker = read_classifier_marker(run)
     model, tokens, size = load_classifier(run, marker)
@@ -147,18 +149,20 @@ def export_adapters(run: Run, out: Path) -> None:
     from safetensors.torch import save_file
 
     from datadream.components.sd_lora import sort_safetensors_metadata
-    from datadream.stages.adapt import plan_units, unit_is_complete
+    from datadream.artifacts import adapter_is_complete
+    from datadream.units import adapter_specs, store_of
 
-    units = plan_units(run)
+    units = adapter_specs(run)
     if not units:
         raise UserError(f"{run.layout.root} has no adapters (adapt.mode=none); nothing to export")
-    missing = [u.name for u in units if not unit_is_complete(run, u)]
+    store = store_of(run)
+    missing = [u.name for u in units if not adapter_is_complete(run, store, u)]
     if missing:
         raise UserError(f"{len(missing)} adapter(s) of {run.layout.root} are not finished (first: {missing[0]});"
                         " run `datadream adapt RUN` first")
     (out / KOHYA_FOLDER).mkdir()
     for unit in progress(units, desc="export adapters", unit="adapter"):
-        source = run.layout.adapter(unit.name)
+        source = store.adapter(unit.fingerprint)
         target = out / DIFFUSERS_FOLDER / unit.name
         target.mkdir(parents=True)
         for name in (LORA_WEIGHTS, UNIT_MARKER):
@@ -184,7 +188,7 @@ def link_or_copy(source: Path, target: Path) -> None:
 def export_dataset(run: Run, out: Path) -> None:
     """The synthetic set as an image folder: OUT/<label>-<slug>/<i>.png (safe, unique folder
     names that sort in label order) and OUT/metadata.jsonl with the exact class names."""
-    from datadream.stages.synthesize import completed_synthetic_set
+    from datadream.artifacts import completed_synthetic_set
 
     completed_synthetic_set(run)  # every image vouched for by its class marker, the index as synthesize wrote it
     index = run.layout.synthetic_index

@@ -1,15 +1,24 @@
-"""The run directory: one module that knows every path inside RUN/.
+"""Every path of a run and of the store: no other module joins a name to RUN/ or STORE/.
 
     RUN/config.yaml                       resolved config (the run's identity)
     RUN/fewshot.json                      the few-shot manifest
-    RUN/adapters/<unit>/                  pytorch_lora_weights.safetensors + unit.json
-    RUN/adapters/.partial-<unit>/         training state of an unfinished adapter
-    RUN/synthetic/<class-slug>/<i>.png    generated images, one folder per class
-    RUN/synthetic/index.jsonl             one row per image
+    RUN/store                             a link to the store this run's adapters and images live in
+    RUN/adapters/<unit>                   -> STORE/adapters/<fingerprint>/ (weights + unit.json)
+    RUN/synthetic/<class-slug>            -> STORE/synthetic/<fingerprint>/ (<i>.png + .datadream.json)
+    RUN/synthetic/index.jsonl             one row per image: the synthetic set's done-marker
     RUN/classifier/                       CLIP LoRA (peft layout), prompts.json, train.json, metrics.json
+    RUN/.partial-classifier/              training state of an unfinished classifier
+    RUN/.locks/<unit>.lock                one lock per unit of the run (train, evaluate, index)
     RUN/logs/train/                       TensorBoard scalars of the classifier
     RUN/logs/timings.jsonl                wall time of every unit (kept out of the markers)
     RUN/report/index.html                 the human view
+
+    STORE/adapters/<fingerprint>/         one finished adapter, shared by every run that needs it
+    STORE/adapters/.partial-<fingerprint>/  training state of an unfinished adapter
+    STORE/synthetic/<fingerprint>/        one class's images; .shard-<start>.json per finished shard,
+                                          .datadream.json (every image's size and sha256) when complete
+    STORE/locks/<unit>.lock               one lock per unit of work, naming its owner
+    STORE/runs/<hash>.json                the runs that use this store (what `store gc` keeps)
 """
 
 from __future__ import annotations
@@ -23,7 +32,14 @@ from datadream.errors import UserError
 
 DATASET_UNIT = "dataset"
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
-UNIT_MARKER = "unit.json"
+UNIT_MARKER = "unit.json"  # an adapter's done-marker
+CLASS_MARKER = ".datadream.json"  # a synthetic class's done-marker (hidden: image-folder readers skip it)
+SHARD_MARKER_PREFIX = ".shard-"
+CLASSIFIER_MARKER = "train.json"  # the classifier's done-marker
+LORA_FOLDER = "lora"
+PROMPTS = "prompts.json"
+METRICS = "metrics.json"
+STORE_FOLDER = "datadream-store"  # the default store, beside the run folder
 
 
 def slugify(name: str) -> str:
@@ -78,9 +94,12 @@ class RunLayout:
     def adapter(self, unit: str) -> Path:
         return self.adapters / checked_component(unit, "adapter unit")
 
-    def adapter_checkpoint(self, unit: str) -> Path:
-        """Resumable training state of an unfinished adapter (hidden: not an adapter)."""
-        return self.adapters / f".partial-{checked_component(unit, 'adapter unit')}"
+    @property
+    def store_link(self) -> Path:
+        return self.root / "store"
+
+    def lock(self, unit: str) -> Path:
+        return self.root / ".locks" / f"{checked_component(unit, 'unit')}.lock"
 
     @property
     def synthetic(self) -> Path:
@@ -103,7 +122,15 @@ class RunLayout:
 
     @property
     def metrics(self) -> Path:
-        return self.classifier / "metrics.json"
+        return self.classifier / METRICS
+
+    @property
+    def classifier_marker(self) -> Path:
+        return self.classifier / CLASSIFIER_MARKER
+
+    @property
+    def train_logs(self) -> Path:
+        return self.logs / "train"
 
     @property
     def logs(self) -> Path:
@@ -116,6 +143,47 @@ class RunLayout:
     @property
     def report(self) -> Path:
         return self.root / "report" / "index.html"
+
+
+@dataclass(frozen=True)
+class StoreLayout:
+    """Finished units under their fingerprint, shared by every run (and machine) that uses the
+    same store: a unit is found by what it is made from, never by the run that made it."""
+
+    root: Path
+
+    @property
+    def adapters(self) -> Path:
+        return self.root / "adapters"
+
+    def adapter(self, fingerprint: str) -> Path:
+        return self.adapters / checked_component(fingerprint, "adapter fingerprint")
+
+    def adapter_checkpoint(self, fingerprint: str) -> Path:
+        """Resumable training state of an unfinished adapter (hidden: not an adapter)."""
+        return self.adapters / f".partial-{checked_component(fingerprint, 'adapter fingerprint')}"
+
+    @property
+    def synthetic(self) -> Path:
+        return self.root / "synthetic"
+
+    def synthetic_class(self, fingerprint: str) -> Path:
+        return self.synthetic / checked_component(fingerprint, "synthetic fingerprint")
+
+    @property
+    def locks(self) -> Path:
+        return self.root / "locks"
+
+    def lock(self, name: str) -> Path:
+        return self.locks / f"{checked_component(name, 'unit')}.lock"
+
+    @property
+    def runs(self) -> Path:
+        return self.root / "runs"
+
+
+def shard_marker(start: int, total: int) -> str:
+    return f"{SHARD_MARKER_PREFIX}{image_name(start, total).removesuffix('.png')}.json"
 
 
 def image_name(index: int, total: int) -> str:

@@ -25,38 +25,32 @@ class Summary:
 
 
 def run_all(config: Config, root: Path) -> Summary:
-    from datadream.data.sources import load_view
+    """Initialise RUN (or accept it unchanged), do every unit that is not complete with the
+    configured runner, and write the report."""
+    from datadream.markers import read_marker
     from datadream.report import write_report
-    from datadream.stages.adapt import adapt
-    from datadream.stages.evaluate import evaluate
-    from datadream.stages.run import init_run
-    from datadream.stages.synthesize import synthesize
-    from datadream.stages.train import train
+    from datadream.runs import init_run
+    from datadream.units import adapter_specs, needs_generator
 
     started = time.monotonic()
     run = init_run(config, root)  # checks that the models can be loaded before anything is written
     root = run.layout.root
-    adapters, index = [], None
-    if config.classifier.train_on in ("synthetic", "synthetic+real"):
-        adapters = _timed("adapt", adapt, root)
-        index = _timed("synthesize", synthesize, root)
-    else:
+    if not needs_generator(run):
         log.info("run: classifier.train_on=%s needs no synthetic images; adapt and synthesize skipped",
                  config.classifier.train_on)
-    classifier = _timed("train", train, root)
-    has_test = load_view(config.data, splits=("test",)).split("test")
-    metrics = _timed("evaluate", evaluate, root) if has_test else None
+    if config.runtime.runner == "ray":
+        from datadream.runners.ray_runner import run_ray
+
+        run_ray([root], address=config.runtime.ray_address)
+    else:
+        from datadream.runners.local import run_local
+
+        run_local(root)
     report = write_report(root)
     log.info("run: wall time %s", format_duration(time.monotonic() - started))
-    return Summary(root, config.classifier.train_on, len(adapters), index, classifier, metrics, report)
-
-
-def _timed(stage: str, function, root: Path):
-    """Each stage's wall time in the log: what a batch job's budget is planned from."""
-    started = time.monotonic()
-    result = function(root)
-    log.info("%s: wall time %s", stage, format_duration(time.monotonic() - started))
-    return result
+    index = run.layout.synthetic_index if needs_generator(run) else None
+    return Summary(root, config.classifier.train_on, len(adapter_specs(run)), index, run.layout.classifier,
+                   read_marker(run.layout.metrics), report)
 
 
 def print_summary(summary: Summary) -> None:

@@ -31,7 +31,7 @@ table{border-collapse:collapse}td,th{padding:.25rem .6rem;border-bottom:1px soli
 
 
 def write_report(root: Path) -> Path:
-    from datadream.stages.run import open_run
+    from datadream.runs import open_run
 
     run = open_run(root)
     layout = run.layout

@@ -18,7 +18,7 @@ from pathlib import Path
 from datadream.config import DataConfig
 from datadream.data.fewshot import FewShotManifest
 from datadream.data.images import sha256_file
-from datadream.data.labelled import Sample
+from datadream.data.samples import Sample
 from datadream.data.sources import DatasetView, load_view
 from datadream.errors import UserError
 

@@ -3,132 +3,129 @@
     datadream adapt RUN
 
 `adapt.mode: class` trains one adapter per class on that class's shots; `dataset` trains one
-adapter on all shots. Each adapter is a unit of work: trained, saved in the diffusers layout into a
-temporary folder, and renamed to RUN/adapters/<unit>/ with its marker (unit.json) last. Re-running
-skips complete units, so an interrupted stage resumes at the first unfinished adapter.
+adapter on all shots. The units of the stage are the groups of datadream.units.adapter_groups (one
+adapter, or a batched group of class adapters). Each adapter is saved in the diffusers layout into
+a temporary folder of the store and renamed to STORE/adapters/<fingerprint>/ with its marker
+(unit.json) last; RUN/adapters/<unit> links to it. An adapter already in the store (made by this
+run before an interruption, by another run, or by another machine) is reused, never retrained.
 
-Every random draw of a unit (init, shuffling, crops, VAE sampling, noise, timesteps) comes from its
-own CPU generator seeded from (runtime.seed, unit), so an adapter does not depend on which units
-ran before it, nor on the device.
+Each adapter is trained while holding its lock: workers on one run, or on runs sharing a store,
+split the adapters between them; one that finds an adapter locked by a live process trains the
+others first, then waits for it.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import time
-from dataclasses import dataclass, field
+from contextlib import ExitStack
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from datadream.progress import progress as progress_bar
 
-from datadream import atomic
-from datadream.components.models import compile_module, load_stable_diffusion, resolve_device, resolve_dtype
-from datadream.components.grouped_lora import make_single
-from datadream.components.latents import LatentEncoder, ShotImage
-from datadream.components.sd_lora import add_lora, reset_lora, save_sd_lora
-from datadream.components.seeds import derive_seed
-from datadream.config import AdaptConfig, result_settings, stable_hash
-from datadream.data.fewshot import FewShotClass
-from datadream.data.images import load_rgb
-from datadream.errors import UserError
-from datadream.layout import DATASET_UNIT, LORA_WEIGHTS, UNIT_MARKER
-from datadream.markers import damaged_file, log_timing, read_marker, record_files
+from datadream import atomic, locks
+from datadream.artifacts import adapter_is_complete, link_adapters
+from datadream.config import AdaptConfig, stable_hash
+from datadream.layout import StoreLayout
+from datadream.runs import Run, open_run
 from datadream.stages import checkpoint
-from datadream.stages.run import Run, open_run, stage_lock
+from datadream.stages.lora_training import LoraTrainer
+from datadream.store import register_run
+from datadream.units import AdapterSpec, adapter_groups, adapter_specs, store_of
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class Progress:
-    step: int = 0
-    order: list[int] = field(default_factory=list)  # the current epoch's sample order
-    losses: list[float] = field(default_factory=list)
+# The base model of the last run adapted in this process: a worker that trains group after group
+# (the local runner, a Ray worker) loads it once.
+_TRAINERS: dict[str, LoraTrainer] = {}
 
 
-@dataclass
-class AdaptUnit:
-    name: str  # folder under RUN/adapters/
-    seed_key: str  # class name or "dataset": what the unit's random stream derives from
-    classes: list[FewShotClass]
-    fingerprint: str  # hash of everything the adapter is made from
-
-
-def plan_units(run: Run) -> list[AdaptUnit]:
-    cfg = run.config
-    if cfg.adapt.mode == "none":
-        return []
-    if cfg.adapt.mode == "class":
-        groups = [(c.slug, c.name, [c]) for c in run.manifest.classes]
-    else:
-        groups = [(DATASET_UNIT, DATASET_UNIT, list(run.manifest.classes))]
-    units = []
-    for name, seed_key, classes in groups:
-        inputs = {
-            "model": cfg.generator.model,
-            "adapt": result_settings(cfg.adapt),
-            "seed": cfg.runtime.seed,
-            "precision": cfg.runtime.precision,
-            "classes": [(c.prompt, [s.sha256 for s in c.images]) for c in classes],
-        }
-        units.append(AdaptUnit(name, seed_key, classes, stable_hash(inputs)))
-    return units
-
-
-def unit_is_complete(run: Run, unit: AdaptUnit) -> bool:
-    """True when the adapter exists and was made from these inputs; an adapter made from other
-    inputs is never reused silently, nor overwritten."""
-    folder = run.layout.adapter(unit.name)
-    marker = read_marker(folder / UNIT_MARKER)
-    if marker is None:
-        return False
-    if marker.get("fingerprint") != unit.fingerprint:
-        raise UserError(
-            f"{folder} was trained with other settings or shots than this run's config; move it"
-            " away to retrain it, or use a new run folder"
-        )
-    damaged = damaged_file(folder, marker.get("files"))
-    if damaged is not None:
-        raise UserError(f"adapter file {damaged} is damaged or missing (it differs from what {UNIT_MARKER}"
-                        f" recorded); delete {folder} and run `datadream adapt {run.layout.root}` to retrain it")
-    return True
-
-
-def adapt(run_dir: Path) -> list[Path]:
-    """Train every missing adapter of the run; returns the adapter folders in unit order."""
+def adapt(run_dir: Path, groups: list[tuple[str, ...]] | None = None) -> list[Path]:
+    """Train every adapter of the run that the store does not hold (or only those of `groups`,
+    the members of adapt units); returns the run's adapter links in unit order."""
     run = open_run(run_dir)
-    with stage_lock(run, "adapt"):
-        return _adapt(run)
+    store = store_of(run)
+    specs = adapter_specs(run)
+    if not specs:
+        log.info("adapt: nothing to train (adapt.mode=%s, classifier.train_on=%s)", run.config.adapt.mode,
+                 run.config.classifier.train_on)
+        return []
+    atomic.check_writable(store.adapters, "runtime.store")
+    register_run(store, run.layout.root)
+    planned = adapter_groups(run, specs)
+    if groups is not None:
+        wanted = {tuple(g) for g in groups}
+        planned = [g for g in planned if tuple(s.name for s in g) in wanted]
+    train_groups(run, store, planned)
+    link_adapters(run, store)
+    return [run.layout.adapter(s.name) for s in specs]
 
 
-def _adapt(run: Run) -> list[Path]:
-    units = plan_units(run)
-    if units:
-        atomic.check_writable(run.layout.adapters)
-    atomic.remove_stale_temporaries(run.layout.adapters)
-    pending = [u for u in units if not unit_is_complete(run, u)]
-    for unit in units:
-        if unit not in pending:  # killed after saving the adapter, before dropping its checkpoint
-            checkpoint.discard(run.layout.adapter_checkpoint(unit.name))
-    if pending:
-        log.info("adapt: %d of %d adapter(s) to train (%d already complete)",
-                 len(pending), len(units), len(units) - len(pending))
-        trainer = LoraTrainer(run)
-        if choose_engine(run.config.adapt, trainer.dtype) == "batched":
-            from datadream.stages.adapt_batched import BatchedTrainer
+def train_groups(run: Run, store: StoreLayout, groups: list[list[AdapterSpec]]) -> None:
+    total = sum(len(g) for g in groups)
+    todo = [[s for s in g if not adapter_is_complete(run, store, s)] for g in groups]
+    reused = total - sum(len(g) for g in todo)
+    if reused:
+        log.info("adapt: %d of %d adapter(s) already in the store %s: reused, not trained", reused, total, store.root)
+    deferred: list[AdapterSpec] = []
+    for position, group in enumerate(todo, 1):
+        if group:
+            deferred += _train_locked(run, store, group, f"[{position}/{len(todo)}]", wait=False)
+    for spec in deferred:  # held by another worker: wait for it, train it only if that worker died
+        _train_locked(run, store, [spec], spec.name, wait=True)
 
-            BatchedTrainer(trainer).train_all(pending)
-        else:
-            for position, unit in enumerate(pending, 1):
-                trainer.train_and_save(unit, label=f"[{position}/{len(pending)}] {unit.name}")
-    elif not units:
-        log.info("adapt: adapt.mode=none, nothing to train (synthesis uses the un-adapted generator)")
+
+def _train_locked(run: Run, store: StoreLayout, group: list[AdapterSpec], label: str, wait: bool) -> list[AdapterSpec]:
+    """Train the members of `group` whose locks this process gets; returns those held by others."""
+    busy = []
+    with ExitStack() as held:
+        mine = []
+        for spec in group:
+            path = store.lock(spec.lock)
+            try:
+                lock = locks.wait_lock(path, f"adapter {spec.name}") if wait else locks.try_lock(path)
+            except locks.Busy as owner:
+                if not run.config.runtime.wait_for_locks:
+                    raise locks.busy_error(f"adapter {spec.name}", owner) from None
+                log.info("adapt: %s is being trained by %s; training the others first", spec.name, owner)
+                busy.append(spec)
+                continue
+            held.callback(lock.release)
+            if adapter_is_complete(run, store, spec):  # finished by another worker meanwhile
+                checkpoint.discard(store.adapter_checkpoint(spec.fingerprint))
+                continue
+            atomic.remove_stale_temporaries(store.adapters, spec.fingerprint)
+            mine.append(spec)
+        if mine:
+            _train(run, store, mine, label)
+    return busy
+
+
+def _train(run: Run, store: StoreLayout, specs: list[AdapterSpec], label: str) -> None:
+    trainer = _trainer(run, store)
+    if len(specs) > 1 and choose_engine(run.config.adapt, trainer.dtype) == "batched":
+        from datadream.stages.lora_batched import BatchedTrainer
+
+        BatchedTrainer(trainer).train_all(specs, label)
     else:
-        log.info("adapt: all %d adapter(s) already complete", len(units))
-    return [run.layout.adapter(u.name) for u in units]
+        for position, spec in enumerate(specs, 1):
+            trainer.train_and_save(spec, label=f"{label} {spec.name}" if len(specs) == 1
+                                   else f"{label} {position}/{len(specs)} {spec.name}")
+    for spec in specs:
+        checkpoint.discard(store.adapter_checkpoint(spec.fingerprint))
+
+
+def _trainer(run: Run, store: StoreLayout) -> LoraTrainer:
+    cfg = run.config
+    key = stable_hash([cfg.generator.model, cfg.generator.config, cfg.runtime.device, cfg.runtime.precision,
+                       cfg.adapt.rank, cfg.adapt.alpha, cfg.adapt.train_text_encoder, cfg.adapt.resolution,
+                       cfg.adapt.gradient_checkpointing, cfg.adapt.compile, cfg.adapt.reuse_vae_moments,
+                       cfg.adapt.cache_latents])
+    trainer = _TRAINERS.get(key)
+    if trainer is None:
+        _TRAINERS.clear()  # one base model resident at a time
+        trainer = _TRAINERS[key] = LoraTrainer(run, store)
+    trainer.run, trainer.store, trainer.cfg, trainer.seed = run, store, cfg.adapt, cfg.runtime.seed
+    return trainer
 
 
 def choose_engine(cfg: AdaptConfig, dtype: torch.dtype) -> str:
@@ -144,241 +141,3 @@ def choose_engine(cfg: AdaptConfig, dtype: torch.dtype) -> str:
                  " would share one loss scaler")
         return "sequential"
     return "batched" if cfg.engine in ("auto", "batched") else "sequential"
-
-
-def load_shots(run: Run, classes: list[FewShotClass], resolution: int) -> list[ShotImage]:
-    """Each shot as a uint8 CHW image with its shorter side resized to `resolution`, after
-    checking its file's hash against the manifest."""
-    from PIL import Image
-
-    samples = []
-    for index, cls in enumerate(classes):
-        for shot in cls.images:
-            image = load_rgb(run.manifest.verified_path(shot))
-            scale = resolution / min(image.size)
-            size = (max(resolution, round(image.width * scale)), max(resolution, round(image.height * scale)))
-            image = image.resize(size, Image.Resampling.BILINEAR)
-            pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
-            samples.append(ShotImage(pixels.view(image.height, image.width, 3).permute(2, 0, 1).contiguous(),
-                                     index, shot.sha256))
-    return samples
-
-
-@dataclass
-class StepDraws:
-    """Everything random in one step of one adapter, drawn from that adapter's generator in a
-    fixed order (crops, VAE sample, noise, timesteps): the same in both engines."""
-
-    shots: list[ShotImage]
-    offsets: list[tuple[int, int]]  # (top, left) of each crop
-    crops: torch.Tensor  # uint8 (B, 3, size, size)
-    eps: torch.Tensor  # standard normal, latent shape: the VAE posterior sample
-    noise: torch.Tensor
-    timesteps: torch.Tensor
-
-
-    @property
-    def prompts(self) -> list[int]:
-        return [shot.prompt for shot in self.shots]
-
-    @staticmethod
-    def concat(parts: list["StepDraws"]) -> "StepDraws":
-        return StepDraws([s for p in parts for s in p.shots], [o for p in parts for o in p.offsets],
-                         torch.cat([p.crops for p in parts]), torch.cat([p.eps for p in parts]),
-                         torch.cat([p.noise for p in parts]), torch.cat([p.timesteps for p in parts]))
-
-
-def draw_step(samples: list[ShotImage], chosen: list[int], size: int, latent_shape: tuple[int, ...],
-              num_timesteps: int, generator: torch.Generator) -> StepDraws:
-    shots, offsets, crops = [], [], []
-    for i in chosen:
-        image = samples[i].pixels
-        top = int(torch.randint(0, image.shape[1] - size + 1, (1,), generator=generator))
-        left = int(torch.randint(0, image.shape[2] - size + 1, (1,), generator=generator))
-        shots.append(samples[i])
-        offsets.append((top, left))
-        crops.append(image[:, top:top + size, left:left + size])
-    shape = (len(chosen), *latent_shape)
-    eps = torch.randn(shape, generator=generator)
-    noise = torch.randn(shape, generator=generator)
-    timesteps = torch.randint(0, num_timesteps, (len(chosen),), generator=generator)
-    return StepDraws(shots, offsets, torch.stack(crops), eps, noise, timesteps)
-
-
-class LoraTrainer:
-    """Holds the base model once and trains one adapter after another in place."""
-
-    def __init__(self, run: Run):
-        cfg = run.config
-        self.run = run
-        self.cfg: AdaptConfig = cfg.adapt
-        self.device = resolve_device(cfg.runtime.device)
-        self.dtype = resolve_dtype(cfg.runtime.precision, self.device)
-        pipeline = load_stable_diffusion(cfg.generator.model, dtype=self.dtype, config=cfg.generator.config)
-        from diffusers import DDPMScheduler
-
-        self.tokenizer = pipeline.tokenizer
-        self.unet = pipeline.unet.to(self.device)
-        self.text_encoder = pipeline.text_encoder.to(self.device)
-        self.vae = pipeline.vae.to(self.device).requires_grad_(False).eval()
-        if self.dtype == torch.float16:
-            self.vae.to(torch.float32)  # SD's VAE overflows in fp16; bf16 and fp32 are safe
-        if self.device.type == "cuda":
-            self.unet.to(memory_format=torch.channels_last)
-        if self.cfg.gradient_checkpointing:
-            self.unet.enable_gradient_checkpointing()
-        self.unet_forward = compile_module(self.unet) if self.cfg.compile else self.unet
-        self.noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
-        self.params = add_lora(self.unet, self.text_encoder, self.cfg.rank, self.cfg.alpha,
-                               self.cfg.train_text_encoder)
-        self.lora_modules = [self.unet, self.text_encoder] if self.cfg.train_text_encoder else [self.unet]
-        self.seed = cfg.runtime.seed
-        self.encoder = LatentEncoder(self.vae, self.cfg.resolution, self.cfg.reuse_vae_moments,
-                                     self.cfg.cache_latents)
-        factor = self.encoder.factor
-        self.latent_shape = (self.vae.config.latent_channels, self.cfg.resolution // factor,
-                             self.cfg.resolution // factor)
-
-    def unit_seed(self, unit: AdaptUnit) -> int:
-        return derive_seed(self.seed, "adapt", unit.seed_key)
-
-    def tokens(self, prompts: list[str]) -> torch.Tensor:
-        return self.tokenizer(prompts, padding="max_length", truncation=True,
-                              max_length=self.tokenizer.model_max_length, return_tensors="pt").input_ids.to(self.device)
-
-    def draw(self, samples, chosen: list[int], generator: torch.Generator) -> StepDraws:
-        return draw_step(samples, chosen, self.cfg.resolution, self.latent_shape,
-                         self.noise_scheduler.config.num_train_timesteps, generator)
-
-    def start_training(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Token ids of the prompts, their features when the text encoder is frozen (computed
-        once, not per step), and the LoRA modules in training mode."""
-        token_ids = self.tokens(prompts)
-        frozen_text = None
-        if not self.cfg.train_text_encoder:
-            with torch.no_grad(), self.autocast():
-                frozen_text = self.text_encoder(token_ids)[0]
-        for module in self.lora_modules:
-            module.train()
-        return token_ids, frozen_text
-
-    def autocast(self):
-        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
-
-    def per_sample_loss(self, draws: StepDraws, text: torch.Tensor) -> torch.Tensor:
-        """Denoising MSE of each sample, given the prompt features of each sample."""
-        device = self.device
-        mean, std = self.encoder.moments(draws.shots, draws.offsets, draws.crops)
-        latents = (mean + std * draws.eps.to(device, mean.dtype)).float() * self.vae.config.scaling_factor
-        noise, timesteps = draws.noise.to(device), draws.timesteps.to(device)
-        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
-        if self.noise_scheduler.config.prediction_type == "v_prediction":
-            target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
-        else:
-            target = noise
-        with self.autocast():
-            prediction = self.unet_forward(noisy, timesteps, text).sample
-        return F.mse_loss(prediction.float(), target.float(), reduction="none").flatten(1).mean(dim=1)
-
-    def save_unit(self, unit: AdaptUnit, losses: list[float], steps_per_epoch: int, started: float,
-                  index: int | None = None, engine: str = "sequential") -> None:
-        with atomic.staged_directory(self.run.layout.adapter(unit.name)) as staging:
-            save_sd_lora(staging, self.unet, self.text_encoder, self.cfg.train_text_encoder, index=index)
-            # Nothing that varies between identical runs (such as timings, which go to the log)
-            # is in the marker: identical runs give identical files.
-            atomic.write_json(staging / UNIT_MARKER, {
-                "unit": unit.name,
-                "classes": [c.name for c in unit.classes],
-                "fingerprint": unit.fingerprint,
-                "files": record_files(staging, [LORA_WEIGHTS]),
-                "steps": len(losses),
-                "loss_per_epoch": _epoch_means(losses, steps_per_epoch),
-                "engine": engine,
-                "device": str(self.device),
-                "precision": str(self.dtype).removeprefix("torch."),
-            })
-        log_timing(self.run.layout.timings, {"stage": "adapt", "unit": unit.name, "engine": engine,
-                                             "seconds": round(time.time() - started, 2)})
-
-    def train_and_save(self, unit: AdaptUnit, label: str) -> None:
-        started = time.time()
-        samples = load_shots(self.run, unit.classes, self.cfg.resolution)
-        partial = self.run.layout.adapter_checkpoint(unit.name)
-        losses = self.train(samples, [c.prompt for c in unit.classes], seed=self.unit_seed(unit),
-                            label=label, resume_from=partial, fingerprint=unit.fingerprint)
-        self.save_unit(unit, losses, math.ceil(len(samples) / self.cfg.batch_size), started)
-        checkpoint.discard(partial)
-        log.info("adapt: %s done in %.1fs", unit.name, time.time() - started)
-
-    def train(self, samples: list[ShotImage], prompts: list[str], seed: int,
-              label: str = "", resume_from: Path | None = None, fingerprint: str = "") -> list[float]:
-        """Train the resident adapter from a fresh init (or from the checkpoint in `resume_from`)
-        on `samples`; returns the loss of every step."""
-        from diffusers.optimization import get_scheduler
-
-        cfg = self.cfg
-        generator = torch.Generator().manual_seed(seed)
-        self.encoder.clear()
-        self.params = make_single(self.lora_modules)
-        reset_lora(self.lora_modules, derive_seed(seed, "init"))
-        optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, betas=(0.9, 0.999),
-                                      weight_decay=cfg.weight_decay, eps=1e-8)
-        steps_per_epoch = math.ceil(len(samples) / cfg.batch_size)
-        total_steps = cfg.epochs * steps_per_epoch
-        schedule = get_scheduler("cosine", optimizer, num_warmup_steps=cfg.warmup_steps,
-                                 num_training_steps=total_steps)
-        scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
-        live = checkpoint.TrainingState(self.params, optimizer, schedule, scaler, generator)
-        progress = Progress()
-        restored = checkpoint.restore(resume_from, fingerprint, live) if resume_from is not None else None
-        if restored is not None:
-            meta, tensors = restored
-            progress = Progress(meta["step"], meta["order"], tensors["losses"].tolist())
-            log.info("adapt: resuming %s at step %d", label, progress.step)
-        token_ids, frozen_text = self.start_training(prompts)
-        losses = progress.losses
-        bar = progress_bar(total=total_steps, initial=progress.step, desc=f"adapt {label}", unit="step",
-                           leave=False)
-        while progress.step < total_steps:
-            position = progress.step % steps_per_epoch
-            if position == 0:
-                progress.order = torch.randperm(len(samples), generator=generator).tolist()
-            chosen = progress.order[position * cfg.batch_size:(position + 1) * cfg.batch_size]
-            draws = self.draw(samples, chosen, generator)
-            prompt_index = torch.tensor(draws.prompts, device=self.device)
-            if frozen_text is None:
-                # Each distinct prompt is encoded once and shared by its samples: the same
-                # gradient as encoding it per sample, at a fraction of the cost.
-                used, inverse = torch.unique(prompt_index, return_inverse=True)
-                with self.autocast():
-                    text = self.text_encoder(token_ids[used])[0][inverse]
-            else:
-                text = frozen_text[prompt_index]
-            loss = self.per_sample_loss(draws, text).mean()
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            schedule.step()
-            losses.append(loss.item())
-            progress.step += 1
-            if not math.isfinite(losses[-1]):
-                raise UserError(f"adapt {label}: the loss became {losses[-1]} at step {progress.step};"
-                                " try runtime.precision=fp32 or a lower adapt.lr")
-            bar.update()
-            if progress.step % 10 == 0:
-                bar.set_postfix(loss=f"{sum(losses[-10:]) / 10:.4f}")
-            if (resume_from is not None and cfg.checkpoint_every
-                    and progress.step % cfg.checkpoint_every == 0 and progress.step < total_steps):
-                checkpoint.save(resume_from, fingerprint, live,
-                                meta={"step": progress.step, "order": progress.order},
-                                tensors={"losses": torch.tensor(losses, dtype=torch.float64)})
-        bar.close()
-        return losses
-
-
-def _epoch_means(losses: list[float], steps_per_epoch: int) -> list[float]:
-    return [round(sum(chunk) / len(chunk), 6)
-            for chunk in (losses[i:i + steps_per_epoch] for i in range(0, len(losses), steps_per_epoch))]

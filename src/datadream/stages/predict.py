@@ -19,12 +19,15 @@ from pathlib import Path
 
 import torch
 
+from datadream.artifacts import read_classifier_marker
 from datadream.components.models import resolve_device, resolve_dtype
+from datadream.components.scoring import batched_logits, loader_workers
+from datadream.data.labelled import EvalImages
 from datadream.data.images import IMAGE_EXTENSIONS, list_images
-from datadream.data.labelled import REAL, Sample
+from datadream.data.samples import REAL, Sample
 from datadream.errors import UserError
-from datadream.stages.evaluate import batched_logits, load_classifier, loader_workers, read_classifier_marker
-from datadream.stages.run import open_run
+from datadream.stages.classifier_files import load_classifier
+from datadream.runs import open_run
 
 FORMATS = ("table", "csv", "json")
 
@@ -79,7 +82,7 @@ def predict(run_dir: Path, inputs: list[Path], top_k: int = 5, batch_size: int |
     # No more loader processes than batches: starting eight workers for one photo costs seconds.
     workers = min(loader_workers(cfg.workers), math.ceil(len(samples) / batch_size))
     probabilities = []
-    for logits, _ in batched_logits(model, tokens, samples, size, batch_size, workers, torch_device, dtype,
+    for logits, _ in batched_logits(model, tokens, EvalImages(samples, size), batch_size, workers, torch_device, dtype,
                                     desc="predict"):
         probabilities.append(logits.float().softmax(dim=-1).cpu())
     best, labels = torch.cat(probabilities).topk(k, dim=-1)

@@ -2,187 +2,204 @@
 
     datadream synthesize RUN
 
-The base pipeline is loaded once and every adapter is read once; a class's adapter is copied into
-the pipeline's LoRA weights in place (components/lora_swap.py). Image i of class c starts from its own noise, seeded from (runtime.seed, c, i), so no
-two classes share starting noise and any image can be regenerated alone. Images are written as
-RUN/synthetic/<class-slug>/<i>.png by a background writer, each by write-then-rename.
+The units of the stage are shards: a fixed range of one class's image indices, rounded to whole
+sampler batches (`synthesize.shard_size`). Image i of class c starts from its own noise, seeded
+from (runtime.seed, c, i), so no two classes share starting noise, any image can be regenerated
+alone, and the images do not depend on how the work is cut into shards or workers.
 
-Resume: the batches of a class are fixed by image index (images [k*B, (k+1)*B) form batch k), and
-a batch is skipped when all its files exist. A re-run therefore recomputes exactly the batches an
-uninterrupted run would have computed, and writes the same files.
+A class's images live in the store, STORE/synthetic/<fingerprint>/<i>.png, each written by
+write-then-rename by a background writer while the GPU samples the next batch. A shard is done
+when its marker (.shard-<first>.json) records every image's size and sha256, taken from the bytes
+as they were written; a class is complete when its marker (.datadream.json) merges its shards'.
+The index unit then links RUN/synthetic/<class> to the store and writes RUN/synthetic/index.jsonl,
+the synthetic set's done-marker, which is all `train` reads.
 
-A class is complete when its marker (`.datadream.json`) records every image with its size and
-sha256, taken from the bytes as they were written; the classifier trains only on images that match
-their record. An image whose size no longer matches (a power cut, a truncated copy) is regenerated.
+The base pipeline is loaded once per process and every adapter is read once; a class's adapter is
+copied into the pipeline's LoRA weights in place (components/lora_swap.py). Resume: a shard is
+skipped when done, and within a shard a batch is skipped when all its files exist, so a re-run
+computes exactly the batches an uninterrupted run would have computed and writes the same files.
+An image whose size no longer matches its record (a power cut, a truncated copy) is generated again.
 """
 
 from __future__ import annotations
 
 import io
-import json
 import logging
 import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from datadream.progress import progress
 
-from datadream import atomic
+from datadream import atomic, locks
+from datadream.artifacts import adapter_is_complete, index_text, link_adapters, shard_records
 from datadream.components.lora_swap import AdapterSwapper
 from datadream.components.models import compile_module, load_stable_diffusion, resolve_device, resolve_dtype
-from datadream.components.seeds import derive_seed
-from datadream.config import result_settings, stable_hash
-from datadream.data.fewshot import FewShotClass
-from datadream.data.labelled import SYNTHETIC, Sample
+from datadream.config import stable_hash
 from datadream.errors import UserError
-from datadream.layout import image_name
+from datadream.layout import CLASS_MARKER, StoreLayout, image_name, shard_marker
 from datadream.markers import file_record, log_timing, read_marker, sha256_bytes
-from datadream.stages.adapt import AdaptUnit, plan_units, unit_is_complete
-from datadream.stages.run import Run, open_run, stage_lock
+from datadream.progress import progress
+from datadream.runs import Run, open_run
+from datadream.store import link, register_run
+from datadream.units import SyntheticSpec, batches, shard_ranges, store_of, synthetic_specs
 
 log = logging.getLogger(__name__)
 
-CLASS_MARKER = ".datadream.json"  # not an image, so image-folder readers ignore it
 MAX_PENDING_WRITES = 64
+_GENERATORS: dict[str, "Generator"] = {}  # the pipeline of the last run, kept by a worker between units
 
 
 @dataclass
-class ClassJob:
-    cls: FewShotClass
-    adapter: AdaptUnit | None  # None: the un-adapted generator (adapt.mode=none)
+class Shard:
+    spec: SyntheticSpec
+    images: range
     folder: Path
-    fingerprint: str
 
-    def seeds(self, run_seed: int, total: int) -> list[int]:
-        return [image_seed(run_seed, self.cls.name, i) for i in range(total)]
-
-
-def image_seed(run_seed: int, class_name: str, index: int) -> int:
-    return derive_seed(run_seed, "image", class_name, index)
+    @property
+    def name(self) -> str:
+        return f"{self.spec.cls.slug}/{self.images.start}"
 
 
-def plan_jobs(run: Run, require_adapters: bool = True) -> list[ClassJob]:
-    units = plan_units(run)
-    by_class = {c.label: u for u in units for c in u.classes}
-    missing = [u.name for u in units if not unit_is_complete(run, u)] if require_adapters else []
-    if missing:
-        raise UserError(
-            f"{len(missing)} adapter(s) missing in {run.layout.adapters} (first: {missing[0]});"
-            " run `datadream adapt RUN` first"
-        )
-    cfg = run.config
-    jobs = []
-    for cls in run.manifest.classes:
-        adapter = by_class.get(cls.label)
-        inputs = {
-            "synthesize": result_settings(cfg.synthesize),
-            "seed": cfg.runtime.seed,
-            "precision": cfg.runtime.precision,
-            "prompt": cls.prompt,
-            "adapter": adapter.fingerprint if adapter else None,
-        }
-        jobs.append(ClassJob(cls, adapter, run.layout.synthetic_class(cls.slug), stable_hash(inputs)))
-    return jobs
+def plan_shards(run: Run, store: StoreLayout, names: list[str] | None = None) -> list[Shard]:
+    shards = [Shard(spec, images, store.synthetic_class(spec.fingerprint))
+              for spec in synthetic_specs(run) for images in shard_ranges(run)]
+    if names is not None:
+        wanted = set(names)
+        shards = [s for s in shards if s.name in wanted]
+    return shards
 
 
-def pending_batches(job: ClassJob, total: int, batch_size: int) -> list[range]:
-    batches = [range(start, min(start + batch_size, total)) for start in range(0, total, batch_size)]
-    return [b for b in batches if not all((job.folder / image_name(i, total)).is_file() for i in b)]
-
-
-def check_marker(job: ClassJob) -> dict | None:
-    """The class's marker (claiming the folder for this job's settings when it has none); a
-    folder made with other settings is refused, never mixed."""
-    marker = job.folder / CLASS_MARKER
-    recorded = read_marker(marker)
-    if recorded is not None:
-        if recorded.get("fingerprint") != job.fingerprint:
-            raise UserError(
-                f"{job.folder} holds images made with other settings or another adapter; move it"
-                " away to regenerate it, or use a new run folder"
-            )
-        return recorded
-    atomic.write_json(marker, {"class": job.cls.name, "fingerprint": job.fingerprint})
-    return None
-
-
-def drop_damaged_images(job: ClassJob, marker: dict | None) -> None:
-    """Delete recorded images whose size changed since they were written (cheap: one stat each),
-    so that they are generated again; they are ours, inside the run."""
-    for name, record in ((marker or {}).get("images") or {}).items():
-        path = job.folder / name
-        try:
-            size = os.lstat(path).st_size
-        except OSError:
-            continue
-        if not isinstance(record, dict) or size != record.get("size"):
-            log.warning("synthesize: %s is damaged (size %d, recorded %s); generating it again", path, size,
-                        record.get("size") if isinstance(record, dict) else "?")
-            path.unlink()
-
-
-def finish_class(job: ClassJob, total: int, written: dict[str, dict]) -> None:
-    """Mark the class complete, recording every image: those written by this process from the
-    bytes written, the rest (written before an interruption) from their files."""
-    names = [image_name(i, total) for i in range(total)]
-    images = {name: written.get(name) or file_record(job.folder / name) for name in names}
-    atomic.write_json(job.folder / CLASS_MARKER,
-                      {"class": job.cls.name, "fingerprint": job.fingerprint, "images": images})
-
-
-def class_is_complete(job: ClassJob, marker: dict | None, total: int) -> bool:
-    images = (marker or {}).get("images")
-    return isinstance(images, dict) and len(images) == total and all(
-        (job.folder / image_name(i, total)).is_file() for i in range(total))
-
-
-def synthesize(run_dir: Path) -> Path:
-    """Generate every missing image of the run; returns the path of the index."""
+def synthesize(run_dir: Path, shards: list[str] | None = None) -> Path | None:
+    """Generate every missing image of the run and write its index; with `shards` (names
+    "<class slug>/<first image>", the members of synthesize units) only those, and no index.
+    Returns the index's path."""
     run = open_run(run_dir)
-    with stage_lock(run, "synthesize"):
-        return _synthesize(run)
+    store = store_of(run)
+    if not synthetic_specs(run):
+        log.info("synthesize: classifier.train_on=%s needs no synthetic images", run.config.classifier.train_on)
+        return None
+    atomic.check_writable(store.synthetic, "runtime.store")
+    register_run(store, run.layout.root)
+    todo = plan_shards(run, store, shards)
+    adapters = {s.spec.adapter.fingerprint: s.spec.adapter for s in todo if s.spec.adapter}
+    missing = [a.name for a in adapters.values() if not adapter_is_complete(run, store, a)]
+    if missing:
+        raise UserError(f"{len(missing)} adapter(s) of {run.layout.root} are not trained (first: {missing[0]});"
+                        f" run `datadream adapt {run.layout.root}` first")
+    generate_shards(run, store, todo)
+    return write_index(run.layout.root) if shards is None else None
 
 
-def _synthesize(run: Run) -> Path:
-    cfg = run.config.synthesize
-    total = cfg.images_per_class
-    jobs = plan_jobs(run)
-    atomic.check_writable(run.layout.synthetic)
-    todo = []
-    for job in jobs:
-        atomic.remove_stale_temporaries(job.folder)
-        marker = check_marker(job)
-        drop_damaged_images(job, marker)
-        batches = pending_batches(job, total, cfg.batch_size)
-        if batches:
-            todo.append((job, batches))
-        elif not class_is_complete(job, marker, total):  # killed after its last image
-            finish_class(job, total, {})
-    remaining = sum(len(b) for _, batches in todo for b in batches)
-    log.info("synthesize: %d of %d image(s) to generate", remaining, total * len(jobs))
-    if todo:
-        started = time.time()
-        Generator(run).generate(todo, remaining)
-        log_timing(run.layout.timings, {"stage": "synthesize", "images": remaining,
-                                        "seconds": round(time.time() - started, 2)})
-    return write_index(run, jobs)
+def generate_shards(run: Run, store: StoreLayout, shards: list[Shard]) -> None:
+    total = run.config.synthesize.images_per_class
+    pending = [s for s in shards if shard_records(s.folder, s.images, total) is None]
+    done = len(shards) - len(pending)
+    log.info("synthesize: %d of %d shard(s) to generate (%d done, in the store %s)", len(pending), len(shards),
+             done, store.root)
+    if not pending:
+        for shard in shards:
+            finish_class(shard.spec, shard.folder, run)
+        return
+    started = time.time()
+    generator = _generator(run, store)
+    deferred = generator.generate(pending, wait=False)
+    for shard in deferred:  # held by another worker: wait for it, generate it only if that worker died
+        generator.generate([shard], wait=True)
+    log_timing(run.layout.timings, {"stage": "synthesize", "shards": len(pending),
+                                    "seconds": round(time.time() - started, 2)})
+
+
+def write_index(run_dir: Path) -> Path:
+    """The index unit: finish and link every class, then write RUN/synthetic/index.jsonl (rebuilt
+    from the class markers, never appended to, so it is the same after any interruption)."""
+    run = open_run(run_dir)
+    store = store_of(run)
+    specs = synthetic_specs(run)
+    total = run.config.synthesize.images_per_class
+    with locks.unit_lock(run.layout.lock("index"), f"the index of {run.layout.root}", run.config.runtime.wait_for_locks):
+        for spec in specs:
+            folder = store.synthetic_class(spec.fingerprint)
+            if not finish_class(spec, folder, run):
+                raise UserError(f"class {spec.cls.slug} of {run.layout.root} has images still to generate;"
+                                f" run `datadream synthesize {run.layout.root}` first")
+            link(run.layout.synthetic_class(spec.cls.slug), folder)
+        link_adapters(run, store)
+        atomic.write_text(run.layout.synthetic_index, index_text(run, specs))
+    return run.layout.synthetic_index
+
+
+def finish_class(spec: SyntheticSpec, folder: Path, run: Run) -> bool:
+    """Write the class marker once every shard is done (merging their records); True when the
+    class is complete. Two workers finishing a class at once write the same bytes."""
+    total = run.config.synthesize.images_per_class
+    marker = read_marker(folder / CLASS_MARKER)
+    if marker is not None and len((marker.get("images") or {})) == total:
+        return True
+    images: dict = {}
+    for shard in shard_ranges(run):
+        records = shard_records(folder, shard, total)
+        if records is None:
+            return False
+        images.update(records)
+    atomic.write_json(folder / CLASS_MARKER, {"class": spec.cls.name, "fingerprint": spec.fingerprint,
+                                              "images": dict(sorted(images.items()))})
+    return True
+
+
+def _prepare(shard: Shard, total: int, batch_size: int) -> list[range]:
+    """Under the shard's lock: clear a killed writer's temporaries, drop images that no longer
+    match their record (they are ours, in the store), and return the batches still to sample."""
+    names = [image_name(i, total) for i in shard.images]
+    for name in names:
+        atomic.remove_stale_temporaries(shard.folder, name)
+    marker_path = shard.folder / shard_marker(shard.images.start, total)
+    recorded = (read_marker(marker_path) or {}).get("images") or {}
+    if recorded:
+        for name, record in recorded.items():
+            path = shard.folder / name
+            try:
+                size = os.lstat(path).st_size
+            except OSError:
+                continue
+            if not isinstance(record, dict) or size != record.get("size"):
+                log.warning("synthesize: %s is damaged (size %d, recorded %s); generating it again", path, size,
+                            record.get("size") if isinstance(record, dict) else "?")
+                path.unlink()
+        marker_path.unlink(missing_ok=True)
+        (shard.folder / CLASS_MARKER).unlink(missing_ok=True)
+    return [b for b in batches(shard.images, batch_size)
+            if not all((shard.folder / image_name(i, total)).is_file() for i in b)]
 
 
 @dataclass
-class OpenClass:
-    """A class whose images are generated but maybe not all written yet."""
+class OpenShard:
+    """A shard whose images are sampled but maybe not all written yet; its lock is held."""
 
-    job: ClassJob
-    writes: list[Future]
+    shard: Shard
+    lock: locks.HeldLock
+    writes: list[Future] = field(default_factory=list)
+
+
+def _generator(run: Run, store: StoreLayout) -> "Generator":
+    cfg = run.config
+    key = stable_hash([cfg.generator.model, cfg.generator.config, cfg.runtime.device, cfg.runtime.precision,
+                       cfg.synthesize.sampler, cfg.synthesize.compile, cfg.synthesize.lora_scale])
+    generator = _GENERATORS.get(key)
+    if generator is None:
+        _GENERATORS.clear()  # one base model resident at a time
+        generator = _GENERATORS[key] = Generator(run)
+    generator.run, generator.store, generator.cfg = run, store, cfg.synthesize
+    return generator
 
 
 class Generator:
     def __init__(self, run: Run):
         runtime = run.config.runtime
         self.run = run
+        self.store: StoreLayout | None = None
         self.cfg = run.config.synthesize
         self.device = resolve_device(runtime.device)
         dtype = resolve_dtype(runtime.precision, self.device)
@@ -193,8 +210,7 @@ class Generator:
 
             self.pipeline.scheduler = DPMSolverMultistepScheduler.from_config(
                 self.pipeline.scheduler.config, algorithm_type="dpmsolver++")
-        units = {u.name: run.layout.adapter(u.name) for u in plan_units(run)}
-        self.adapters = AdapterSwapper(self.pipeline, units, self.cfg.lora_scale)
+        self.adapters = AdapterSwapper(self.pipeline, {}, self.cfg.lora_scale)
         self.compiled = not self.cfg.compile
 
     def _compile_once(self) -> None:
@@ -204,30 +220,84 @@ class Generator:
             self.pipeline.unet = compile_module(self.pipeline.unet)
             self.compiled = True
 
-    def generate(self, todo: list[tuple[ClassJob, list[range]]], remaining: int) -> None:
-        total = self.cfg.images_per_class
-        bar = progress(total=remaining, desc="synthesize", unit="img", leave=True)
+    def generate(self, shards: list[Shard], wait: bool) -> list[Shard]:
+        """Generate the shards whose locks this process gets (waiting for them if `wait`);
+        returns those held by other live workers."""
+        total, run_seed = self.cfg.images_per_class, self.run.config.runtime.seed
+        bar = progress(total=sum(len(s.images) for s in shards), desc="synthesize", unit="img", leave=True)
+        busy: list[Shard] = []
         pending: list[Future] = []
-        open_classes: list[OpenClass] = []
+        open_shards: list[OpenShard] = []
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="png-writer") as writer:
-            for job, batches in todo:
-                self.adapters.activate(job.adapter.name if job.adapter else None)
-                self._compile_once()
-                seeds = job.seeds(self.run.config.runtime.seed, total)
-                current = OpenClass(job, [])
-                open_classes.append(current)
-                for batch in batches:
-                    images = self._sample(job.cls.prompt, [seeds[i] for i in batch])
-                    for index, image in zip(batch, images):
-                        future = writer.submit(write_png, job.folder / image_name(index, total), image)
-                        pending.append(future)
-                        current.writes.append(future)
-                    bar.update(len(batch))
-                    pending = _drain(pending, keep=MAX_PENDING_WRITES)
-                    open_classes = _finish_written(open_classes, total)
-            _drain(pending, keep=0)
-            _finish_written(open_classes, total, sampling_over=True)
+            try:
+                for shard in shards:
+                    held = self._lock(shard, wait)
+                    if held is None:
+                        busy.append(shard)
+                        bar.update(len(shard.images))
+                        continue
+                    current = OpenShard(shard, held)
+                    open_shards.append(current)
+                    todo = [] if shard_records(shard.folder, shard.images, total) is not None else \
+                        _prepare(shard, total, self.cfg.batch_size)
+                    bar.update(len(shard.images) - sum(len(b) for b in todo))
+                    if todo:
+                        adapter = shard.spec.adapter
+                        if adapter is not None:
+                            self.adapters.folders[adapter.fingerprint] = self.store.adapter(adapter.fingerprint)
+                        self.adapters.activate(adapter.fingerprint if adapter else None)
+                        self._compile_once()
+                    seeds = shard.spec.seeds(run_seed, total)
+                    for batch in todo:
+                        images = self._sample(shard.spec.cls.prompt, [seeds[i] for i in batch])
+                        for index, image in zip(batch, images):
+                            future = writer.submit(write_png, shard.folder / image_name(index, total), image)
+                            pending.append(future)
+                            current.writes.append(future)
+                        bar.update(len(batch))
+                        pending = _drain(pending, keep=MAX_PENDING_WRITES)
+                        open_shards = self._finish_written(open_shards)
+                _drain(pending, keep=0)
+                open_shards = self._finish_written(open_shards, sampling_over=True)
+            finally:
+                for entry in open_shards:  # failed: nothing more is marked done; let others take over
+                    entry.lock.release()
         bar.close()
+        return busy
+
+    def _lock(self, shard: Shard, wait: bool) -> locks.HeldLock | None:
+        path = self.store.lock(shard.spec.shard_lock(shard.images.start))
+        if wait:
+            return locks.wait_lock(path, f"shard {shard.name}")
+        try:
+            return locks.try_lock(path)
+        except locks.Busy as owner:
+            if not self.run.config.runtime.wait_for_locks:
+                raise locks.busy_error(f"shard {shard.name} of the synthetic set", owner) from None
+            log.info("synthesize: shard %s is being generated by %s; generating the others first", shard.name, owner)
+            return None
+
+    def _finish_written(self, open_shards: list[OpenShard], sampling_over: bool = False) -> list[OpenShard]:
+        """Mark done every shard all of whose images are written (the one being sampled only once
+        `sampling_over`), release its lock, and complete its class if it was the last; returns the
+        shards still open. Nothing waits for a write: the GPU stays busy."""
+        total = self.cfg.images_per_class
+        still_open = []
+        for position, entry in enumerate(open_shards):
+            sampling_done = sampling_over or position < len(open_shards) - 1
+            if sampling_done and all(f.done() for f in entry.writes):
+                shard = entry.shard
+                if entry.writes or shard_records(shard.folder, shard.images, total) is None:
+                    written = dict(f.result() for f in entry.writes)
+                    names = [image_name(i, total) for i in shard.images]
+                    records = {name: written.get(name) or file_record(shard.folder / name) for name in names}
+                    # The marker's rename also makes the images' renames durable (one folder fsync).
+                    atomic.write_json(shard.folder / shard_marker(shard.images.start, total), {"images": records})
+                entry.lock.release()
+                finish_class(shard.spec, shard.folder, self.run)
+            else:
+                still_open.append(entry)
+        return still_open
 
     def _sample(self, prompt: str, seeds: list[int]):
         # One CPU generator per image: each image's starting noise depends on its seed alone, not
@@ -248,7 +318,7 @@ def write_png(path: Path, image) -> tuple[str, dict]:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     data = buffer.getvalue()
-    atomic.write_bytes(path, data, sync_directory=False)  # the class marker's write syncs the folder
+    atomic.write_bytes(path, data, sync_directory=False)  # the shard marker's write syncs the folder
     return path.name, {"size": len(data), "sha256": sha256_bytes(data)}
 
 
@@ -259,70 +329,3 @@ def _drain(pending: list[Future], keep: int) -> list[Future]:
     return pending
 
 
-def _finish_written(open_classes: list[OpenClass], total: int, sampling_over: bool = False) -> list[OpenClass]:
-    """Mark complete every class all of whose images are written (the one being sampled only once
-    `sampling_over`); returns those still open. Nothing waits for a write: the GPU stays busy."""
-    still_open = []
-    for position, entry in enumerate(open_classes):
-        sampling_done = sampling_over or position < len(open_classes) - 1
-        if sampling_done and all(f.done() for f in entry.writes):
-            finish_class(entry.job, total, dict(f.result() for f in entry.writes))
-        else:
-            still_open.append(entry)
-    return still_open
-
-
-def write_index(run: Run, jobs: list[ClassJob]) -> Path:
-    """RUN/synthetic/index.jsonl, one row per image, rebuilt from the plan and the class markers
-    (never appended to), so that it is complete and identical after any number of interruptions."""
-    atomic.write_text(run.layout.synthetic_index, index_text(run, jobs))
-    return run.layout.synthetic_index
-
-
-def index_text(run: Run, jobs: list[ClassJob]) -> str:
-    total = run.config.synthesize.images_per_class
-    rows = []
-    for job in jobs:
-        records = (read_marker(job.folder / CLASS_MARKER) or {}).get("images") or {}
-        for index, seed in enumerate(job.seeds(run.config.runtime.seed, total)):
-            name = image_name(index, total)
-            rows.append(json.dumps({
-                "file": f"{job.cls.slug}/{name}",
-                "label": job.cls.label,
-                "class_name": job.cls.name,
-                "prompt": job.cls.prompt,
-                "seed": seed,
-                "adapter": job.adapter.name if job.adapter else None,
-                "sha256": (records.get(name) or {}).get("sha256"),
-            }, ensure_ascii=False))
-    return "\n".join(rows) + "\n"
-
-
-def synthetic_fingerprint(run: Run) -> str:
-    """What the run's synthetic set is made from, from the settings alone (no file is read)."""
-    return stable_hash([job.fingerprint for job in plan_jobs(run, require_adapters=False)])
-
-
-def completed_synthetic_set(run: Run) -> tuple[list[Sample], str]:
-    """The synthetic images, each with the sha256 recorded when it was written, and a fingerprint
-    of the whole set. Taken only from the class folders inside RUN/synthetic/ whose markers vouch
-    for every image; the index must be the one synthesize wrote. Adapters are not needed."""
-    jobs = plan_jobs(run, require_adapters=False)
-    total = run.config.synthesize.images_per_class
-    redo = f"run `datadream synthesize {run.layout.root}`"
-    samples = []
-    for job in jobs:
-        marker = read_marker(job.folder / CLASS_MARKER)
-        if marker is None or marker.get("fingerprint") != job.fingerprint or not class_is_complete(job, marker, total):
-            raise UserError(f"the synthetic set of {run.layout.root} is not complete (first: {job.folder.name}); {redo} first")
-        for index in range(total):
-            name = image_name(index, total)
-            path, record = job.folder / name, marker["images"].get(name)
-            if not isinstance(record, dict) or path.is_symlink() or path.stat().st_size != record.get("size"):
-                raise UserError(f"synthetic image {path} is damaged (it differs from what synthesize recorded);"
-                                f" {redo} to generate it again")
-            samples.append(Sample(str(path), job.cls.label, SYNTHETIC, sha256=str(record.get("sha256"))))
-    index = run.layout.synthetic_index
-    if not index.is_file() or index.read_text(encoding="utf-8", errors="replace") != index_text(run, jobs):
-        raise UserError(f"{index} is missing or was changed since synthesize wrote it; {redo} to rewrite it")
-    return samples, synthetic_fingerprint(run)

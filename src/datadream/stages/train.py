@@ -24,21 +24,23 @@ import torch
 import torch.nn.functional as F
 from datadream.progress import progress
 
-from datadream import atomic
+from datadream import atomic, locks
+from datadream.artifacts import classifier_is_complete, completed_synthetic_set
 from datadream.components import clip as clip_ops
 from datadream.components.augment import TrainAugment, mix_within
 from datadream.components.losses import origin_weighted_loss
 from datadream.components.models import resolve_device, resolve_dtype
+from datadream.components.scoring import loader_workers, score
 from datadream.components.seeds import derive_seed
-from datadream.config import result_settings, stable_hash
-from datadream.data.labelled import Sample, TrainImages, real_shots, split_samples
+from datadream.data.labelled import EvalImages, TrainImages
 from datadream.data.leaks import check_synthetic_not_in_evaluation
+from datadream.data.samples import Sample, real_shots, split_samples
 from datadream.errors import UserError
-from datadream.markers import damaged_file, log_timing, read_marker, record_files
+from datadream.layout import CLASSIFIER_MARKER, LORA_FOLDER, PROMPTS
+from datadream.markers import log_timing, record_files
+from datadream.runs import Run, open_run
 from datadream.stages import checkpoint
-from datadream.stages.evaluate import CLASSIFIER_MARKER, LORA_FOLDER, PROMPTS, loader_workers, predict
-from datadream.stages.run import Run, open_run, stage_lock
-from datadream.stages.synthesize import completed_synthetic_set, synthetic_fingerprint
+from datadream.units import classifier_fingerprint, real_repeats
 
 log = logging.getLogger(__name__)
 
@@ -46,60 +48,30 @@ log = logging.getLogger(__name__)
 @dataclass
 class TrainingData:
     samples: list[Sample]
-    fingerprint: str  # everything the classifier is made from
+    fingerprint: str  # everything the classifier is made from (datadream.units.classifier_fingerprint)
 
 
-def real_repeats(run: Run) -> int:
-    """Copies of each real shot: about as many real as synthetic images per class (500 // 16 = 31)."""
-    return max(1, run.config.synthesize.images_per_class // run.manifest.shots)
-
-
-def training_data(run: Run, with_samples: bool = True) -> TrainingData:
-    """The classifier's training samples and fingerprint; `with_samples=False` computes the
-    fingerprint from the settings alone, so evaluation does not need the adapters or images."""
+def training_data(run: Run) -> TrainingData:
+    """The classifier's training samples: the synthetic set as its index and class markers vouch
+    for it (the adapters are not needed), the real shots, or both."""
     cfg = run.config.classifier
-    inputs: dict = {
-        "classifier": result_settings(cfg),
-        "seed": run.config.runtime.seed,
-        "precision": run.config.runtime.precision,
-        "fewshot": run.manifest.digest(),
-        "data": result_settings(run.config.data),
-    }
     samples: list[Sample] = []
     if cfg.train_on in ("synthetic", "synthetic+real"):
-        inputs["synthetic"] = synthetic_fingerprint(run)
-        if with_samples:
-            synthetic, _ = completed_synthetic_set(run)
-            check_synthetic_not_in_evaluation(run.config.data, synthetic)
-            samples += synthetic
+        synthetic, _ = completed_synthetic_set(run)
+        check_synthetic_not_in_evaluation(run.config.data, synthetic)
+        samples += synthetic
     if cfg.train_on in ("real", "synthetic+real"):
-        inputs["real_repeats"] = real_repeats(run)
-        if with_samples:
-            samples += real_shots(run.manifest, inputs["real_repeats"])
-    return TrainingData(samples, stable_hash(inputs))
-
-
-def classifier_is_complete(run: Run, fingerprint: str) -> bool:
-    folder = run.layout.classifier
-    marker = read_marker(folder / CLASSIFIER_MARKER)
-    if marker is None:
-        return False
-    if marker.get("fingerprint") != fingerprint:
-        raise UserError(f"{folder} was trained from other settings or data; move it away to"
-                        " retrain, or use a new run folder")
-    damaged = damaged_file(folder, marker.get("files"))
-    if damaged is not None:
-        raise UserError(f"classifier file {damaged} is damaged or missing (it differs from what {CLASSIFIER_MARKER}"
-                        f" recorded); delete {folder} and run `datadream train {run.layout.root}` to train it again")
-    return True
+        samples += real_shots(run.manifest, real_repeats(run))
+    return TrainingData(samples, classifier_fingerprint(run))
 
 
 def train(run_dir: Path) -> Path:
     run = open_run(run_dir)
-    with stage_lock(run, "train"):
-        fingerprint = training_data(run, with_samples=False).fingerprint
+    with locks.unit_lock(run.layout.lock("train"), f"the classifier of {run.layout.root}",
+                         run.config.runtime.wait_for_locks):
+        fingerprint = classifier_fingerprint(run)
         atomic.check_writable(run.layout.root)
-        atomic.remove_stale_temporaries(run.layout.root)  # a killed save of the classifier
+        atomic.remove_stale_temporaries(run.layout.root, run.layout.classifier.name)  # a killed save
         if classifier_is_complete(run, fingerprint):
             checkpoint.discard(run.layout.classifier_checkpoint)
             log.info("train: classifier already complete")
@@ -173,7 +145,7 @@ class ClassifierTrainer:
             log.info("train: resuming after epoch %d of %d", start_epoch, self.epochs)
         log.info("train: %d images (%s), %d epochs of %d steps, on %s", len(self.data.samples), cfg.train_on,
                  self.epochs, self.steps_per_epoch, self.device)
-        writer = curve_writer(layout.logs / "train", start_epoch * self.steps_per_epoch, self.run.config,
+        writer = curve_writer(layout.train_logs, start_epoch * self.steps_per_epoch, self.run.config,
                               layout.root.name)
         try:
             for epoch in range(start_epoch, self.epochs):
@@ -255,6 +227,6 @@ class ClassifierTrainer:
                 "lr": self.schedule.get_last_lr()[0]}
 
     def validate(self) -> float:
-        _, top1, _ = predict(self.model, self.tokens, self.val, self.size, self.cfg.eval_batch_size,
-                             self.workers, self.device, self.dtype, desc="validate")
+        _, top1, _ = score(self.model, self.tokens, EvalImages(self.val, self.size), self.cfg.eval_batch_size,
+                           self.workers, self.device, self.dtype, desc="validate")
         return round(100.0 * float(top1.float().mean()), 4)

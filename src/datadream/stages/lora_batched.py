@@ -25,34 +25,25 @@ from datadream.progress import progress
 from datadream.components.grouped_lora import clip_grad_norm_per_group, make_grouped
 from datadream.components.seeds import derive_seed
 from datadream.errors import UserError
-from datadream.stages.adapt import AdaptUnit, LoraTrainer, StepDraws, load_shots
+from datadream.stages.lora_training import LoraTrainer, StepDraws, load_shots
+from datadream.units import AdapterSpec
 
 log = logging.getLogger(__name__)
-
-CPU_GROUP = 16  # on a CPU the gain saturates early (compute-bound); more only costs memory
-
-
-def plan_groups(units: list[AdaptUnit], run_shots: list[int], group_size: int) -> list[list[AdaptUnit]]:
-    """Groups of at most `group_size` units with equal shot counts (equal steps per epoch)."""
-    by_count: dict[int, list[AdaptUnit]] = {}
-    for unit, shots in zip(units, run_shots):
-        by_count.setdefault(shots, []).append(unit)
-    return [same[i:i + group_size] for same in by_count.values() for i in range(0, len(same), group_size)]
 
 
 class BatchedTrainer:
     def __init__(self, trainer: LoraTrainer):
         self.t = trainer
 
-    def auto_group_size(self, units: list[AdaptUnit]) -> int:
+    def auto_group_size(self, units: list[AdapterSpec]) -> int:
         t = self.t
         if t.cfg.group_size:
             return t.cfg.group_size
         if t.device.type != "cuda":
-            return min(CPU_GROUP, len(units))
+            return len(units)
         return self._probe_group_size(units)
 
-    def _probe_group_size(self, units: list[AdaptUnit]) -> int:
+    def _probe_group_size(self, units: list[AdapterSpec]) -> int:
         """One throw-away step with one adapter measures what a class costs in GPU memory; the
         group takes what fits in 85% of the free memory."""
         t = self.t
@@ -68,18 +59,21 @@ class BatchedTrainer:
         log.info("adapt: %.2f GiB per class in a group; %d classes per group", per_class / 2**30, size)
         return size
 
-    def train_all(self, units: list[AdaptUnit]) -> None:
-        shots = [sum(len(c.images) for c in u.classes) for u in units]
-        groups = plan_groups(units, shots, self.auto_group_size(units))
+    def train_all(self, units: list[AdapterSpec], label: str = "") -> None:
+        """Train one unit's adapters (equal shot counts, datadream.units.adapter_groups) together;
+        on a GPU in pieces of what fits in its memory."""
+        size = self.auto_group_size(units)
+        groups = [units[i:i + size] for i in range(0, len(units), size)]
         for position, group in enumerate(groups, 1):
             started = time.time()
-            losses, steps_per_epoch = self._train(group, label=f"[{position}/{len(groups)}] {len(group)} classes")
+            part = f" part {position}/{len(groups)}" if len(groups) > 1 else ""
+            losses, steps_per_epoch = self._train(group, label=f"{label}{part} {len(group)} classes")
             for index, unit in enumerate(group):
                 self.t.save_unit(unit, losses[index], steps_per_epoch, started, index=index, engine="batched")
             log.info("adapt: group %d/%d (%s ... %s) done in %.1fs", position, len(groups), group[0].name,
                      group[-1].name, time.time() - started)
 
-    def _train(self, units: list[AdaptUnit], label: str = "", probe: bool = False):
+    def _train(self, units: list[AdapterSpec], label: str = "", probe: bool = False):
         """Train len(units) adapters together; returns (losses per adapter, steps per epoch)."""
         from diffusers.optimization import get_scheduler
 

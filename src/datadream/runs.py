@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import logging
-import os
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from datadream import atomic
 from datadream.config import Config, describe_differences, read_config_file
@@ -81,28 +78,3 @@ def open_run(root: Path) -> Run:
     if not layout.config.is_file():
         raise UserError(f"{layout.root} is not a datadream run (no config.yaml); create it with `datadream init CONFIG RUN`")
     return Run(layout, read_config_file(layout.config), read_manifest(layout.fewshot))
-
-
-@contextmanager
-def stage_lock(run: Run, stage: str) -> Iterator[None]:
-    """One process per stage of a run: a second one would delete the first one's temporaries.
-    The lock is the kernel's (flock), so it is released when its process dies, even by kill -9."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no locking
-        yield
-        return
-    fd = atomic.open_lock_file(run.layout.root / f".{stage}.lock")
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UserError(
-                f"another datadream process is running '{stage}' on {run.layout.root}; wait for it"
-                " to finish (or stop it) and run this command again"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield
-    finally:
-        os.close(fd)

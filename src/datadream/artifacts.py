@@ -1,0 +1,193 @@
+"""Reading finished work: the done-markers every stage writes and the next one trusts.
+
+Stages talk only through these files: `synthesize` finds an adapter by its marker in the store,
+`train` takes the synthetic set from the run's index and the class markers, `evaluate` the
+classifier from its marker. Each check verifies what the marker recorded (sizes, hashes), so a
+damaged file is never taken for complete work. Torch-free.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from datadream.data.samples import SYNTHETIC, Sample
+from datadream.errors import UserError
+from datadream.layout import (CLASS_MARKER, LORA_WEIGHTS, UNIT_MARKER, StoreLayout, image_name,
+                              shard_marker)
+from datadream.locks import is_locked
+from datadream.markers import damaged_file, read_marker
+from datadream.runs import Run
+from datadream.store import link
+from datadream.units import (AdapterSpec, SyntheticSpec, WorkUnit, adapter_specs, classifier_fingerprint,
+                             shard_ranges, store_of, synthetic_fingerprint, synthetic_specs)
+
+# --- adapters -----------------------------------------------------------------------------------
+
+
+def adapter_is_complete(run: Run, store: StoreLayout, spec: AdapterSpec) -> bool:
+    """True when the store holds the adapter and its files match its marker."""
+    folder = store.adapter(spec.fingerprint)
+    marker = read_marker(folder / UNIT_MARKER)
+    if marker is None:
+        return False
+    if marker.get("fingerprint") != spec.fingerprint:
+        raise UserError(f"{folder} is not the adapter its folder name says (its marker records another"
+                        f" fingerprint); delete it and run `datadream adapt {run.layout.root}`")
+    damaged = damaged_file(folder, marker.get("files"))
+    if damaged is not None:
+        raise UserError(f"adapter file {damaged} is damaged or missing (it differs from what {UNIT_MARKER}"
+                        f" recorded); delete {folder} and run `datadream adapt {run.layout.root}` to retrain it")
+    return True
+
+
+def link_adapters(run: Run, store: StoreLayout) -> None:
+    """RUN/adapters/<unit> -> the store's adapter, for every adapter of the run that is complete:
+    the run's view of work that may have been done by another run or machine."""
+    for spec in adapter_specs(run):
+        if adapter_is_complete(run, store, spec):
+            link(run.layout.adapter(spec.name), store.adapter(spec.fingerprint))
+
+
+# --- synthetic classes --------------------------------------------------------------------------
+
+
+def shard_records(folder: Path, shard: range, total: int) -> dict | None:
+    """The image records of a finished shard, None unless every image is there at its recorded
+    size (one stat per image: cheap enough to run before every stage)."""
+    marker = read_marker(folder / shard_marker(shard.start, total))
+    images = (marker or {}).get("images")
+    if not isinstance(images, dict):
+        return None
+    for index in shard:
+        record = images.get(image_name(index, total))
+        path = folder / image_name(index, total)
+        try:
+            if not isinstance(record, dict) or os.lstat(path).st_size != record.get("size") or path.is_symlink():
+                return None
+        except OSError:
+            return None
+    return images
+
+
+def class_is_complete(folder: Path, total: int) -> bool:
+    marker = read_marker(folder / CLASS_MARKER)
+    images = (marker or {}).get("images")
+    return isinstance(images, dict) and len(images) == total and all(
+        (folder / image_name(i, total)).is_file() for i in range(total))
+
+
+def index_text(run: Run, specs: list[SyntheticSpec]) -> str:
+    total = run.config.synthesize.images_per_class
+    store = store_of(run)
+    rows = []
+    for spec in specs:
+        records = (read_marker(store.synthetic_class(spec.fingerprint) / CLASS_MARKER) or {}).get("images") or {}
+        for index, seed in enumerate(spec.seeds(run.config.runtime.seed, total)):
+            name = image_name(index, total)
+            rows.append(json.dumps({
+                "file": f"{spec.cls.slug}/{name}",
+                "label": spec.cls.label,
+                "class_name": spec.cls.name,
+                "prompt": spec.cls.prompt,
+                "seed": seed,
+                "adapter": spec.adapter.name if spec.adapter else None,
+                "sha256": (records.get(name) or {}).get("sha256"),
+            }, ensure_ascii=False))
+    return "\n".join(rows) + "\n"
+
+
+def completed_synthetic_set(run: Run) -> tuple[list[Sample], str]:
+    """The synthetic images, each with the sha256 recorded when it was written, and a fingerprint
+    of the whole set. Taken from the store's class folders whose markers vouch for every image; the
+    run's index must be the one synthesize wrote. Adapters are not needed."""
+    specs = synthetic_specs(run)
+    store = store_of(run)
+    total = run.config.synthesize.images_per_class
+    redo = f"run `datadream synthesize {run.layout.root}`"
+    samples = []
+    for spec in specs:
+        folder = store.synthetic_class(spec.fingerprint)
+        marker = read_marker(folder / CLASS_MARKER)
+        if marker is None or marker.get("fingerprint") != spec.fingerprint or not class_is_complete(folder, total):
+            raise UserError(f"the synthetic set of {run.layout.root} is not complete (first: class {spec.cls.slug},"
+                            f" {folder}); {redo} first")
+        for index in range(total):
+            name = image_name(index, total)
+            path, record = folder / name, marker["images"].get(name)
+            if not isinstance(record, dict) or path.is_symlink() or path.stat().st_size != record.get("size"):
+                raise UserError(f"synthetic image {path} is damaged (it differs from what synthesize recorded);"
+                                f" {redo} to generate it again")
+            samples.append(Sample(str(path), spec.cls.label, SYNTHETIC, sha256=str(record.get("sha256"))))
+    index = run.layout.synthetic_index
+    if not index.is_file() or index.read_text(encoding="utf-8", errors="replace") != index_text(run, specs):
+        raise UserError(f"{index} is missing or was changed since synthesize wrote it; {redo} to rewrite it")
+    return samples, synthetic_fingerprint(run)
+
+
+# --- classifier ---------------------------------------------------------------------------------
+
+
+def read_classifier_marker(run: Run) -> dict:
+    """The trained classifier's marker, after checking its files against what it recorded."""
+    folder = run.layout.classifier
+    marker = read_marker(run.layout.classifier_marker)
+    if marker is None:
+        raise UserError(f"{run.layout.root} has no trained classifier; run `datadream train RUN` first")
+    damaged = damaged_file(folder, marker.get("files"))
+    if damaged is not None or marker.get("train_on") not in ("none", "real", "synthetic", "synthetic+real"):
+        raise UserError(f"classifier file {damaged or run.layout.classifier_marker} is damaged or missing; delete"
+                        f" {folder} and run `datadream train {run.layout.root}` to train it again")
+    return marker
+
+
+def classifier_is_complete(run: Run, fingerprint: str | None = None) -> bool:
+    fingerprint = fingerprint or classifier_fingerprint(run)
+    marker = read_marker(run.layout.classifier_marker)
+    if marker is None:
+        return False
+    if marker.get("fingerprint") != fingerprint:
+        raise UserError(f"{run.layout.classifier} was trained from other settings or data; move it away to"
+                        " retrain, or use a new run folder")
+    read_classifier_marker(run)
+    return True
+
+
+def metrics_are_current(run: Run) -> bool:
+    """Metrics exist for the run's current classifier (the test split's files are checked by
+    `evaluate` itself, which is cheap next to any GPU work)."""
+    metrics = read_marker(run.layout.metrics)
+    return bool(metrics) and metrics.get("classifier") == classifier_fingerprint(run)
+
+
+# --- unit state ---------------------------------------------------------------------------------
+
+
+def unit_state(run: Run, unit: WorkUnit) -> str:
+    store = store_of(run)
+    if unit.stage == "adapt":
+        specs = {s.name: s for s in adapter_specs(run)}
+        members = [specs[name] for name in unit.members]
+        if all(adapter_is_complete(run, store, s) for s in members):
+            return "complete"
+        return "running" if any(is_locked(store.lock(s.lock)) for s in members) else "pending"
+    if unit.stage == "synthesize":
+        slug, start = unit.members[0].rsplit("/", 1)
+        spec = next(s for s in synthetic_specs(run) if s.cls.slug == slug)
+        shard = next(r for r in shard_ranges(run) if r.start == int(start))
+        folder = store.synthetic_class(spec.fingerprint)
+        if shard_records(folder, shard, run.config.synthesize.images_per_class) is not None:
+            return "complete"
+        return "running" if is_locked(store.lock(spec.shard_lock(shard.start))) else "pending"
+    if unit.stage == "index":
+        index = run.layout.synthetic_index
+        done = index.is_file() and index.read_text(encoding="utf-8", errors="replace") == index_text(
+            run, synthetic_specs(run))
+    elif unit.stage == "train":
+        done = classifier_is_complete(run)
+    else:
+        done = metrics_are_current(run)
+    if done:
+        return "complete"
+    return "running" if is_locked(run.layout.lock(unit.stage)) else "pending"

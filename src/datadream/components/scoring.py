@@ -1,0 +1,49 @@
+"""Scoring images against class prompts with a CLIP classifier: one function for evaluation,
+validation during training and `datadream predict`, so all three score alike.
+
+`images` is any dataset of (uint8 CHW image, label) pairs (datadream.data.labelled.EvalImages)."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch.utils.data import Dataset
+
+from datadream.components import clip as clip_ops
+from datadream.components.augment import normalize
+from datadream.components.metrics import topk_correct
+from datadream.progress import progress
+
+
+def loader_workers(setting: int) -> int:
+    return min(8, os.cpu_count() or 1) if setting < 0 else setting
+
+
+@torch.no_grad()  # torch applies it around each step of a generator, so callers keep their grad mode
+def batched_logits(model, tokens: dict[str, torch.Tensor], images: Dataset, batch_size: int,
+                   workers: int, device: torch.device, dtype: torch.dtype, desc: str = "evaluate"):
+    """Yield (logits, labels) per batch: centre-cropped images against the class prompts, whose
+    features are computed once. Evaluation, validation and `datadream predict` all score here."""
+    model.eval()
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+    with autocast:
+        text = clip_ops.text_features(model, tokens)
+    loader = torch.utils.data.DataLoader(images, batch_size=batch_size, shuffle=False,
+                                         num_workers=workers, pin_memory=device.type == "cuda")
+    for pixels, labels in progress(loader, desc=desc, unit="batch", leave=False):
+        with autocast:
+            features = clip_ops.image_features(model, normalize(pixels.to(device, non_blocking=True)))
+        yield clip_ops.logits(model, features, text), labels
+
+
+def score(model, tokens: dict[str, torch.Tensor], images: Dataset, batch_size: int,
+          workers: int, device: torch.device, dtype: torch.dtype, desc: str = "evaluate"):
+    """(labels, top-1 hit, top-5 hit) per image."""
+    labels, top1, top5 = [], [], []
+    for logits, batch_labels in batched_logits(model, tokens, images, batch_size, workers, device, dtype, desc):
+        batch_labels = batch_labels.to(device)
+        labels.append(batch_labels.cpu())
+        top1.append(topk_correct(logits, batch_labels, 1).cpu())
+        top5.append(topk_correct(logits, batch_labels, 5).cpu())
+    return torch.cat(labels), torch.cat(top1), torch.cat(top5)

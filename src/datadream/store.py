@@ -1,0 +1,140 @@
+"""The content-addressed store: finished adapters and synthetic classes under their fingerprint.
+
+A run does not own its adapters and images: it links to them (RUN/adapters/<unit> and
+RUN/synthetic/<class> are symbolic links into the store). Any run, benchmark cell or machine that
+needs a unit with the same fingerprint finds it done, so trying five classifier settings on one
+synthetic set costs five classifier trainings and nothing more.
+
+`runtime.store` chooses the store (default: `datadream-store` beside the run folder; on a cluster,
+a path on the shared file system). Writers never collide: every unit is written under a temporary
+name and renamed into place while its lock (datadream.locks) is held. The store records which runs
+use it (STORE/runs/), so `datadream store gc` removes only what no run references.
+
+Torch-free.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from datadream import atomic
+from datadream.errors import UserError
+from datadream.layout import STORE_FOLDER, StoreLayout, is_safe_component
+from datadream.locks import Busy, try_lock
+
+log = logging.getLogger(__name__)
+
+
+def store_root(setting: str, run_root: Path) -> Path:
+    return Path(setting).expanduser().resolve() if setting else run_root.resolve().parent / STORE_FOLDER
+
+
+def open_store(setting: str, run_root: Path) -> StoreLayout:
+    store = StoreLayout(store_root(setting, run_root))
+    if store.root.exists() and not store.root.is_dir():
+        raise UserError(f"runtime.store: {store.root} is not a folder; point runtime.store at a folder")
+    return store
+
+
+def register_run(store: StoreLayout, run_root: Path) -> None:
+    """Record that `run_root` uses the store, so that gc keeps what it references."""
+    run_root = run_root.resolve()
+    record = store.runs / f"{hashlib.sha256(str(run_root).encode()).hexdigest()[:16]}.json"
+    if not record.is_file():
+        atomic.check_writable(store.root, "runtime.store")
+        atomic.write_json(record, {"run": str(run_root)})
+
+
+def link(path: Path, target: Path) -> None:
+    """Make `path` a symbolic link to `target` (relative when both share a parent tree, so that a
+    run and its store can be moved together). Replaces only a link: a real folder at `path` is a
+    user's data, never deleted."""
+    if path.is_symlink() and os.readlink(path) == _link_text(path, target):
+        return
+    if path.exists() and not path.is_symlink():
+        raise UserError(f"{path} is a real folder where datadream keeps a link into the store (made by an older"
+                        " datadream, or copied by hand); move it away and run the command again")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.parent / f"{atomic.TMP_PREFIX}link-{path.name}-{os.getpid()}"
+    temporary.unlink(missing_ok=True)
+    os.symlink(_link_text(path, target), temporary, target_is_directory=True)
+    os.replace(temporary, path)
+    atomic.fsync_directory(path.parent)
+
+
+def _link_text(path: Path, target: Path) -> str:
+    relative = os.path.relpath(target, path.parent)
+    # Beside the run (the default), a relative link survives moving run and store together.
+    return relative if not relative.startswith(("../../../", "..\\..\\..\\")) else str(target)
+
+
+@dataclass
+class Garbage:
+    kept: list[Path]
+    removable: list[Path]
+    busy: list[Path]
+    runs: list[Path]  # runs that use the store
+    gone_runs: list[Path]  # registered runs whose folder no longer exists
+
+
+def collect_garbage(store: StoreLayout, referenced_by, remove: bool) -> Garbage:
+    """Entries (adapters, synthetic classes, unfinished checkpoints) that no registered run
+    references. `referenced_by(run_root)` returns the store paths a run needs (its plan and its
+    links). An entry whose lock is held is being written and is left alone."""
+    runs, gone = [], []
+    needed: set[Path] = set()
+    for record in sorted(store.runs.glob("*.json")) if store.runs.is_dir() else []:
+        try:
+            run_root = Path(json.loads(record.read_text(encoding="utf-8"))["run"])
+        except (OSError, ValueError, KeyError, TypeError):
+            log.warning("store gc: %s is damaged; ignoring it", record)
+            continue
+        if (run_root / "config.yaml").is_file():
+            runs.append(run_root)
+            needed.update(p.resolve() for p in referenced_by(run_root))
+        else:
+            gone.append(run_root)
+            if remove:
+                record.unlink(missing_ok=True)
+    result = Garbage([], [], [], runs, gone)
+    for folder, kind in ((store.adapters, "adapter"), (store.synthetic, "synthetic")):
+        if not folder.is_dir():
+            continue
+        for entry in sorted(folder.iterdir()):
+            name = entry.name.removeprefix(".partial-")
+            if not is_safe_component(name) or entry.name.startswith(atomic.TMP_PREFIX):
+                continue
+            if entry.resolve() in needed or (folder / name).resolve() in needed:
+                result.kept.append(entry)
+                continue
+            try:
+                held = try_lock(store.lock(f"{kind}-{name}"))
+            except Busy:
+                result.busy.append(entry)
+                continue
+            try:
+                result.removable.append(entry)
+                if remove:
+                    _remove(entry)
+            finally:
+                held.release()
+    return result
+
+
+def _remove(entry: Path) -> None:
+    # Renamed away first, so that a reader never sees a half-deleted unit as complete.
+    bin_ = Path(tempfile.mkdtemp(prefix=f"{atomic.TMP_PREFIX}gc-", dir=entry.parent))
+    try:
+        os.replace(entry, bin_ / entry.name)
+    except OSError as err:
+        if err.errno != errno.ENOENT:
+            raise
+    shutil.rmtree(bin_, ignore_errors=True)
