@@ -49,7 +49,9 @@ def test_batched_equals_sequential(tmp_path, tiny_models, toy_data, train_text_e
     config = write_config(tmp_path / "exp.yaml", tiny_config(tiny_models, toy_data / "train", adapt=adapt_cfg))
     runs = {}
     for engine, group in (("sequential", 0), ("batched", 3)):  # 4 classes: groups of 3 and 1
-        runs[engine] = init_run(load_config(config, [f"adapt.engine={engine}", f"adapt.group_size={group}"]),
+        # A store each: a shared one would hand the second run the first run's adapters.
+        runs[engine] = init_run(load_config(config, [f"adapt.engine={engine}", f"adapt.group_size={group}",
+                                                     f"runtime.store={tmp_path / engine}-store"]),
                                 tmp_path / engine).layout.root
         adapt(runs[engine])
     for unit in ("000-circle", "001-square", "002-stripes", "003-triangle"):
@@ -93,7 +95,8 @@ def test_compiled_unet_gives_the_same_adapters_and_images(tmp_path, tiny_models,
                                                               synthesize={"images_per_class": 2}))
     runs = {}
     for name, flag in (("plain", "false"), ("compiled", "true")):
-        runs[name] = init_run(load_config(config, [f"adapt.compile={flag}", f"synthesize.compile={flag}"]),
+        runs[name] = init_run(load_config(config, [f"adapt.compile={flag}", f"synthesize.compile={flag}",
+                                                   f"runtime.store={tmp_path / name}-store"]),
                               tmp_path / name).layout.root
         adapt(runs[name])
         synthesize(runs[name])

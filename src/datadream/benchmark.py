@@ -14,8 +14,10 @@
 
 Every cell is an ordinary run folder, OUT/<dataset>/seed<k>/<method>[--<setting>], so any of them
 can be inspected, resumed or re-run alone. What can be shared is: the few-shot draw depends only
-on (dataset, seed); the runs of one generator method share one set of adapters and one synthetic
-set across settings (linked, not copied). Tables: OUT/results.md and OUT/results.csv (mean ± std
+on (dataset, seed); adapters and synthetic images live in one store, OUT/datadream-store (unless
+runtime.store names another), under their fingerprint, so the two settings of a generator method
+share one set of adapters and one synthetic set, made once. With `--runner ray` every cell's
+units are submitted as one dependency graph, so a cluster stays busy across cells. Tables: OUT/results.md and OUT/results.csv (mean ± std
 over seeds, the published numbers beside ours), and OUT/runs.csv (one row per run).
 """
 
@@ -25,7 +27,6 @@ import csv
 import io
 import json
 import logging
-import os
 import re
 import statistics
 from dataclasses import dataclass
@@ -132,6 +133,8 @@ def read_benchmark(path: Path) -> Benchmark:
 
 
 def run_benchmark(path: Path, out: Path, overrides: list[str] = ()) -> Path:
+    from datadream.layout import STORE_FOLDER, RunLayout
+    from datadream.markers import read_marker
     from datadream.pipeline import run_all
     from datadream.runs import init_run
 
@@ -142,31 +145,24 @@ def run_benchmark(path: Path, out: Path, overrides: list[str] = ()) -> Path:
     out = out.resolve()
     cells = bench.cells()
     configs = {cell: bench.config(cell, list(overrides)) for cell in cells}  # all validated up front
-    results = []
-    for position, cell in enumerate(cells, 1):
-        folder = out / cell.dataset / f"seed{cell.seed}" / cell.folder
-        log.info("benchmark [%d/%d] %s seed %d: %s", position, len(cells), cell.dataset, cell.seed, cell.row)
-        owner = _generation_owner(bench, cell)
-        if owner is not None and owner != cell:
-            init_run(configs[cell], folder)
-            _share_generation(folder, out / cell.dataset / f"seed{cell.seed}" / owner.folder)
-        summary = run_all(configs[cell], folder)
-        results.append((cell, summary.metrics, folder))
+    for config in configs.values():
+        config.runtime.store = config.runtime.store or str(out / STORE_FOLDER)  # one store for every cell
+    folders = {cell: out / cell.dataset / f"seed{cell.seed}" / cell.folder for cell in cells}
+    if any(config.runtime.runner == "ray" for config in configs.values()):
+        from datadream.report import write_report
+        from datadream.runners.ray_runner import run_ray
+
+        for cell in cells:
+            init_run(configs[cell], folders[cell])
+        run_ray([folders[c] for c in cells], address=configs[cells[0]].runtime.ray_address)
+        for cell in cells:
+            write_report(folders[cell])
+    else:
+        for position, cell in enumerate(cells, 1):
+            log.info("benchmark [%d/%d] %s seed %d: %s", position, len(cells), cell.dataset, cell.seed, cell.row)
+            run_all(configs[cell], folders[cell])
+    results = [(cell, read_marker(RunLayout(folders[cell]).metrics), folders[cell]) for cell in cells]
     return write_tables(bench, out, results)
-
-
-def _generation_owner(bench: Benchmark, cell: Cell) -> Cell | None:
-    """The run of the same generator method that makes the adapters and images of `cell`."""
-    if cell.method not in GENERATOR_METHODS:
-        return None
-    return Cell(cell.dataset, cell.seed, cell.method, bench.settings[0])
-
-
-def _share_generation(folder: Path, owner: Path) -> None:
-    for name in ("adapters", "synthetic"):
-        link = folder / name
-        if not link.exists() and not link.is_symlink():
-            os.symlink(os.path.relpath(owner / name, folder), link, target_is_directory=True)
 
 
 def published_rows() -> tuple[str, dict[str, dict[str, float]], dict]:

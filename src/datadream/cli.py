@@ -29,6 +29,9 @@ examples:
   datadream export runs/pets pets-classifier --what classifier    # also: adapters, dataset
   datadream models download --to ~/models/sd21-base   # fetch and check the default generator
   datadream plan configs/paper/datadream-class.yaml --set data.dataset=pets --gpu 24   # estimated cost
+  datadream status runs/pets                          # units complete / running / pending
+  datadream run configs/example.yaml runs/pets --runner ray   # Ray tasks on every GPU
+  datadream store gc runs/datadream-store --dry-run   # what no run uses any more
 
 Every stage resumes: run the same command again after an interruption.
 """
@@ -89,6 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--dry-run", action="store_true",
                      help="print the plan (units, skipped units, estimated cost) and exit; writes nothing")
     sub.add_argument("--gpu", help="with --dry-run: GPU to estimate for (16, 24, 40, 80 or a name)")
+    add_runner(sub)
+
+    sub = add("status", "what a run holds: units complete / running / pending per stage (from the files alone)")
+    sub.add_argument("run", type=Path)
+
+    sub = add("store", "manage the content-addressed store of adapters and synthetic images")
+    sub.add_argument("action", choices=["gc"], help="gc: remove what no run uses")
+    sub.add_argument("target", type=Path, help="a store folder, or a run folder (its store)")
+    sub.add_argument("--dry-run", action="store_true", help="list what would be removed; remove nothing")
 
     sub = add("plan", "what a run would do and cost (GPU-hours, memory, disk): estimates, no model loaded")
     sub.add_argument("config", type=Path, nargs="?", help="experiment YAML, or a run folder to count what it holds")
@@ -104,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("bench", type=Path, help="benchmark YAML (datasets, methods, settings, seeds, base)")
     sub.add_argument("out", type=Path, help="folder for the runs and results.md / results.csv")
     add_overrides(sub)
+    add_runner(sub)
 
     sub = add("datasets", "list the benchmark catalog, or check a local copy of a dataset")
     sub.add_argument("action", nargs="?", choices=["list", "check"], default="list")
@@ -131,6 +144,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("dir", type=Path, help="folder for the demo's models, images and run")
     add_use_commands(add)
     return parser
+
+
+def add_runner(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--runner", choices=["local", "ray"],
+                     help="local (this process) or ray (tasks on every GPU of a Ray cluster); sets runtime.runner")
+    sub.add_argument("--ray-address", help="Ray cluster to join (auto, ray://HOST:10001); sets runtime.ray_address")
+
+
+def runner_overrides(args: argparse.Namespace) -> list[str]:
+    extra = [f"runtime.runner={args.runner}"] if getattr(args, "runner", None) else []
+    extra += [f"runtime.ray_address={args.ray_address}"] if getattr(args, "ray_address", None) else []
+    return list(args.overrides) + extra
 
 
 def add_use_commands(add) -> None:
@@ -244,7 +269,17 @@ def run_command(args: argparse.Namespace) -> int:
         from datadream.config import load_config
         from datadream.pipeline import print_summary, run_all
 
-        print_summary(run_all(load_config(args.config, args.overrides), args.run))
+        print_summary(run_all(load_config(args.config, runner_overrides(args)), args.run))
+        return 0
+    if args.command == "status":
+        from datadream.status import status_text
+
+        print(status_text(args.run), end="")
+        return 0
+    if args.command == "store":
+        from datadream.status import gc_text
+
+        print(gc_text(args.target, args.dry_run), end="")
         return 0
     if args.command == "report":
         from datadream.report import write_report
@@ -254,7 +289,7 @@ def run_command(args: argparse.Namespace) -> int:
     if args.command == "benchmark":
         from datadream.benchmark import run_benchmark
 
-        results = run_benchmark(args.bench, args.out, args.overrides)
+        results = run_benchmark(args.bench, args.out, runner_overrides(args))
         print(results.read_text(encoding="utf-8"))
         print(f"tables: {results} and {results.with_suffix('.csv')}; one row per run: {results.parent / 'runs.csv'}")
         return 0

@@ -20,10 +20,8 @@ from pathlib import Path
 from datadream import costs
 from datadream.config import Config
 from datadream.errors import UserError
-from datadream.layout import DATASET_UNIT, LORA_WEIGHTS, UNIT_MARKER, RunLayout, image_name
+from datadream.layout import DATASET_UNIT, RunLayout, image_name
 
-CLASSIFIER_MARKER = "train.json"  # stages/evaluate.py's name; that module imports torch
-METRICS = "metrics.json"
 
 
 @dataclass
@@ -163,7 +161,7 @@ def adapt_engine(config: Config, precision: str) -> str:
 def _adapt(plan: Plan, layout: RunLayout | None) -> Stage:
     cfg, data = plan.config.adapt, plan.data
     units = adapt_units(plan.config, data)
-    done = {name for name, _ in units if layout is not None and _adapter_complete(layout, name)}
+    done = _adapters_done(layout) if layout is not None else set()
     pending = [(name, steps) for name, steps in units if name not in done]
     steps = sum(s for _, s in units)
     plan.counts.update(adapt_units=len(units), adapt_steps=steps, adapt_skipped=len(done),
@@ -202,11 +200,17 @@ def _unit_shots(plan: Plan) -> list[int]:
     return [sum(plan.data.shots)] if plan.config.adapt.mode == "dataset" else plan.data.shots
 
 
-def _adapter_complete(layout: RunLayout, name: str) -> bool:
-    # The marker is written last; the real stage also checks its fingerprint, which needs the
-    # shots' hashes and settings the plan does not recompute.
-    folder = layout.adapter(name)
-    return (folder / UNIT_MARKER).is_file() and (folder / LORA_WEIGHTS).is_file()
+def _adapters_done(layout: RunLayout) -> set[str]:
+    """The run's adapters that the store holds (made by this run, or by any run sharing the store)."""
+    if not layout.fewshot.is_file():
+        return set()
+    from datadream.artifacts import adapter_is_complete
+    from datadream.runs import open_run
+    from datadream.units import adapter_specs, store_of
+
+    run = open_run(layout.root)
+    store = store_of(run)
+    return {spec.name for spec in adapter_specs(run) if adapter_is_complete(run, store, spec)}
 
 
 def unet_evaluations(config: Config) -> int:
@@ -222,8 +226,8 @@ def _synthesize(plan: Plan, layout: RunLayout | None) -> Stage:
     total = data.classes * cfg.images_per_class
     skipped = 0
     if layout is not None and data.slugs:
-        skipped = sum(_complete_images(layout.synthetic_class(slug), cfg.images_per_class, cfg.batch_size)
-                      for slug in data.slugs)
+        skipped = sum(_complete_images(folder, cfg.images_per_class, cfg.batch_size)
+                      for folder in _synthetic_folders(layout))
     pending = total - skipped
     evals = unet_evaluations(plan.config)
     plan.counts.update(images=total, images_skipped=skipped, unet_evaluations=total * evals)
@@ -243,6 +247,16 @@ def _synthesize(plan: Plan, layout: RunLayout | None) -> Stage:
 
 def _pixels(resolution: int) -> float:
     return (resolution / 512) ** 2
+
+
+def _synthetic_folders(layout: RunLayout) -> list[Path]:
+    """Where the run's classes' images are (or will be): their folders in the store."""
+    from datadream.runs import open_run
+    from datadream.units import store_of, synthetic_specs
+
+    run = open_run(layout.root)
+    store = store_of(run)
+    return [store.synthetic_class(spec.fingerprint) for spec in synthetic_specs(run)]
 
 
 def _complete_images(folder: Path, total: int, batch: int) -> int:
@@ -280,7 +294,7 @@ def _train(plan: Plan, layout: RunLayout | None) -> Stage:
     steps = epochs * steps_per_epoch
     val_passes = epochs if data.val and n else 0
     plan.counts.update(train_samples=n, train_steps=steps, val_passes=val_passes)
-    complete = layout is not None and (layout.classifier / CLASSIFIER_MARKER).is_file()
+    complete = layout is not None and layout.classifier_marker.is_file()
     flops = 0.0
     if not complete and n:
         flops = epochs * (n * costs.value("clip_image_lora_train_flops")
@@ -303,7 +317,7 @@ def _train(plan: Plan, layout: RunLayout | None) -> Stage:
 
 def _evaluate(plan: Plan, layout: RunLayout | None) -> Stage:
     data, cfg = plan.data, plan.config.classifier
-    complete = layout is not None and (layout.classifier / METRICS).is_file()
+    complete = layout is not None and layout.metrics.is_file()
     plan.counts.update(test_passes=1)
     flops = 0.0 if complete else (data.test * costs.value("clip_image_fwd_flops")
                                   + data.classes * costs.value("clip_text_fwd_flops"))

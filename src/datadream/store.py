@@ -28,7 +28,7 @@ from pathlib import Path
 from datadream import atomic
 from datadream.errors import UserError
 from datadream.layout import STORE_FOLDER, StoreLayout, is_safe_component
-from datadream.locks import Busy, try_lock
+from datadream.locks import is_locked
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,7 @@ class Garbage:
     busy: list[Path]
     runs: list[Path]  # runs that use the store
     gone_runs: list[Path]  # registered runs whose folder no longer exists
+    bytes: int = 0  # of the removable entries
 
 
 def collect_garbage(store: StoreLayout, referenced_by, remove: bool) -> Garbage:
@@ -115,17 +116,16 @@ def collect_garbage(store: StoreLayout, referenced_by, remove: bool) -> Garbage:
             if entry.resolve() in needed or (folder / name).resolve() in needed:
                 result.kept.append(entry)
                 continue
-            try:
-                held = try_lock(store.lock(f"{kind}-{name}"))
-            except Busy:
+            # Writers take the unit's lock (an adapter's, or each shard's of a class) and register
+            # their run before they write, so an entry that is unreferenced and unlocked here is
+            # garbage; a run started during the sweep registers first and is read next time.
+            if any(is_locked(path) for path in store.locks.glob(f"{kind}-{name}*.lock")):
                 result.busy.append(entry)
                 continue
-            try:
-                result.removable.append(entry)
-                if remove:
-                    _remove(entry)
-            finally:
-                held.release()
+            result.removable.append(entry)
+            result.bytes += _size(entry)
+            if remove:
+                _remove(entry)
     return result
 
 
@@ -138,3 +138,9 @@ def _remove(entry: Path) -> None:
         if err.errno != errno.ENOENT:
             raise
     shutil.rmtree(bin_, ignore_errors=True)
+
+
+def _size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())

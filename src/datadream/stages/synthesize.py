@@ -84,7 +84,10 @@ def synthesize(run_dir: Path, shards: list[str] | None = None) -> Path | None:
     atomic.check_writable(store.synthetic, "runtime.store")
     register_run(store, run.layout.root)
     todo = plan_shards(run, store, shards)
-    adapters = {s.spec.adapter.fingerprint: s.spec.adapter for s in todo if s.spec.adapter}
+    total = run.config.synthesize.images_per_class
+    # Only shards still to sample need their adapter: a finished set is usable after adapters are deleted.
+    adapters = {s.spec.adapter.fingerprint: s.spec.adapter for s in todo
+                if s.spec.adapter and shard_records(s.folder, s.images, total) is None}
     missing = [a.name for a in adapters.values() if not adapter_is_complete(run, store, a)]
     if missing:
         raise UserError(f"{len(missing)} adapter(s) of {run.layout.root} are not trained (first: {missing[0]});"
@@ -105,11 +108,13 @@ def generate_shards(run: Run, store: StoreLayout, shards: list[Shard]) -> None:
         return
     started = time.time()
     generator = _generator(run, store)
+    generator.generated = 0
     deferred = generator.generate(pending, wait=False)
     for shard in deferred:  # held by another worker: wait for it, generate it only if that worker died
         generator.generate([shard], wait=True)
-    log_timing(run.layout.timings, {"stage": "synthesize", "shards": len(pending),
-                                    "seconds": round(time.time() - started, 2)})
+    if generator.generated:
+        log_timing(run.layout.timings, {"stage": "synthesize", "shards": generator.generated,
+                                        "seconds": round(time.time() - started, 2)})
 
 
 def write_index(run_dir: Path) -> Path:
@@ -212,6 +217,7 @@ class Generator:
                 self.pipeline.scheduler.config, algorithm_type="dpmsolver++")
         self.adapters = AdapterSwapper(self.pipeline, {}, self.cfg.lora_scale)
         self.compiled = not self.cfg.compile
+        self.generated = 0  # shards this process sampled (not those found done or left to others)
 
     def _compile_once(self) -> None:
         """After the first adapter built the LoRA layers: later swaps only copy weights, so the
@@ -242,6 +248,7 @@ class Generator:
                         _prepare(shard, total, self.cfg.batch_size)
                     bar.update(len(shard.images) - sum(len(b) for b in todo))
                     if todo:
+                        self.generated += 1
                         adapter = shard.spec.adapter
                         if adapter is not None:
                             self.adapters.folders[adapter.fingerprint] = self.store.adapter(adapter.fingerprint)

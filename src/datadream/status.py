@@ -1,0 +1,97 @@
+"""`datadream status RUN` and `datadream store gc`: what a run (or a store) holds, from the files
+alone. Torch-free: it answers at once, on a login node or while workers are busy."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from datadream.errors import UserError
+from datadream.layout import StoreLayout
+from datadream.locks import is_locked
+from datadream.runs import open_run
+from datadream.store import collect_garbage, open_store
+from datadream.units import STAGES, adapter_specs, plan_work, store_of, synthetic_specs
+
+
+def status_text(root: Path) -> str:
+    run = open_run(root)
+    from datadream import artifacts
+
+    units = plan_work(run)
+    states = {u.id: artifacts.unit_state(run, u) for u in units}
+    store = store_of(run)
+    lines = [f"run:    {run.layout.root}", f"store:  {store.root}", "",
+             f"{'stage':<11} {'units':>6} {'complete':>9} {'running':>8} {'pending':>8}"]
+    for stage in STAGES:
+        mine = [u for u in units if u.stage == stage]
+        if not mine:
+            continue
+        counts = Counter(states[u.id] for u in mine)
+        lines.append(f"{stage:<11} {len(mine):>6} {counts['complete']:>9} {counts['running']:>8} {counts['pending']:>8}")
+    running = [u for u in units if states[u.id] == "running"]
+    for unit in running[:10]:
+        owner = _owner(run, store, unit)
+        lines.append(f"  running: {unit.id}" + (f" ({owner})" if owner else ""))
+    if len(running) > 10:
+        lines.append(f"  ... and {len(running) - 10} more running")
+    pending = [u for u in units if states[u.id] != "complete"]
+    lines += ["", "complete" if not pending else
+              f"next: `datadream run CONFIG {run.layout.root}` (or a runner) does the {len(pending)} unit(s) left"]
+    return "\n".join(lines) + "\n"
+
+
+def _owner(run, store: StoreLayout, unit) -> str:
+    if unit.stage == "adapt":
+        specs = {s.name: s for s in adapter_specs(run)}
+        paths = [store.lock(specs[name].lock) for name in unit.members]
+    elif unit.stage == "synthesize":
+        slug, start = unit.members[0].rsplit("/", 1)
+        spec = next(s for s in synthetic_specs(run) if s.cls.slug == slug)
+        paths = [store.lock(spec.shard_lock(int(start)))]
+    else:
+        paths = [run.layout.lock(unit.stage)]
+    for path in paths:
+        owner = is_locked(path)
+        if owner:
+            return owner.describe()
+    return ""
+
+
+def referenced(run_root: Path) -> list[Path]:
+    """The store entries a run needs: its adapters and synthetic classes (planned or linked)."""
+    try:
+        run = open_run(run_root)
+    except UserError:
+        return []
+    store = store_of(run)
+    paths = [store.adapter(s.fingerprint) for s in adapter_specs(run)]
+    paths += [store.adapter_checkpoint(s.fingerprint) for s in adapter_specs(run)]
+    paths += [store.synthetic_class(s.fingerprint) for s in synthetic_specs(run)]
+    for folder in (run.layout.adapters, run.layout.synthetic):
+        if folder.is_dir():
+            paths += [entry.resolve() for entry in folder.iterdir() if entry.is_symlink()]
+    return paths
+
+
+def gc_text(target: Path, dry_run: bool) -> str:
+    """`target` is a store, or a run whose store is meant."""
+    target = target.resolve()
+    if (target / "config.yaml").is_file():
+        store = store_of(open_run(target))
+    else:
+        store = open_store(str(target), target)
+        if not (store.adapters.is_dir() or store.synthetic.is_dir()):
+            raise UserError(f"{target} is neither a datadream store nor a run folder")
+    garbage = collect_garbage(store, referenced, remove=not dry_run)
+    verb = "would remove" if dry_run else "removed"
+    lines = [f"store: {store.root}", f"runs using it: {len(garbage.runs)}"
+             + (f" ({len(garbage.gone_runs)} registered run folder(s) no longer exist"
+                + (", forgotten)" if not dry_run else ")") if garbage.gone_runs else "")]
+    lines += [f"  {verb}: {p.relative_to(store.root)}" for p in garbage.removable[:20]]
+    if len(garbage.removable) > 20:
+        lines.append(f"  ... and {len(garbage.removable) - 20} more")
+    lines.append(f"{verb} {len(garbage.removable)} unreferenced entr{'y' if len(garbage.removable) == 1 else 'ies'}"
+                 f" ({garbage.bytes / 2**20:.1f} MiB); kept {len(garbage.kept)} in use"
+                 + (f", {len(garbage.busy)} being written" if garbage.busy else ""))
+    return "\n".join(lines) + "\n"
