@@ -1,0 +1,418 @@
+"""Run the units of one or more runs as Ray tasks, on a local machine or a cluster.
+
+The driver plans every run, keeps the units whose files do not say "complete", and submits one
+Ray task per unit *key*: two runs that share work (benchmark cells that share adapters through
+the content-addressed store) share one task, and each run's dependents wait on that task. A
+unit's dependencies go to its task as ObjectRefs, so Ray starts it the moment they are done and
+the cluster stays busy across stages and runs (few-shot -> adapters -> synthetic shards ->
+index -> classifier -> evaluation) instead of stage by stage.
+
+Each task calls the very `execute(unit)` the local runner calls, so a run made on Ray is
+byte-identical to one made locally. `execute` is idempotent and atomic, which is what makes the
+rest simple: a retried task, a unit submitted by two drivers, or a driver that is killed and
+started again all end with the same files, and a rerun submits only what is not complete.
+
+Run folders (and the store) must be on storage that the driver and every node see under the same
+absolute path: the driver reads units' state from the files, the workers write them.
+
+`ray` is an optional dependency; it is imported only in this module, and only when called.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+
+from datadream.errors import UserError
+from datadream.progress import format_duration, interval_seconds
+
+if TYPE_CHECKING:  # units.py is torch-free, but the runner only needs the shape of a unit
+    from datadream.units import WorkUnit
+
+logger = logging.getLogger(__name__)
+
+INSTALL_HINT = "the Ray runner needs ray: pip install 'datadream[ray]'"
+
+# GPU requests are whole eighths of a GPU: finer steps would pack more units on a GPU than the
+# memory estimates are accurate for, and Ray keeps fractional requests exact in these steps.
+GPU_STEPS = 8
+DEFAULT_MAX_RETRIES = 3
+# The GPU-memory probe waits this long for a slot on every GPU node before giving up (a busy
+# shared cluster); it then falls back to one whole GPU per unit, which is always safe.
+PROBE_TIMEOUT_S = 300.0
+PROBE_GPUS = 0.01  # enough for Ray to give the probe a CUDA device, small enough to fit anywhere
+
+
+class UnitError(RuntimeError):
+    """A unit's ordinary error (a bug, a flaky disk, CUDA out of memory), raised again by its task
+    under this one type so that Ray retries exactly these.
+
+    Ray's `retry_exceptions` is an allow-list (a list of types: retried when the raised exception
+    is an instance of one), not a deny-list, so "every Exception except UserError" cannot be said
+    directly: UserError is itself an Exception. The task therefore raises UserError unchanged
+    (not retried: a user mistake fails the same way every time) and every other error as
+    UnitError, chained to the original so the worker's traceback still shows where it came from.
+    Only the message crosses back to the driver, so an error that cannot be pickled (some CUDA
+    and C-extension errors) still reports cleanly.
+    """
+
+
+@dataclass(frozen=True)
+class UnitFailure:
+    unit: str  # the unit's id in `run`
+    run: Path
+    message: str  # one line
+    user_error: bool  # a UserError: the user can fix it; anything else is a bug or the machine
+    other_runs: int = 0  # further runs that share the unit (same key) and so failed with it
+
+    def describe(self) -> str:
+        shared = f" (and {self.other_runs} other run{'s' if self.other_runs > 1 else ''})" if self.other_runs else ""
+        return f"FAILED {self.unit} in run {self.run}{shared}: {self.message}"
+
+
+@dataclass
+class RayResult:
+    submitted: int = 0  # tasks: one per key that was not complete
+    done: int = 0
+    already_complete: int = 0  # units (not keys) that planning found complete: not submitted
+    not_run: int = 0  # tasks skipped because a unit they depend on failed
+    failures: list[UnitFailure] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures and not self.not_run
+
+
+@dataclass
+class _Task:
+    """One Ray task: every not-complete unit that shares `key`, across runs."""
+
+    key: str
+    units: list[Any]  # the first one names the task in logs and failures
+    deps: set[str] = field(default_factory=set)  # keys of tasks that must finish first
+    gpu_memory: float = 0.0
+
+    @property
+    def label(self) -> str:
+        return self.units[0].id
+
+
+def import_ray() -> Any:
+    try:
+        import ray
+    except ImportError as error:
+        raise UserError(INSTALL_HINT) from error
+    return ray
+
+
+def gpu_request(gpu_memory: float, gpu_memory_bytes: float | None, cluster_gpus: float) -> float:
+    """The `num_gpus` a unit asks Ray for.
+
+    0 when the cluster has no GPU (a CPU cluster runs every unit on CPU, as the run's config
+    says); otherwise the unit's estimated peak memory as a share of one GPU's memory, rounded up
+    to eighths and capped at one whole GPU (a unit never spans GPUs). Without a known GPU size the
+    request is a whole GPU: slower packing, never an out-of-memory crash.
+    """
+    if cluster_gpus <= 0 or gpu_memory <= 0:
+        return 0.0
+    if not gpu_memory_bytes or gpu_memory_bytes <= 0:
+        return 1.0
+    steps = math.ceil(gpu_memory / gpu_memory_bytes * GPU_STEPS - 1e-9)
+    return min(GPU_STEPS, max(1, steps)) / GPU_STEPS
+
+
+def collect_tasks(runs: Sequence[Path], plan: Callable[[Path], list], state: Callable[[Any], str]
+                  ) -> tuple[list[_Task], int]:
+    """The tasks to submit, in an order where every task comes after the tasks it depends on,
+    and the number of units already complete. Plain Python (no Ray), so it is tested alone."""
+    tasks: dict[str, _Task] = {}
+    complete = 0
+    for run in runs:
+        units = plan(run)
+        key_of = {unit.id: unit.key for unit in units}
+        for unit in units:
+            # "running" is submitted too: `execute` waits for a live owner of the unit's lock
+            # and takes over a dead one's, so the unit ends complete either way.
+            if state(unit) == "complete":
+                complete += 1
+                continue
+            task = tasks.setdefault(unit.key, _Task(unit.key, []))
+            task.units.append(unit)
+            task.gpu_memory = max(task.gpu_memory, float(unit.gpu_memory))
+            for dep in unit.deps:
+                if dep not in key_of:
+                    raise ValueError(f"unit {unit.id} of {run} depends on {dep}, which the run's plan does not hold")
+                if key_of[dep] != unit.key:
+                    task.deps.add(key_of[dep])
+    for task in tasks.values():
+        task.deps &= tasks.keys()  # complete dependencies need no waiting
+    return _dependency_order(tasks), complete
+
+
+def _dependency_order(tasks: dict[str, _Task]) -> list[_Task]:
+    """Depth-first, in first-seen order: each run's plan order is kept where it can be (so the
+    logs read stage by stage), and a key shared by two runs still comes after the dependencies
+    that either run gives it."""
+    order: list[_Task] = []
+    state: dict[str, str] = {}
+    position = {key: i for i, key in enumerate(tasks)}
+
+    def visit(key: str) -> None:
+        if state.get(key) == "done":
+            return
+        if state.get(key) == "visiting":
+            raise ValueError(f"the units' dependencies form a cycle through {tasks[key].label}")
+        state[key] = "visiting"
+        for dep in sorted(tasks[key].deps, key=position.__getitem__):
+            visit(dep)
+        state[key] = "done"
+        order.append(tasks[key])
+
+    for key in tasks:
+        visit(key)
+    return order
+
+
+def _gpu_total_memory() -> int | None:
+    """In a Ray worker given a GPU: that GPU's memory in bytes, or None without CUDA."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    return int(torch.cuda.get_device_properties(0).total_memory)
+
+
+def probe_gpu_memory(ray: Any, timeout: float = PROBE_TIMEOUT_S) -> int | None:
+    """The memory of the smallest GPU in the cluster, in bytes, or None when it cannot be told.
+
+    Ray does not know a GPU's memory: a node's resources say how many GPUs it has and their model
+    (`accelerator_type:A100`), and a model name is not a size (A100 comes with 40 and 80 GB). So a
+    tiny task asks torch on every GPU node (pinned there with a hard node affinity). The smallest
+    size is used for every request, so a unit sized for it fits on any GPU of the cluster.
+    """
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [node["NodeID"] for node in ray.nodes()
+             if node.get("Alive") and node.get("Resources", {}).get("GPU", 0) > 0]
+    if not nodes:
+        return None
+    # max_calls=1: the probe's worker exits afterwards, so its CUDA context does not hold GPU
+    # memory for the rest of the run. num_cpus=0: it must not wait behind a busy node's CPUs.
+    probe = ray.remote(num_gpus=PROBE_GPUS, num_cpus=0, max_calls=1)(_gpu_total_memory)
+    refs = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote()
+            for node in nodes]
+    try:
+        sizes = ray.get(refs, timeout=timeout)
+    except ray.exceptions.GetTimeoutError:
+        for ref in refs:
+            ray.cancel(ref, force=True)
+        return None
+    except ray.exceptions.RayError:
+        return None
+    known = [size for size in sizes if size]
+    return min(known) if known else None
+
+
+_worker_logging_ready = False
+
+
+def _configure_worker_logging(level: int) -> None:
+    """A Ray worker's root logger has no handler, so the stages' INFO lines (progress of long
+    loops) would be dropped. Give the `datadream` logger one, at the driver's level; Ray sends a
+    worker's stderr to the driver, prefixed with the task's name and process."""
+    global _worker_logging_ready
+    if _worker_logging_ready:
+        return
+    _worker_logging_ready = True
+    package = logging.getLogger("datadream")
+    package.setLevel(level)
+    if not package.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        package.addHandler(handler)
+        package.propagate = False
+
+
+def _run_units(execute: Callable[[Any], None], units: tuple, log_level: int, *dependencies: Any) -> dict:
+    """The body of every task. `dependencies` are the results of the tasks this one waits for:
+    Ray resolves ObjectRefs given as arguments before it starts the task, which is all the
+    ordering there is; their values are not used."""
+    _configure_worker_logging(log_level)
+    started = time.monotonic()
+    try:
+        # Every run's unit of the key: the first does the work, the others find it complete
+        # (execute returns at once) or do what their own run still needs.
+        for unit in units:
+            execute(unit)
+    except UserError:
+        raise
+    except Exception as error:
+        message = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+        raise UnitError(message) from error
+    return {"seconds": time.monotonic() - started, "node": socket.gethostname()}
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    line = lines[0] if lines else ""
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def failure_message(error: BaseException) -> tuple[str, bool]:
+    """One line for what ray.get raised, and whether it is the user's mistake."""
+    cause = getattr(error, "cause", None)  # RayTaskError carries the task's own exception
+    if isinstance(cause, UserError):
+        return _one_line(str(cause)), True
+    if isinstance(cause, UnitError):
+        return _one_line(str(cause)), False
+    if cause is not None:
+        return f"{type(cause).__name__}: {_one_line(str(cause))}", False
+    # The worker or its node died after the last retry (WorkerCrashedError, OutOfMemoryError,
+    # NodeDiedError ...): Ray's message says which.
+    return f"{type(error).__name__}: {_one_line(str(error))}", False
+
+
+def run_ray(
+    runs: Iterable[Path],
+    address: str = "",
+    log: Callable[[str], None] | None = None,
+    *,
+    gpu_memory_bytes: float | None = None,
+    max_retries: int = DEFAULT_MAX_RETRIES,
+    keep_workers: bool = True,
+    plan: Callable[[Path], list[WorkUnit]] | None = None,
+    execute: Callable[[WorkUnit], None] | None = None,
+    state: Callable[[WorkUnit], str] | None = None,
+) -> RayResult:
+    """Do every unit of `runs` (initialised run folders) that is not complete, as Ray tasks.
+
+    address: "" starts a local Ray cluster that uses every CPU and GPU of this machine (and is
+        shut down at the end); otherwise the address of a running cluster ("auto", "ray://..").
+        When the caller has already connected (ray.is_initialized()), that connection is used.
+    log: gets one line per finished unit, progress every DATADREAM_PROGRESS_SECONDS seconds, one
+        line per failure and a summary; default: this module's logger at INFO.
+    gpu_memory_bytes: the memory of one GPU, to size each unit's fractional GPU request; default:
+        probed on the cluster's GPU nodes (smallest wins), one whole GPU per unit if it cannot be.
+    max_retries: how many times a task is run again after its worker died or it raised an
+        ordinary error; a UserError is never retried.
+    keep_workers: reuse a worker process for the next task, so models it loaded stay loaded.
+    plan, execute, state: the planning, execution and state functions; the real ones by default
+        (tests pass fakes). `execute` must be importable by the workers (pickled by reference).
+
+    Failures do not raise: each is logged as one line and returned in the result, so the caller
+    decides how to exit. The driver can be killed and run again: it plans again and submits only
+    what is not complete.
+    """
+    ray = import_ray()
+    say = log or logger.info
+    if plan is None or state is None:
+        from datadream.units import plan_work, unit_state
+
+        plan, state = plan or plan_work, state or unit_state
+    if execute is None:
+        from datadream.runners.execute import execute
+
+    folders = list(dict.fromkeys(Path(run).resolve() for run in runs))
+    tasks, complete = collect_tasks(folders, plan, state)
+    pending_units = sum(len(task.units) for task in tasks)
+    result = RayResult(submitted=len(tasks), already_complete=complete)
+    shared = pending_units - len(tasks)
+    say(f"ray: {len(tasks)} unit(s) to run over {len(folders)} run(s)"
+        + (f", {complete} already complete" if complete else "")
+        + (f", {shared} shared between runs" if shared else ""))
+    if not tasks:
+        return result
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=address or None)
+    try:
+        _submit_and_wait(ray, tasks, folders, result, say, gpu_memory_bytes, max_retries, keep_workers, execute)
+    finally:
+        if started_here:
+            ray.shutdown()
+    return result
+
+
+def _submit_and_wait(ray: Any, tasks: list[_Task], folders: list[Path], result: RayResult,
+                     say: Callable[[str], None], gpu_memory_bytes: float | None, max_retries: int,
+                     keep_workers: bool, execute: Callable[[Any], None]) -> None:
+    cluster_gpus = float(ray.cluster_resources().get("GPU", 0))
+    if cluster_gpus and gpu_memory_bytes is None and any(task.gpu_memory > 0 for task in tasks):
+        gpu_memory_bytes = probe_gpu_memory(ray)
+        say(f"ray: {cluster_gpus:g} GPU(s) of {gpu_memory_bytes / 2**30:.1f} GiB (smallest)" if gpu_memory_bytes
+            else f"ray: {cluster_gpus:g} GPU(s) of unknown memory: one whole GPU per GPU unit")
+
+    # max_calls is the number of tasks a worker process runs before it exits. Ray 2.60 makes it 1
+    # for a function whose @ray.remote asks for GPUs (RemoteFunction.__init__, "set the task
+    # non-recyclable by default", ray-project/ray#29624), so that each GPU task frees the GPU
+    # memory it held. Here GPUs are asked for per task through .options(), which leaves max_calls
+    # at its default 0 (no limit), and max_calls cannot be set in .options(); it is set here, on
+    # the function, so that the choice does not hang on that detail. No limit keeps a worker and
+    # what it loaded (the generator, CLIP) for the next unit instead of paying the load again;
+    # keep_workers=False (max_calls=1) trades that for a fresh process per unit, for code that
+    # leaks GPU memory. Ray does not count an idle worker's GPU memory against later requests.
+    remote = ray.remote(max_calls=0 if keep_workers else 1)(_run_units)
+    log_level = logging.getLogger("datadream").getEffectiveLevel()
+    multi_run = len(folders) > 1
+    refs: dict[str, Any] = {}
+    task_of: dict[Any, tuple[int, _Task]] = {}
+    for index, task in enumerate(tasks):
+        ref = remote.options(
+            num_gpus=gpu_request(task.gpu_memory, gpu_memory_bytes, cluster_gpus),
+            max_retries=max_retries,  # also covers a worker that died (killed, OOM, lost node)
+            retry_exceptions=[UnitError],  # ordinary errors only: see UnitError
+            name=task.label,  # names the task in Ray's logs and dashboard
+        ).remote(execute, tuple(task.units), log_level, *(refs[dep] for dep in sorted(task.deps)))
+        refs[task.key] = ref
+        task_of[ref] = (index, task)
+
+    total, finished = len(tasks), 0
+    broken: set[str] = set()  # keys that failed or were not run
+    started = last_progress = time.monotonic()
+    interval = max(1.0, interval_seconds())  # 0 would make the wait below spin
+    waiting = list(task_of)
+    while waiting:
+        timeout = max(0.0, last_progress + interval - time.monotonic())
+        ready, waiting = ray.wait(waiting, num_returns=1, timeout=timeout)
+        if ready and waiting:  # take every other finished task too, without waiting
+            more, waiting = ray.wait(waiting, num_returns=len(waiting), timeout=0)
+            ready += more
+        # A task is ready only after its dependencies are, so in submission order a failed
+        # dependency is always seen before the dependents that it stopped.
+        for ref in sorted(ready, key=lambda r: task_of[r][0]):
+            task = task_of[ref][1]
+            finished += 1
+            where = f" (run {task.units[0].run.name})" if multi_run else ""
+            try:
+                info = ray.get(ref)
+            except ray.exceptions.RayError as error:
+                broken.add(task.key)
+                if task.deps & broken:
+                    result.not_run += 1
+                    continue
+                message, user_error = failure_message(error)
+                runs = list(dict.fromkeys(unit.run for unit in task.units))
+                failure = UnitFailure(task.label, runs[0], message, user_error, len(runs) - 1)
+                result.failures.append(failure)
+                say(f"ray: [{finished}/{total}] {failure.describe()}")
+                continue
+            result.done += 1
+            say(f"ray: [{finished}/{total}] {task.label}{where} done in {info['seconds']:.1f}s on node {info['node']}")
+        now = time.monotonic()
+        if waiting and now - last_progress >= interval:
+            last_progress = now
+            failed = f" ({len(result.failures)} failed)" if result.failures else ""
+            say(f"ray: {finished}/{total} units finished{failed}, {format_duration(now - started)} elapsed")
+    if result.not_run:
+        say(f"ray: {result.not_run} unit(s) not run because a unit they depend on failed")
+    say(f"ray: {result.done} done, {len(result.failures)} failed, {result.not_run} not run,"
+        f" in {format_duration(time.monotonic() - started)}")
