@@ -75,12 +75,14 @@ def main() -> None:
         for name, overrides in configs(groups, precision):
             times = []
             for repeat in range(args.repeats):
-                run_dir = work / f"run-{len(rows)}-{repeat}"
-                init_run(load_config(None, common + overrides), run_dir)
+                run_dir, store = work / f"run-{len(rows)}-{repeat}", work / f"store-{len(rows)}-{repeat}"
+                # A store of its own: engines make the same adapters, so a shared one would reuse them.
+                init_run(load_config(None, common + overrides + [f"runtime.store={store}"]), run_dir)
                 started = time.perf_counter()
                 adapt(run_dir)
                 times.append(time.perf_counter() - started)
                 shutil.rmtree(run_dir)
+                shutil.rmtree(store)
             seconds = statistics.median(times)
             rows.append((name, seconds, samples / seconds, seconds / args.classes))
             print(f"{name:<40} {seconds:8.1f} s  {samples / seconds:8.1f} samples/s  {seconds / args.classes:7.2f} s/class",

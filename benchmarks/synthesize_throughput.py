@@ -107,13 +107,15 @@ def main() -> None:
         for batch in [int(b) for b in args.batch.split(",")]:
             times = []
             for repeat in range(args.repeats):
-                run = work / f"ours-{batch}-{repeat}"
-                init_run(load_config(None, common + [f"synthesize.batch_size={batch}"]), run)
-                shutil.copytree(source / "adapters", run / "adapters")
+                run, store = work / f"ours-{batch}-{repeat}", work / f"store-{batch}-{repeat}"
+                # A store of its own with the adapters only: no image of an earlier repeat is reused.
+                init_run(load_config(None, common + [f"synthesize.batch_size={batch}", f"runtime.store={store}"]), run)
+                shutil.copytree(work / "datadream-store" / "adapters", store / "adapters")
                 started = time.perf_counter()
                 synthesize(run)
                 times.append(time.perf_counter() - started)
                 shutil.rmtree(run)
+                shutil.rmtree(store)
             rows.append((f"datadream synthesize (bf16 on GPU), batch {batch}", statistics.median(times)))
         for name, sec in rows:
             print(f"{name:<60} {total / sec:6.2f} images/s", flush=True)

@@ -89,7 +89,7 @@ def test_folder_that_is_not_a_diffusers_model(tmp_path, config_file, tiny_models
 def test_synthesize_before_adapt(tmp_path, config_file):
     run = tmp_path / "run"
     assert run_cli("init", config_file, run).returncode == 0
-    assert_one_line_error(run_cli("synthesize", run), "adapter(s) missing", "datadream adapt")
+    assert_one_line_error(run_cli("synthesize", run), "are not trained", "datadream adapt")
     assert not (run / "synthetic").exists()
 
 
@@ -109,25 +109,38 @@ def test_shot_changed_after_init_is_named(tmp_path, config_file):
 
 
 def test_adapter_made_with_other_settings_is_not_reused(tmp_path, config_file):
-    """A hand-edited config must not silently reuse adapters trained under the old one."""
+    """A hand-edited config must not silently reuse adapters trained under the old one: the new
+    settings are other units, trained anew; the old adapters stay in the store, untouched."""
     run = tmp_path / "run"
     assert run_cli("init", config_file, run, "--set", "synthesize.images_per_class=1").returncode == 0
     assert run_cli("-q", "adapt", run).returncode == 0
+    store = tmp_path / "datadream-store" / "adapters"
+    before = tree_bytes(store)
     config = (run / "config.yaml").read_text().replace("rank: 4", "rank: 2")
     (run / "config.yaml").write_text(config)
-    before = tree_bytes(run / "adapters")
-    assert_one_line_error(run_cli("adapt", run), "trained with other settings")
-    assert tree_bytes(run / "adapters") == before
+    assert run_cli("-q", "adapt", run).returncode == 0
+    after = tree_bytes(store)
+    assert {k: v for k, v in after.items() if k in before} == before and len(after) == 2 * len(before)
+    from safetensors import safe_open
+
+    with safe_open(str(run / "adapters" / "000-circle" / "pytorch_lora_weights.safetensors"), "pt") as weights:
+        assert weights.get_tensor(next(k for k in weights.keys() if ".down." in k)).shape[0] == 2
 
 
-def test_second_process_on_the_same_stage_is_refused(tmp_path, config_file):
-    from datadream.runs import open_run, stage_lock
+def test_unit_held_by_another_process_is_refused_when_not_waiting(tmp_path, config_file):
+    import os
+
+    from datadream import locks
 
     run = tmp_path / "run"
-    assert run_cli("init", config_file, run).returncode == 0
-    with stage_lock(open_run(run), "adapt"):
-        assert_one_line_error(run_cli("adapt", run), "another datadream process is running 'adapt'")
-    assert not (run / "adapters").exists()
+    assert run_cli("init", config_file, run, "--set", "runtime.wait_for_locks=false",
+                   "--set", "classifier.train_on=real").returncode == 0
+    held = locks.try_lock(run / ".locks" / "train.lock")
+    try:
+        assert_one_line_error(run_cli("train", run), "the classifier of", f"pid {os.getpid()}", "wait_for_locks")
+    finally:
+        held.release()
+    assert not (run / "classifier").exists()
 
 
 def test_classifier_model_that_cannot_be_loaded_offline(tmp_path, config_file):
@@ -166,7 +179,7 @@ def test_damaged_marker_is_one_line(tmp_path, config_file):
     assert run_cli("init", config_file, run, "--set", "synthesize.images_per_class=1").returncode == 0
     assert run_cli("-q", "adapt", run).returncode == 0
     (run / "adapters" / "001-square" / "unit.json").write_text("{trunc")
-    assert_one_line_error(run_cli("adapt", run), "001-square/unit.json is damaged")
+    assert_one_line_error(run_cli("adapt", run), "unit.json is damaged")
 
 
 def test_evaluate_needs_no_adapters_or_images(tmp_path, config_file, toy_data):

@@ -49,8 +49,18 @@ def trained_run(tmp_path_factory, tiny_models) -> Path:
 
 
 def copy_run(trained_run: Path, tmp_path: Path) -> Path:
+    """The run and its store (beside it), with the run's views made anew as hard links into the
+    copied store: damaging a file of the run damages the store's, as it would for a user."""
+    from datadream.stages.synthesize import write_index
+
     run = tmp_path / "copy"
-    shutil.copytree(trained_run, run, symlinks=True)
+    shutil.copytree(trained_run.parent / "datadream-store", tmp_path / "datadream-store")
+    shutil.copytree(trained_run, run)
+    for folder in (run / "adapters", run / "synthetic"):
+        for view in folder.iterdir():
+            if view.is_dir():
+                shutil.rmtree(view)
+    write_index(run)
     return run
 
 
@@ -92,9 +102,10 @@ def test_lock_that_is_a_link_is_refused_and_its_target_untouched(tmp_path, confi
     run = new_run(tmp_path, config_file)
     target = tmp_path / "some_file"
     target.write_text("precious")
-    lock = run / ".evaluate.lock"
+    lock = run / ".locks" / "evaluate.lock"
+    lock.parent.mkdir()
     os.symlink(target, lock) if kind == "symlink" else os.link(target, lock)
-    assert_one_line_error(run_cli("evaluate", run), ".evaluate.lock", "remove it")
+    assert_one_line_error(run_cli("evaluate", run), "evaluate.lock", "remove it")
     assert target.read_text() == "precious"
 
 
@@ -122,7 +133,7 @@ def test_swapped_synthetic_image_is_refused(tmp_path, trained_run):
     data = bytearray(image.read_bytes())
     data[len(data) // 2] ^= 0xFF  # same size, other content: only the recorded hash can tell
     image.write_bytes(bytes(data))
-    assert_one_line_error(run_cli("train", run), str(image.resolve()), "differs from the sha256 recorded")
+    assert_one_line_error(run_cli("train", run), image.name, "differs from the sha256 recorded")
 
 
 def test_test_image_equal_to_a_synthetic_image_is_refused(tmp_path, trained_run):
@@ -154,7 +165,7 @@ def test_zero_byte_adapter_is_named_with_the_command_that_redoes_it(tmp_path, tr
     weights = next((run / "adapters").glob(f"*/{LORA_WEIGHTS}"))
     weights.write_bytes(b"")
     for stage in ("adapt", "synthesize"):
-        line = assert_one_line_error(run_cli(stage, run), str(weights), "damaged")
+        line = assert_one_line_error(run_cli(stage, run), LORA_WEIGHTS, "damaged")
         assert f"datadream adapt {run.resolve()}" in line
 
 
@@ -178,21 +189,20 @@ def test_classifier_without_its_weights_is_not_reported_as_trained(tmp_path, tra
 @pytest.mark.parametrize("damage", ["state.json", "state.safetensors"])
 def test_truncated_checkpoint_is_discarded_and_the_adapter_redone(tmp_path, tiny_models, toy_data, damage, caplog):
     sections = {"adapt": {"mode": "dataset", "epochs": 3, "checkpoint_every": 2}}
-    reference = init_run(load_config(write_config(tmp_path / "a.yaml", tiny_config(
-        tiny_models, toy_data / "train", **sections))), tmp_path / "a").layout.root
+    from datadream.runs import open_run
+    from datadream.units import adapter_specs
+
+    config = write_config(tmp_path / "a.yaml", tiny_config(tiny_models, toy_data / "train", **sections))
+    reference = init_run(load_config(config, [f"runtime.store={tmp_path / 'store-a'}"]), tmp_path / "a").layout.root
     adapt(reference)
-    run = init_run(load_config(write_config(tmp_path / "b.yaml", tiny_config(
-        tiny_models, toy_data / "train", **sections))), tmp_path / "b").layout.root
+    run = init_run(load_config(config, [f"runtime.store={tmp_path / 'store-b'}"]), tmp_path / "b").layout.root
     # A checkpoint as a power cut leaves it: the files exist, their content is cut short.
-    partial = run / "adapters" / ".partial-dataset"
+    fingerprint = adapter_specs(open_run(run))[0].fingerprint
+    partial = tmp_path / "store-b" / "adapters" / f".partial-{fingerprint}"
     partial.mkdir(parents=True)
     (partial / "state.json").write_text('{"fingerprint": "x", "meta": {"st')
     (partial / "state.safetensors").write_bytes(b"\x10\x00\x00")
     if damage == "state.safetensors":  # a valid meta file that points at broken tensors
-        from datadream.stages.adapt import plan_units
-        from datadream.runs import open_run
-
-        fingerprint = plan_units(open_run(run))[0].fingerprint
         (partial / "state.json").write_text(json.dumps({"fingerprint": fingerprint, "param_groups": [],
                                                         "schedule": {}, "scaler": {}, "meta": {"step": 2}}))
     adapt(run)
@@ -225,7 +235,8 @@ def test_checkpoint_cadence_does_not_change_the_adapter(tmp_path, tiny_models, t
     for every in (0, 1):
         config = tiny_config(tiny_models, toy_data / "train",
                              adapt={"mode": "dataset", "epochs": 2, "checkpoint_every": every})
-        root = init_run(load_config(write_config(tmp_path / f"c{every}.yaml", config)), tmp_path / f"c{every}").layout.root
+        root = init_run(load_config(write_config(tmp_path / f"c{every}.yaml", config),
+                                    [f"runtime.store={tmp_path / f'store{every}'}"]), tmp_path / f"c{every}").layout.root
         adapters.append(tree_bytes(adapt(root)[0]))
     assert adapters[0] == adapters[1]
 
@@ -233,14 +244,15 @@ def test_checkpoint_cadence_does_not_change_the_adapter(tmp_path, tiny_models, t
 def test_two_identical_runs_give_identical_bytes(tmp_path, config_file):
     """In two processes (safetensors' metadata order used to differ per process)."""
     trees = []
-    for name in ("one", "two"):
-        result = run_cli("run", config_file, tmp_path / name)
+    for name in ("one", "two"):  # each with its own store, beside it
+        result = run_cli("run", config_file, tmp_path / name / "run")
         assert result.returncode == 0, result.stderr
         # logs hold timings, the report names its folder, dotfiles are locks with pids
         trees.append({k: v for k, v in tree_bytes(tmp_path / name).items()
-                      if not k.startswith(("logs/", "report/", "."))})
+                      if not k.startswith(("run/logs/", "run/report/", "run/.", "datadream-store/locks/",
+                                           "datadream-store/runs/"))})
     assert trees[0].keys() == trees[1].keys()
-    assert {"adapters", "synthetic", "classifier"} <= {k.split("/")[0] for k in trees[0]}
+    assert {"adapters", "synthetic", "classifier"} <= {k.split("/")[1] for k in trees[0] if k.startswith("run/")}
     assert [k for k in trees[0] if trees[0][k] != trees[1][k]] == []
 
 

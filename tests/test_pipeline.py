@@ -29,9 +29,17 @@ STRONG = {"lr": 1e-2}
 
 
 def make_run(tmp_path: Path, models, train: Path, name="run", **sections) -> Path:
+    """TMP/<name>/run, with its own store beside it (TMP/<name>/datadream-store): two runs of one
+    test never share work, and their files compare byte for byte."""
     sections.setdefault("adapt", STRONG)
     config = write_config(tmp_path / f"{name}.yaml", tiny_config(models, train, **sections))
-    return init_run(load_config(config), tmp_path / name).layout.root
+    return init_run(load_config(config), tmp_path / name / "run").layout.root
+
+
+def store_files(run: Path, kind: str, pattern: str) -> list[Path]:
+    """Finished entries only (not a temporary folder being written)."""
+    store = run.parent / "datadream-store" / kind
+    return [p for p in store.glob(pattern) if not p.relative_to(store).parts[0].startswith(".")]
 
 
 def stock_image(models, adapter: Path | None, prompt: str, seed: int, steps: int) -> np.ndarray:
@@ -50,7 +58,7 @@ def test_class_wise_run_and_stock_diffusers_reproduces_our_images(tmp_path, tiny
     folders = adapt(run)
     assert [f.name for f in folders] == ["000-circle", "001-square", "002-stripes", "003-triangle"]
     for folder in folders:
-        assert sorted(p.name for p in folder.iterdir()) == [LORA_WEIGHTS, UNIT_MARKER]
+        assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == [LORA_WEIGHTS, UNIT_MARKER]
         marker = json.loads((folder / UNIT_MARKER).read_text())
         assert marker["steps"] == 2 * 2  # 2 epochs x ceil(3 shots / batch 2)
     from safetensors import safe_open
@@ -141,18 +149,18 @@ def start_stage(stage: str, run: Path) -> subprocess.Popen:
 
 @pytest.mark.slow
 def test_synthesize_resumes_after_kill_with_identical_files(tmp_path, tiny_models, toy_data):
-    run = make_run(tmp_path, tiny_models, toy_data / "train", name="a",
-                   synthesize={"images_per_class": 5, "steps": 25, "batch_size": 2})
+    sections = {"synthesize": {"images_per_class": 5, "steps": 25, "batch_size": 2}}
+    run = make_run(tmp_path, tiny_models, toy_data / "train", name="a", **sections)
+    twin = make_run(tmp_path, tiny_models, toy_data / "train", name="b", **sections)
     adapt(run)
-    twin = tmp_path / "b"
-    shutil.copytree(run, twin)
+    adapt(twin)
 
     synthesize(run)  # uninterrupted
     expected = tree_bytes(run / "synthetic")
 
     process = start_stage("synthesize", twin)
-    kill_when(process, lambda: len(list((twin / "synthetic").rglob("*.png"))) >= 3)
-    partial = list((twin / "synthetic").rglob("*.png"))
+    kill_when(process, lambda: len(store_files(twin, "synthetic", "*/*.png")) >= 3)
+    partial = store_files(twin, "synthetic", "*/*.png")
     assert 3 <= len(partial) < 20 and not (twin / "synthetic" / "index.jsonl").exists()
     for png in partial:  # whatever exists after kill -9 is a complete, valid image
         Image.open(png).load()
@@ -160,7 +168,7 @@ def test_synthesize_resumes_after_kill_with_identical_files(tmp_path, tiny_model
     result = run_cli("-q", "synthesize", twin)
     assert result.returncode == 0, result.stderr
     assert tree_bytes(twin / "synthetic") == expected
-    assert not [p for p in twin.rglob(".tmp-*")]
+    assert not [p for p in twin.parent.rglob(".tmp-*")]
 
 
 def adapter_contents(root: Path) -> dict:
@@ -185,16 +193,17 @@ def test_adapt_resumes_after_kill(tmp_path, tiny_models, toy_data, engine):
     """Sequential: the resumed adapters are bit-identical. Batched: a resumed run may group the
     remaining classes differently, and a different batch size rounds differently: equal within
     float tolerance."""
-    run = make_run(tmp_path, tiny_models, toy_data / "train", name="a", adapt={**STRONG, "epochs": 15, **engine})
-    twin = tmp_path / "b"
-    shutil.copytree(run, twin)
+    sections = {"adapt": {**STRONG, "epochs": 15, **engine}}
+    run = make_run(tmp_path, tiny_models, toy_data / "train", name="a", **sections)
+    twin = make_run(tmp_path, tiny_models, toy_data / "train", name="b", **sections)
     adapt(run)
     expected = adapter_contents(run)
 
     process = start_stage("adapt", twin)
-    kill_when(process, lambda: (twin / "adapters" / "000-circle" / UNIT_MARKER).exists())
-    done_first = (twin / "adapters" / "000-circle" / LORA_WEIGHTS).stat().st_mtime_ns
-    assert not (twin / "adapters" / "003-triangle").exists()
+    kill_when(process, lambda: len(store_files(twin, "adapters", f"*/{UNIT_MARKER}")) >= 1)
+    first = store_files(twin, "adapters", f"*/{UNIT_MARKER}")[0].parent / LORA_WEIGHTS
+    done_first = first.stat().st_mtime_ns
+    assert len(store_files(twin, "adapters", f"*/{UNIT_MARKER}")) < 4
 
     result = run_cli("-q", "adapt", twin)
     assert result.returncode == 0, result.stderr
@@ -211,8 +220,8 @@ def test_adapt_resumes_after_kill(tmp_path, tiny_models, toy_data, engine):
             # (lr 1e-2 here: Adam turns rounding-level gradient differences into ~1e-4 weight changes)
             same = torch.equal(tensors[key], tensor) if exact else torch.allclose(tensors[key], tensor, rtol=1e-3, atol=1e-4)
             assert same, (name, key)
-    assert (twin / "adapters" / "000-circle" / LORA_WEIGHTS).stat().st_mtime_ns == done_first
-    assert not [p for p in (twin / "adapters").iterdir() if p.name.startswith(".tmp-")]
+    assert first.stat().st_mtime_ns == done_first, "a finished adapter is not trained again"
+    assert not [p for p in twin.parent.rglob(".tmp-*")]
 
 
 def test_open_run_reads_back_what_init_wrote(tmp_path, tiny_models, toy_data):
@@ -228,15 +237,16 @@ def test_long_adapter_resumes_from_its_checkpoint(tmp_path, tiny_models, toy_dat
     checkpoint and ends with the adapter an uninterrupted run trains."""
     from safetensors.torch import load_file
 
-    run = make_run(tmp_path, tiny_models, toy_data / "train", name="a",
-                   adapt={**STRONG, "mode": "dataset", "epochs": 12, "checkpoint_every": 5})
-    twin = tmp_path / "b"
-    shutil.copytree(run, twin)
+    sections = {"adapt": {**STRONG, "mode": "dataset", "epochs": 12, "checkpoint_every": 5}}
+    run = make_run(tmp_path, tiny_models, toy_data / "train", name="a", **sections)
+    twin = make_run(tmp_path, tiny_models, toy_data / "train", name="b", **sections)
     adapt(run)
     expected = load_file(run / "adapters" / "dataset" / LORA_WEIGHTS)
     expected_marker = json.loads((run / "adapters" / "dataset" / UNIT_MARKER).read_text())
 
-    partial = twin / "adapters" / ".partial-dataset"
+    from datadream.units import adapter_specs
+
+    partial = twin.parent / "datadream-store" / "adapters" / f".partial-{adapter_specs(open_run(twin))[0].fingerprint}"
     process = start_stage("adapt", twin)
     kill_when(process, lambda: checkpoint_step(partial) >= 10)
     assert not (twin / "adapters" / "dataset").exists()

@@ -241,3 +241,64 @@ def test_missing_ray_is_a_user_error(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "ray", None)  # makes `import ray` raise ImportError
     with pytest.raises(UserError, match=r"pip install 'datadream\[ray\]'"):
         run_ray([tmp_path], plan=lambda run: [], execute=fake_execute, state=fake_state)
+
+
+# --- the real units -----------------------------------------------------------------------------
+
+def _run_files(run: Path) -> dict[str, bytes]:
+    """A run's outputs as readers see them through its links into the store (logs, locks and the
+    report, which hold timings, left out)."""
+    files = {}
+    for path in sorted(run.rglob("*")):
+        rel = path.relative_to(run).as_posix()
+        if path.is_file() and not rel.startswith(("logs/", ".locks/", "report/")):
+            files[rel] = path.read_bytes()
+    return files
+
+
+@pytest.mark.slow
+def test_ray_run_makes_the_same_files_as_the_local_runner(ray_cluster, tmp_path, tiny_models, toy_data):
+    import subprocess
+
+    from conftest import tiny_config, write_config
+    from datadream.config import load_config
+    from datadream.runs import init_run
+
+    config = write_config(tmp_path / "exp.yaml", tiny_config(
+        tiny_models, toy_data / "train", data={"test": str(toy_data / "test")},
+        synthesize={"images_per_class": 4, "shard_size": 2}))
+    ray_run = init_run(load_config(config), tmp_path / "ray" / "run").layout.root
+    result = run_ray([ray_run])
+    assert result.ok and result.done == 1 + 8 + 1 + 1 + 1  # 1 adapter group, 8 shards, index, train, evaluate
+    assert run_ray([ray_run]).submitted == 0  # a rerun finds everything done
+    # A Ray task of 1 CPU runs torch with one thread (Ray sets OMP_NUM_THREADS); CPU float
+    # reductions depend on the thread count, so the local reference uses one thread too.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    local = subprocess.run([sys.executable, "-m", "datadream", "run", str(config), str(tmp_path / "local" / "run")],
+                           capture_output=True, text=True, env=env, timeout=600)
+    assert local.returncode == 0, local.stderr
+    assert _run_files(ray_run) == _run_files(tmp_path / "local" / "run")
+
+
+@pytest.mark.slow
+def test_benchmark_cells_share_generator_units_on_ray(ray_cluster, tmp_path, tiny_models, toy_data):
+    """The two settings of a generator method need the same adapters and images: one task each."""
+    import yaml
+
+    from conftest import tiny_config
+    from datadream.benchmark import run_benchmark
+
+    base = tiny_config(tiny_models, toy_data / "train")
+    base.pop("data")
+    base["runtime"]["runner"] = "ray"
+    bench = tmp_path / "bench.yaml"
+    bench.write_text(yaml.safe_dump({
+        "datasets": {"toy": {"train": str(toy_data / "train"), "test": str(toy_data / "test"), "shots": 3}},
+        "methods": ["datadream-class"], "settings": ["synthetic", "synthetic+real"], "seeds": [0], "base": base}))
+    results = run_benchmark(bench, tmp_path / "out")
+    assert "datadream-class / synthetic+real" in results.read_text()
+    cells = [tmp_path / "out" / "toy" / "seed0" / name for name in ("datadream-class--synthetic",
+                                                                    "datadream-class--synthetic-real")]
+    for name in ("adapters/000-circle", "synthetic/002-stripes"):
+        assert (cells[0] / name).resolve() == (cells[1] / name).resolve()
+    assert len(list((tmp_path / "out" / "datadream-store" / "adapters").iterdir())) == 4

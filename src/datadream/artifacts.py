@@ -164,30 +164,39 @@ def metrics_are_current(run: Run) -> bool:
 # --- unit state ---------------------------------------------------------------------------------
 
 
-def unit_state(run: Run, unit: WorkUnit) -> str:
-    store = store_of(run)
-    if unit.stage == "adapt":
-        specs = {s.name: s for s in adapter_specs(run)}
-        members = [specs[name] for name in unit.members]
-        if all(adapter_is_complete(run, store, s) for s in members):
+class RunFacts:
+    """What deciding a unit's state needs, computed once per run (a run of 1,000 classes has
+    5,000 shards: recomputing every fingerprint per unit would take minutes)."""
+
+    def __init__(self, run: Run):
+        self.run = run
+        self.store = store_of(run)
+        self.adapters = {s.name: s for s in adapter_specs(run)}
+        self.synthetic = {s.cls.slug: s for s in synthetic_specs(run)}
+        self.shards = {r.start: r for r in shard_ranges(run)}
+
+    def state(self, unit: WorkUnit) -> str:
+        run, store = self.run, self.store
+        if unit.stage == "adapt":
+            members = [self.adapters[name] for name in unit.members]
+            if all(adapter_is_complete(run, store, s) for s in members):
+                return "complete"
+            return "running" if any(is_locked(store.lock(s.lock)) for s in members) else "pending"
+        if unit.stage == "synthesize":
+            slug, start = unit.members[0].rsplit("/", 1)
+            spec, shard = self.synthetic[slug], self.shards[int(start)]
+            folder = store.synthetic_class(spec.fingerprint)
+            if shard_records(folder, shard, run.config.synthesize.images_per_class) is not None:
+                return "complete"
+            return "running" if is_locked(store.lock(spec.shard_lock(shard.start))) else "pending"
+        if unit.stage == "index":
+            index = run.layout.synthetic_index
+            done = index.is_file() and index.read_text(encoding="utf-8", errors="replace") == index_text(
+                run, list(self.synthetic.values()))
+        elif unit.stage == "train":
+            done = classifier_is_complete(run)
+        else:
+            done = metrics_are_current(run)
+        if done:
             return "complete"
-        return "running" if any(is_locked(store.lock(s.lock)) for s in members) else "pending"
-    if unit.stage == "synthesize":
-        slug, start = unit.members[0].rsplit("/", 1)
-        spec = next(s for s in synthetic_specs(run) if s.cls.slug == slug)
-        shard = next(r for r in shard_ranges(run) if r.start == int(start))
-        folder = store.synthetic_class(spec.fingerprint)
-        if shard_records(folder, shard, run.config.synthesize.images_per_class) is not None:
-            return "complete"
-        return "running" if is_locked(store.lock(spec.shard_lock(shard.start))) else "pending"
-    if unit.stage == "index":
-        index = run.layout.synthetic_index
-        done = index.is_file() and index.read_text(encoding="utf-8", errors="replace") == index_text(
-            run, synthetic_specs(run))
-    elif unit.stage == "train":
-        done = classifier_is_complete(run)
-    else:
-        done = metrics_are_current(run)
-    if done:
-        return "complete"
-    return "running" if is_locked(run.layout.lock(unit.stage)) else "pending"
+        return "running" if is_locked(run.layout.lock(unit.stage)) else "pending"

@@ -150,11 +150,11 @@ def run_benchmark(path: Path, out: Path, overrides: list[str] = ()) -> Path:
     folders = {cell: out / cell.dataset / f"seed{cell.seed}" / cell.folder for cell in cells}
     if any(config.runtime.runner == "ray" for config in configs.values()):
         from datadream.report import write_report
-        from datadream.runners.ray_runner import run_ray
+        from datadream.runners.ray_runner import run_ray_or_fail
 
         for cell in cells:
             init_run(configs[cell], folders[cell])
-        run_ray([folders[c] for c in cells], address=configs[cells[0]].runtime.ray_address)
+        run_ray_or_fail([folders[c] for c in cells], configs[cells[0]].runtime.ray_address)
         for cell in cells:
             write_report(folders[cell])
     else:

@@ -247,7 +247,8 @@ def run_command(args: argparse.Namespace) -> int:
     if args.command == "synthesize":
         from datadream.stages.synthesize import synthesize
 
-        print(f"synthetic set: {synthesize(args.run)}")
+        index = synthesize(args.run)
+        print(f"synthetic set: {index}" if index else "synthetic set: none needed (classifier.train_on has no synthetic)")
         return 0
     if args.command == "train":
         from datadream.stages.train import train

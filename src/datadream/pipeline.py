@@ -39,9 +39,9 @@ def run_all(config: Config, root: Path) -> Summary:
         log.info("run: classifier.train_on=%s needs no synthetic images; adapt and synthesize skipped",
                  config.classifier.train_on)
     if config.runtime.runner == "ray":
-        from datadream.runners.ray_runner import run_ray
+        from datadream.runners.ray_runner import run_ray_or_fail
 
-        run_ray([root], address=config.runtime.ray_address)
+        run_ray_or_fail([root], config.runtime.ray_address)
     else:
         from datadream.runners.local import run_local
 

@@ -39,7 +39,7 @@ def write_report(root: Path) -> Path:
     thumbs = out.parent / "thumbs"
     thumbs.mkdir(parents=True, exist_ok=True)
     metrics = _read_json(layout.metrics)
-    trained = _read_json(layout.classifier / "train.json")
+    trained = _read_json(layout.classifier_marker)
     index = _read_index(layout.synthetic_index)
     parts = [
         f"<h1>datadream run <code>{_e(layout.root.name)}</code></h1>",

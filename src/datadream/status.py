@@ -19,7 +19,8 @@ def status_text(root: Path) -> str:
     from datadream import artifacts
 
     units = plan_work(run)
-    states = {u.id: artifacts.unit_state(run, u) for u in units}
+    facts = artifacts.RunFacts(run)
+    states = {u.id: facts.state(u) for u in units}
     store = store_of(run)
     lines = [f"run:    {run.layout.root}", f"store:  {store.root}", "",
              f"{'stage':<11} {'units':>6} {'complete':>9} {'running':>8} {'pending':>8}"]

@@ -1,7 +1,8 @@
 """The content-addressed store: finished adapters and synthetic classes under their fingerprint.
 
-A run does not own its adapters and images: it links to them (RUN/adapters/<unit> and
-RUN/synthetic/<class> are symbolic links into the store). Any run, benchmark cell or machine that
+A run does not own its adapters and images: it shows them (RUN/adapters/<unit> and
+RUN/synthetic/<class> are folders of hard links to the store's files, or symbolic links to the
+entries where the store is on another file system). Any run, benchmark cell or machine that
 needs a unit with the same fingerprint finds it done, so trying five classifier settings on one
 synthetic set costs five classifier trainings and nothing more.
 
@@ -53,21 +54,66 @@ def register_run(store: StoreLayout, run_root: Path) -> None:
         atomic.write_json(record, {"run": str(run_root)})
 
 
+VIEW_MARKER = ".datadream-view"  # names a folder of the run as our view of a store entry
+
+
 def link(path: Path, target: Path) -> None:
-    """Make `path` a symbolic link to `target` (relative when both share a parent tree, so that a
-    run and its store can be moved together). Replaces only a link: a real folder at `path` is a
-    user's data, never deleted."""
-    if path.is_symlink() and os.readlink(path) == _link_text(path, target):
+    """Make `path` (a folder of the run) show the store entry `target`: a folder of hard links to
+    its files, so that the run reads as plain files (an image folder for any loader, `rglob`
+    included) at no extra disk. Where hard links cannot be made (the store on another file
+    system), a symbolic link to the entry instead. A view is refreshed when the entry changed
+    (an image generated again); a real folder that is not our view is a user's data, never
+    replaced."""
+    hardlinks = _can_hardlink(path, target)
+    if path.is_symlink():
+        if not hardlinks and os.readlink(path) == _link_text(path, target):
+            return
+    elif path.exists():
+        if not (path / VIEW_MARKER).is_file():
+            raise UserError(f"{path} is a folder datadream did not make (made by an older datadream, or copied by"
+                            " hand) where the run shows a unit of the store; move it away and run the command again")
+        if _view_is_current(path, target):
+            return
+    if not hardlinks:
+        if path.exists() and not path.is_symlink():
+            shutil.rmtree(path)  # our view (checked above): the store keeps the files
+        temporary = path.parent / f"{atomic.TMP_PREFIX}link-{path.name}-{os.getpid()}"
+        temporary.unlink(missing_ok=True)
+        os.symlink(_link_text(path, target), temporary, target_is_directory=True)
+        os.replace(temporary, path)
+        atomic.fsync_directory(path.parent)
         return
-    if path.exists() and not path.is_symlink():
-        raise UserError(f"{path} is a real folder where datadream keeps a link into the store (made by an older"
-                        " datadream, or copied by hand); move it away and run the command again")
+    try:
+        with atomic.staged_directory(path) as staging:
+            for entry in target.iterdir():
+                if entry.is_file() and not entry.is_symlink() and not entry.name.startswith(atomic.TMP_PREFIX):
+                    os.link(entry, staging / entry.name)
+            # Relative, like a symbolic link: identical runs hold identical bytes.
+            (staging / VIEW_MARKER).write_text(f"{os.path.relpath(target, path.parent)}\n", encoding="utf-8")
+    except OSError:
+        # Two workers refreshing one view at once: the second rename finds the first's view.
+        if not (path.is_dir() and _view_is_current(path, target)):
+            raise
+
+
+def _view_is_current(view: Path, target: Path) -> bool:
+    """Every file of the entry is in the view as the same inode, and nothing else is."""
+    wanted = {e.name: e.stat() for e in target.iterdir()
+              if e.is_file() and not e.is_symlink() and not e.name.startswith(atomic.TMP_PREFIX)}
+    present = {e.name for e in view.iterdir()} - {VIEW_MARKER}
+    if present != set(wanted):
+        return False
+    for name, info in wanted.items():
+        mine = (view / name).stat()
+        if (mine.st_ino, mine.st_dev) != (info.st_ino, info.st_dev):
+            return False
+    return True
+
+
+def _can_hardlink(path: Path, target: Path) -> bool:
+    """Whether the run's folder and the store entry are on one file system (hard links work)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.parent / f"{atomic.TMP_PREFIX}link-{path.name}-{os.getpid()}"
-    temporary.unlink(missing_ok=True)
-    os.symlink(_link_text(path, target), temporary, target_is_directory=True)
-    os.replace(temporary, path)
-    atomic.fsync_directory(path.parent)
+    return os.stat(path.parent).st_dev == os.stat(target).st_dev
 
 
 def _link_text(path: Path, target: Path) -> str:

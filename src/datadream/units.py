@@ -240,9 +240,18 @@ def _has_test_split(run: Run) -> bool:
         return True
 
 
-def unit_state(unit: WorkUnit, run: Run | None = None) -> str:
-    """"complete", "running" (its lock is held) or "pending", from the files alone."""
+def unit_state(unit: WorkUnit) -> str:
+    """"complete", "running" (its lock is held) or "pending", from the files alone. What the
+    decision needs is computed once per run and kept while the run's files are unchanged."""
     from datadream import artifacts
+    from datadream.layout import RunLayout
 
-    run = run or open_run(unit.run)
-    return artifacts.unit_state(run, unit)
+    layout = RunLayout(unit.run)
+    stamp = tuple(p.stat().st_mtime_ns for p in (layout.config, layout.fewshot))
+    cached = _FACTS.get(unit.run)
+    if cached is None or cached[0] != stamp:
+        cached = _FACTS[unit.run] = (stamp, artifacts.RunFacts(open_run(unit.run)))
+    return cached[1].state(unit)
+
+
+_FACTS: dict[Path, tuple] = {}

@@ -342,6 +342,16 @@ def run_ray(
     return result
 
 
+def run_ray_or_fail(runs: Iterable[Path], address: str = "") -> RayResult:
+    """run_ray for the CLI: failures (already logged one line each) end in one UserError."""
+    result = run_ray(runs, address)
+    if not result.ok:
+        first = result.failures[0].describe() if result.failures else "a unit's dependency failed"
+        raise UserError(f"{len(result.failures)} unit(s) failed and {result.not_run} were not run (first: {first});"
+                        " fix the cause and run the same command again: finished units are kept")
+    return result
+
+
 def _submit_and_wait(ray: Any, tasks: list[_Task], folders: list[Path], result: RayResult,
                      say: Callable[[str], None], gpu_memory_bytes: float | None, max_retries: int,
                      keep_workers: bool, execute: Callable[[Any], None]) -> None:

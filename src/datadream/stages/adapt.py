@@ -50,6 +50,7 @@ def adapt(run_dir: Path, groups: list[tuple[str, ...]] | None = None) -> list[Pa
                  run.config.classifier.train_on)
         return []
     atomic.check_writable(store.adapters, "runtime.store")
+    atomic.check_writable(run.layout.adapters)  # where the run shows them: fail now, not after training
     register_run(store, run.layout.root)
     planned = adapter_groups(run, specs)
     if groups is not None:

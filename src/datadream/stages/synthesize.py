@@ -82,6 +82,7 @@ def synthesize(run_dir: Path, shards: list[str] | None = None) -> Path | None:
         log.info("synthesize: classifier.train_on=%s needs no synthetic images", run.config.classifier.train_on)
         return None
     atomic.check_writable(store.synthetic, "runtime.store")
+    atomic.check_writable(run.layout.synthetic)
     register_run(store, run.layout.root)
     todo = plan_shards(run, store, shards)
     total = run.config.synthesize.images_per_class
@@ -190,8 +191,11 @@ class OpenShard:
 
 def _generator(run: Run, store: StoreLayout) -> "Generator":
     cfg = run.config
+    # Everything the loaded pipeline holds: the model, its sampler, and the shape of the LoRA
+    # layers the first adapter built (none for the un-adapted generator).
     key = stable_hash([cfg.generator.model, cfg.generator.config, cfg.runtime.device, cfg.runtime.precision,
-                       cfg.synthesize.sampler, cfg.synthesize.compile, cfg.synthesize.lora_scale])
+                       cfg.synthesize.sampler, cfg.synthesize.compile, cfg.synthesize.lora_scale,
+                       cfg.adapt.mode == "none", cfg.adapt.rank, cfg.adapt.alpha, cfg.adapt.train_text_encoder])
     generator = _GENERATORS.get(key)
     if generator is None:
         _GENERATORS.clear()  # one base model resident at a time
