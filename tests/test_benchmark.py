@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -66,9 +67,12 @@ def test_benchmark_over_every_source_format(tmp_path, tiny_models):
     text = results.read_text()
     assert "| ours | datadream-class / synthetic+real |" in text and "±" in text
 
-    # Adapters and images are made once per (dataset, seed) and shared across settings.
-    shared = out / "coop" / "seed0" / "datadream-class--synthetic-real"
-    assert (shared / "adapters").is_symlink() and (shared / "synthetic").is_symlink()
+    # Adapters and images are made once per (dataset, seed), in the benchmark's store, and shared
+    # across settings: the two cells show the very same files.
+    cells = [out / "coop" / "seed0" / name for name in ("datadream-class--synthetic", "datadream-class--synthetic-real")]
+    for name in ("adapters/000-circle/pytorch_lora_weights.safetensors", "synthetic/001-square/00000.png"):
+        assert os.path.samefile(cells[0] / name, cells[1] / name)
+    assert (out / "datadream-store" / "adapters").is_dir()
     # The few-shot draw depends only on (dataset, seed).
     manifests = {p.parent.name: json.loads(p.read_text())["classes"] for p in (out / "coop" / "seed0").glob("*/fewshot.json")}
     assert len({json.dumps(m) for m in manifests.values()}) == 1

@@ -24,7 +24,9 @@ def test_demo_runs_end_to_end_and_says_its_models_are_random(tmp_path):
     assert len(list((run / "synthetic").rglob("*.png"))) == 4 * 8
     assert len((run / "synthetic" / "index.jsonl").read_text().splitlines()) == 4 * 8
     again = run_cli("demo", tmp_path / "demo")  # idempotent: everything is already complete
-    assert again.returncode == 0 and "0 of 32 image(s) to generate" in again.stderr
+    assert again.returncode == 0 and "0 of 4 shard(s) to generate" in again.stderr
+    for stage in ("adapt", "synthesize", "index", "train", "evaluate", "run"):  # what a batch budget is planned from
+        assert f"{stage}: wall time" in result.stderr
 
 
 def test_tiny_models_command_writes_standard_folders(tmp_path):

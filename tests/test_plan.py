@@ -129,13 +129,21 @@ def test_dry_run_writes_nothing(tmp_path, config_file, capsys):
 def test_plan_of_a_partial_run_counts_skipped_units(tmp_path, config_file, capsys):
     run = tmp_path / "run"
     assert main(["init", str(config_file), str(run)]) == 0
+    from datadream.markers import record_files
+    from datadream.runs import open_run
+    from datadream.units import adapter_specs, synthetic_specs
+
     slugs = [c["slug"] for c in json.loads((run / "fewshot.json").read_text())["classes"]]
-    for slug in slugs[:2]:  # two finished adapters
-        (run / "adapters" / slug).mkdir(parents=True)
-        (run / "adapters" / slug / "unit.json").write_text("{}")
-        (run / "adapters" / slug / "pytorch_lora_weights.safetensors").write_bytes(b"x")
-    (run / "adapters" / slugs[2]).mkdir()  # a folder without its marker is not complete
-    images = run / "synthetic" / slugs[0]
+    store = tmp_path / "datadream-store"
+    specs = adapter_specs(open_run(run))
+    for spec in specs[:2]:  # two finished adapters, in the store
+        folder = store / "adapters" / spec.fingerprint
+        folder.mkdir(parents=True)
+        (folder / "pytorch_lora_weights.safetensors").write_bytes(b"x")
+        (folder / "unit.json").write_text(json.dumps({"fingerprint": spec.fingerprint, "files": record_files(
+            folder, ["pytorch_lora_weights.safetensors"])}))
+    (store / "adapters" / specs[2].fingerprint).mkdir()  # a folder without its marker is not complete
+    images = store / "synthetic" / synthetic_specs(open_run(run))[0].fingerprint
     images.mkdir(parents=True)
     for index in range(15):  # batch 0 (0-9) complete, batch 1 (10-19) not: 10 images skipped
         (images / f"{index:05d}.png").write_bytes(b"png")
@@ -174,11 +182,3 @@ def test_catalog_counts_stand_in_for_data_not_downloaded_yet(tmp_path):
     assert plan.data.classes == 37 and "not readable yet" in plan.data.source
 
 
-def test_run_all_logs_each_stage_wall_time(caplog):
-    import logging
-
-    from datadream.pipeline import _timed
-
-    with caplog.at_level(logging.INFO, logger="datadream.pipeline"):
-        assert _timed("adapt", lambda root: "done", Path(".")) == "done"
-    assert "adapt: wall time" in caplog.text

@@ -170,9 +170,8 @@ def test_second_run_with_another_classifier_setting_does_no_generator_work(tmp_p
     after = {p: p.stat().st_mtime_ns for p in store.rglob("*") if p.is_file() and "locks" not in p.parts
              and "runs" not in p.relative_to(store).parts}
     assert all(before[p] == t for p, t in after.items()), "the store's adapters and images were rewritten"
-    for name in ("adapters/000-circle", "synthetic/003-triangle"):
-        assert (second.run / name).resolve() == (first.run / name).resolve()
-        assert (second.run / name).resolve().parent.parent == store
+    for name in ("adapters/000-circle/pytorch_lora_weights.safetensors", "synthetic/003-triangle/00002.png"):
+        assert os.path.samefile(second.run / name, first.run / name)  # both show the store's file
     assert second.metrics is not None and (second.run / "synthetic" / "index.jsonl").read_bytes() == \
         (first.run / "synthetic" / "index.jsonl").read_bytes()
 

@@ -1,7 +1,9 @@
 """One lock per unit of work, safe across processes and machines that share a file system.
 
 The lock is the kernel's (`flock`): it is released when its process dies, even by `kill -9`, and
-on NFS v4, Lustre (mounted with `flock`), GPFS and BeeGFS it holds across machines. Inside the
+on NFS (Linux clients map it to NFS byte-range locks) and Lustre mounted with `flock` it holds
+across machines; BeeGFS only with `tuneUseGlobalFileLocks`, and other shared file systems should
+be checked (docs/scaling.md has a two-machine test). Inside the
 lock file the holder writes who it is (host, pid, the process's start time) and keeps the file's
 time fresh (a heartbeat), which gives two things the kernel lock alone does not:
 - a clear line naming the owner when a unit is busy ("held by gpu-07 pid 4242 since 12:03");
@@ -172,7 +174,7 @@ def wait_lock(path: Path, what: str, poll: float = 0.5) -> HeldLock:
                 log.info("%s: waiting for %s, which is working on it", what, busy)
                 last_log = now
             time.sleep(poll)
-            poll = min(poll * 1.5, 5.0)
+            poll = min(poll * 1.5, 2.0)
 
 
 def busy_error(what: str, busy: Busy) -> UserError:

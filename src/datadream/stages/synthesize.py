@@ -81,9 +81,6 @@ def synthesize(run_dir: Path, shards: list[str] | None = None) -> Path | None:
     if not synthetic_specs(run):
         log.info("synthesize: classifier.train_on=%s needs no synthetic images", run.config.classifier.train_on)
         return None
-    atomic.check_writable(store.synthetic, "runtime.store")
-    atomic.check_writable(run.layout.synthetic)
-    register_run(store, run.layout.root)
     todo = plan_shards(run, store, shards)
     total = run.config.synthesize.images_per_class
     # Only shards still to sample need their adapter: a finished set is usable after adapters are deleted.
@@ -93,6 +90,9 @@ def synthesize(run_dir: Path, shards: list[str] | None = None) -> Path | None:
     if missing:
         raise UserError(f"{len(missing)} adapter(s) of {run.layout.root} are not trained (first: {missing[0]});"
                         f" run `datadream adapt {run.layout.root}` first")
+    atomic.check_writable(store.synthetic, "runtime.store")
+    atomic.check_writable(run.layout.synthetic)
+    register_run(store, run.layout.root)
     generate_shards(run, store, todo)
     return write_index(run.layout.root) if shards is None else None
 
