@@ -119,7 +119,8 @@ def test_bf16_paths_run_on_the_cpu(tmp_path, tiny_models, toy_data):
         tiny_models, toy_data / "train", data={"test": str(toy_data / "test")},
         runtime={"device": "cpu", "precision": "bf16"}, classifier={"epochs": 1}))
     for engine in ("batched", "sequential"):
-        summary = run_all(load_config(config, [f"adapt.engine={engine}"]), tmp_path / engine)
+        summary = run_all(load_config(config, [f"adapt.engine={engine}", f"runtime.store={tmp_path / engine}-store"]),
+                          tmp_path / engine)
         assert summary.metrics["n"] == 12
         weights = load_file(summary.run / "adapters" / "001-square" / LORA_WEIGHTS)
         assert all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in weights.values())

@@ -103,7 +103,7 @@ def _train_locked(run: Run, store: StoreLayout, group: list[AdapterSpec], label:
 
 def _train(run: Run, store: StoreLayout, specs: list[AdapterSpec], label: str) -> None:
     trainer = _trainer(run, store)
-    if len(specs) > 1 and choose_engine(run.config.adapt, trainer.dtype) == "batched":
+    if choose_engine(run.config.adapt, trainer.dtype) == "batched":
         from datadream.stages.lora_batched import BatchedTrainer
 
         BatchedTrainer(trainer).train_all(specs, label)
