@@ -217,6 +217,11 @@ def _configure_logging(quiet: bool, verbose: bool = False) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
+    if args.command not in ("adapt", "train") and os.environ.get("WORLD_SIZE", "1").strip() not in ("", "0", "1"):
+        # torchrun / accelerate launch: the other stages would all run on the first GPU (docs/ddp.md)
+        raise UserError(f"`datadream {args.command}` is not run by a launcher of several processes (torchrun,"
+                        " accelerate launch): only `datadream train` and `datadream adapt` are (docs/ddp.md);"
+                        " start this command as one process")
     if args.command in ("predict", "export"):
         return use_command(args)
     if args.command == "config":

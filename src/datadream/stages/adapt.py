@@ -12,6 +12,12 @@ run before an interruption, by another run, or by another machine) is reused, ne
 Each adapter is trained while holding its lock: workers on one run, or on runs sharing a store,
 split the adapters between them; one that finds an adapter locked by a live process trains the
 others first, then waits for it.
+
+Under a launcher (`torchrun --standalone --nproc-per-node 8 -m datadream adapt RUN`, docs/ddp.md):
+- adapt.mode=dataset: the one adapter is trained data-parallel by all the processes (rank 0 holds
+  its lock and saves it); the result equals one process's within float rounding.
+- adapt.mode=class: not data-parallel (many small adapters): each process takes its own GPU and
+  whole adapter groups by the locks, exactly as N separate `datadream adapt` processes would.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import torch
 
 from datadream import atomic, locks
 from datadream.artifacts import adapter_is_complete, link_adapters
+from datadream.components import distributed
 from datadream.config import AdaptConfig, stable_hash
 from datadream.layout import StoreLayout
 from datadream.runs import Run, open_run
@@ -56,7 +63,10 @@ def adapt(run_dir: Path, groups: list[tuple[str, ...]] | None = None) -> list[Pa
     if groups is not None:
         wanted = {tuple(g) for g in groups}
         planned = [g for g in planned if tuple(s.name for s in g) in wanted]
-    train_groups(run, store, planned)
+    if run.config.adapt.mode == "dataset" and distributed.launched():
+        train_data_parallel(run, store, planned)
+    else:
+        train_groups(run, store, planned)
     link_adapters(run, store)
     return [run.layout.adapter(s.name) for s in specs]
 
@@ -73,6 +83,26 @@ def train_groups(run: Run, store: StoreLayout, groups: list[list[AdapterSpec]]) 
             deferred += _train_locked(run, store, group, f"[{position}/{len(todo)}]", wait=False)
     for spec in deferred:  # held by another worker: wait for it, train it only if that worker died
         _train_locked(run, store, [spec], spec.name, wait=True)
+
+
+def train_data_parallel(run: Run, store: StoreLayout, groups: list[list[AdapterSpec]]) -> None:
+    """Dataset-wise adapters, each trained by all the processes of a launch together: rank 0
+    takes the adapter's lock (waiting for it, or refusing, as runtime.wait_for_locks says) and
+    decides whether it must be trained; the others follow its decision."""
+    group = distributed.start(run.config.runtime.device)
+    for spec in (s for g in groups for s in g):
+        if not group.is_main:
+            if group.follow():
+                _trainer(run, store).train_and_save(spec, label=spec.name, group=group)
+            continue
+        with group.leading() as lead, locks.unit_lock(store.lock(spec.lock), f"adapter {spec.name}",
+                                                      run.config.runtime.wait_for_locks):
+            if adapter_is_complete(run, store, spec):
+                checkpoint.discard(store.adapter_checkpoint(spec.fingerprint))
+                continue
+            atomic.remove_stale_temporaries(store.adapters, spec.fingerprint)
+            lead.go()
+            _trainer(run, store).train_and_save(spec, label=spec.name, group=group)
 
 
 def _train_locked(run: Run, store: StoreLayout, group: list[AdapterSpec], label: str, wait: bool) -> list[AdapterSpec]:

@@ -41,6 +41,15 @@ class TrainingState:
 def save(folder: Path, fingerprint: str, live: TrainingState, meta: dict[str, Any],
          tensors: dict[str, torch.Tensor] | None = None) -> None:
     """Write `live` plus the caller's own `meta` (JSON) and `tensors` in one atomic step."""
+    stored, state = snapshot(fingerprint, live, meta, tensors)
+    with atomic.staged_directory(folder) as staging:
+        save_file(stored, staging / TENSORS)
+        atomic.write_json(staging / META, state)
+
+
+def snapshot(fingerprint: str, live: TrainingState, meta: dict[str, Any],
+             tensors: dict[str, torch.Tensor] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """What `save` writes, in memory: (tensors, JSON state)."""
     stored = {f"param.{i}": p.detach().float().cpu().contiguous() for i, p in enumerate(live.params)}
     optimizer = live.optimizer.state_dict()
     for index, moments in optimizer["state"].items():
@@ -57,9 +66,7 @@ def save(folder: Path, fingerprint: str, live: TrainingState, meta: dict[str, An
         "scaler": live.scaler.state_dict(),
         "meta": meta,
     }
-    with atomic.staged_directory(folder) as staging:
-        save_file(stored, staging / TENSORS)
-        atomic.write_json(staging / META, state)
+    return stored, state
 
 
 def restore(folder: Path, fingerprint: str, live: TrainingState
@@ -87,9 +94,13 @@ def restore(folder: Path, fingerprint: str, live: TrainingState
 
 def _load_into(folder: Path, state: dict[str, Any], live: TrainingState
                ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    return _apply(load_file(folder / TENSORS), state, live)
+
+
+def _apply(stored: dict[str, torch.Tensor], state: dict[str, Any], live: TrainingState
+           ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Everything is read and checked before `live` is touched: a damaged checkpoint must not
     leave half-restored weights behind for the fresh start that follows."""
-    stored = load_file(folder / TENSORS)
     for index, param in enumerate(live.params):
         saved = stored[f"param.{index}"]
         if saved.shape != param.shape:
@@ -111,6 +122,23 @@ def _load_into(folder: Path, state: dict[str, Any], live: TrainingState
         param.data.copy_(stored[f"param.{index}"])
     extra = {key.removeprefix("extra."): value for key, value in stored.items() if key.startswith("extra.")}
     return meta, extra
+
+
+def restore_shared(folder: Path, fingerprint: str, live: TrainingState, group
+                   ) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:
+    """`restore` for the processes of a data-parallel launch (datadream.components.distributed):
+    rank 0 alone reads the checkpoint (and alone drops a damaged or outdated one) and sends the
+    state it restored to the others, so every process continues from the very same state. In one
+    process: `restore`."""
+    if group.size == 1:
+        return restore(folder, fingerprint, live)
+    restored = restore(folder, fingerprint, live) if group.is_main else None
+    payload = snapshot(fingerprint, live, *restored) if restored is not None else None
+    payload = group.broadcast_object(payload)
+    if group.is_main or payload is None:
+        return restored
+    stored, state = payload
+    return _apply(stored, state, live)
 
 
 def discard(folder: Path) -> None:

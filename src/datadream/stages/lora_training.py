@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from datadream import atomic
+from datadream.components import distributed
 from datadream.components.grouped_lora import make_single
 from datadream.components.latents import LatentEncoder, ShotImage
 from datadream.components.models import compile_module, load_stable_diffusion, resolve_device, resolve_dtype
@@ -80,6 +81,11 @@ class StepDraws:
     def prompts(self) -> list[int]:
         return [shot.prompt for shot in self.shots]
 
+    def part(self, rows: slice) -> "StepDraws":
+        """The draws of some of the step's samples (a data-parallel process's share)."""
+        return StepDraws(self.shots[rows], self.offsets[rows], self.crops[rows], self.eps[rows], self.noise[rows],
+                         self.timesteps[rows])
+
     @staticmethod
     def concat(parts: list["StepDraws"]) -> "StepDraws":
         return StepDraws([s for p in parts for s in p.shots], [o for p in parts for o in p.offsets],
@@ -111,7 +117,9 @@ class LoraTrainer:
         cfg = run.config
         self.run, self.store = run, store  # the run whose shots are trained; set anew for each run
         self.cfg: AdaptConfig = cfg.adapt
-        self.device = resolve_device(cfg.runtime.device)
+        # Under a launcher, each process its own GPU (class-wise adapters are then shared out by
+        # the locks, one whole adapter group per process; dataset-wise: data-parallel, see train).
+        self.device = distributed.local_device(resolve_device(cfg.runtime.device))
         self.dtype = resolve_dtype(cfg.runtime.precision, self.device)
         pipeline = load_stable_diffusion(cfg.generator.model, dtype=self.dtype, config=cfg.generator.config)
         from diffusers import DDPMScheduler
@@ -180,7 +188,7 @@ class LoraTrainer:
         return F.mse_loss(prediction.float(), target.float(), reduction="none").flatten(1).mean(dim=1)
 
     def save_unit(self, unit: AdapterSpec, losses: list[float], steps_per_epoch: int, started: float,
-                  index: int | None = None, engine: str = "sequential") -> None:
+                  index: int | None = None, engine: str = "sequential", processes: int = 1) -> None:
         with atomic.staged_directory(self.store.adapter(unit.fingerprint)) as staging:
             save_sd_lora(staging, self.unet, self.text_encoder, self.cfg.train_text_encoder, index=index)
             # Nothing that varies between identical runs (such as timings, which go to the log)
@@ -197,22 +205,35 @@ class LoraTrainer:
                 "precision": str(self.dtype).removeprefix("torch."),
             })
         log_timing(self.run.layout.timings, {"stage": "adapt", "unit": unit.name, "engine": engine,
-                                             "seconds": round(time.time() - started, 2)})
+                                             "seconds": round(time.time() - started, 2),
+                                             **({"processes": processes} if processes > 1 else {})})
 
-    def train_and_save(self, unit: AdapterSpec, label: str) -> None:
+    def train_and_save(self, unit: AdapterSpec, label: str, group: distributed.Group = distributed.SINGLE) -> None:
+        """Train and save one adapter; with a `group` of several processes, data-parallel (every
+        process calls this, rank 0 alone saves)."""
         started = time.time()
         samples = load_shots(self.run, unit.classes, self.cfg.resolution)
         partial = self.store.adapter_checkpoint(unit.fingerprint)
         losses = self.train(samples, [c.prompt for c in unit.classes], seed=self.unit_seed(unit),
-                            label=label, resume_from=partial, fingerprint=unit.fingerprint)
-        self.save_unit(unit, losses, math.ceil(len(samples) / self.cfg.batch_size), started)
-        checkpoint.discard(partial)
-        log.info("adapt: %s done in %.1fs", unit.name, time.time() - started)
+                            label=label, resume_from=partial, fingerprint=unit.fingerprint, group=group)
+        if group.is_main:
+            self.save_unit(unit, losses, math.ceil(len(samples) / self.cfg.batch_size), started,
+                           processes=group.size)
+            checkpoint.discard(partial)
+            log.info("adapt: %s done in %.1fs", unit.name, time.time() - started)
+        group.barrier()  # every process returns once the adapter is saved
 
     def train(self, samples: list[ShotImage], prompts: list[str], seed: int,
-              label: str = "", resume_from: Path | None = None, fingerprint: str = "") -> list[float]:
+              label: str = "", resume_from: Path | None = None, fingerprint: str = "",
+              group: distributed.Group = distributed.SINGLE) -> list[float]:
         """Train the resident adapter from a fresh init (or from the checkpoint in `resume_from`)
-        on `samples`; returns the loss of every step."""
+        on `samples`; returns the loss of every step.
+
+        Data-parallel with a `group` of several processes (adapt.mode=dataset under a launcher,
+        docs/ddp.md), equal to one process within float rounding: every process draws the whole
+        step from the adapter's generator (crops, noise and timesteps of the global batch: cheap),
+        computes the loss of its contiguous share only, normalised by the global batch, and the
+        gradients are summed before clipping; rank 0 alone writes checkpoints."""
         from diffusers.optimization import get_scheduler
 
         cfg = self.cfg
@@ -229,7 +250,8 @@ class LoraTrainer:
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         live = checkpoint.TrainingState(self.params, optimizer, schedule, scaler, generator)
         progress = Progress()
-        restored = checkpoint.restore(resume_from, fingerprint, live) if resume_from is not None else None
+        restored = (checkpoint.restore_shared(resume_from, fingerprint, live, group)
+                    if resume_from is not None else None)
         if restored is not None:
             meta, tensors = restored
             progress = Progress(meta["step"], meta["order"], tensors["losses"].tolist())
@@ -237,25 +259,35 @@ class LoraTrainer:
         token_ids, frozen_text = self.start_training(prompts)
         losses = progress.losses
         bar = progress_bar(total=total_steps, initial=progress.step, desc=f"adapt {label}", unit="step",
-                           leave=False)
+                           leave=False, disable=not group.is_main)
         while progress.step < total_steps:
             position = progress.step % steps_per_epoch
             if position == 0:
                 progress.order = torch.randperm(len(samples), generator=generator).tolist()
             chosen = progress.order[position * cfg.batch_size:(position + 1) * cfg.batch_size]
             draws = self.draw(samples, chosen, generator)
-            prompt_index = torch.tensor(draws.prompts, device=self.device)
-            if frozen_text is None:
-                # Each distinct prompt is encoded once and shared by its samples: the same
-                # gradient as encoding it per sample, at a fraction of the cost.
-                used, inverse = torch.unique(prompt_index, return_inverse=True)
-                with self.autocast():
-                    text = self.text_encoder(token_ids[used])[0][inverse]
-            else:
-                text = frozen_text[prompt_index]
-            loss = self.per_sample_loss(draws, text).mean()
+            if group.size > 1:
+                draws = draws.part(group.share(len(chosen)))
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            if draws.shots:  # a process's share of a last, small batch can be empty
+                prompt_index = torch.tensor(draws.prompts, device=self.device)
+                if frozen_text is None:
+                    # Each distinct prompt is encoded once and shared by its samples: the same
+                    # gradient as encoding it per sample, at a fraction of the cost.
+                    used, inverse = torch.unique(prompt_index, return_inverse=True)
+                    with self.autocast():
+                        text = self.text_encoder(token_ids[used])[0][inverse]
+                else:
+                    text = frozen_text[prompt_index]
+                per_sample = self.per_sample_loss(draws, text)
+                # Several processes: this share's part of the global batch's mean.
+                loss = per_sample.mean() if group.size == 1 else per_sample.sum() / len(chosen)
+                scaler.scale(loss).backward()
+            else:
+                loss = torch.zeros((), device=self.device)
+            if group.size > 1:
+                group.sum_gradients(self.params)
+                loss = group.sum(loss.detach().float())
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
             scaler.step(optimizer)
@@ -269,7 +301,7 @@ class LoraTrainer:
             bar.update()
             if progress.step % 10 == 0:
                 bar.set_postfix(loss=f"{sum(losses[-10:]) / 10:.4f}")
-            if (resume_from is not None and cfg.checkpoint_every
+            if (resume_from is not None and cfg.checkpoint_every and group.is_main
                     and progress.step % cfg.checkpoint_every == 0 and progress.step < total_steps):
                 checkpoint.save(resume_from, fingerprint, live,
                                 meta={"step": progress.step, "order": progress.order},
