@@ -247,7 +247,9 @@ def run_command(args: argparse.Namespace) -> int:
         from datadream.stages.adapt import adapt
 
         folders = adapt(args.run)
-        print(f"adapters: {len(folders)} in {args.run.resolve() / 'adapters'}")
+        from datadream.layout import RunLayout
+
+        print(f"adapters: {len(folders)} in {RunLayout(args.run.resolve()).adapters}")
         return 0
     if args.command == "synthesize":
         from datadream.stages.synthesize import synthesize
@@ -261,13 +263,14 @@ def run_command(args: argparse.Namespace) -> int:
         print(f"classifier: {train(args.run)}")
         return 0
     if args.command == "evaluate":
+        from datadream.layout import RunLayout
         from datadream.stages.evaluate import evaluate
 
         from datadream.components.metrics import accuracy_text
 
         metrics = evaluate(args.run)
         print(f"{accuracy_text(metrics)}  on {metrics['n']} test images"
-              f"  ({args.run.resolve() / 'classifier' / 'metrics.json'})")
+              f"  ({RunLayout(args.run.resolve()).metrics})")
         return 0
     if args.command == "plan" or (args.command == "run" and args.dry_run):
         return plan_command(args)

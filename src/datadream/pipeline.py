@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from datadream.config import Config
+from datadream.layout import RunLayout
 from datadream.progress import format_duration
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ def run_all(config: Config, root: Path) -> Summary:
 def print_summary(summary: Summary) -> None:
     print(f"run:          {summary.run}")
     if summary.synthetic_index:
-        print(f"adapters:     {summary.adapters} in {summary.run / 'adapters'}")
+        print(f"adapters:     {summary.adapters} in {RunLayout(summary.run).adapters}")
         print(f"synthetic:    {summary.synthetic_index}")
     print(f"classifier:   {summary.classifier} (trained on: {summary.train_on})")
     if summary.metrics:

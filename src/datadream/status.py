@@ -7,7 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 from datadream.errors import UserError
-from datadream.layout import StoreLayout
+from datadream.layout import RunLayout, StoreLayout
 from datadream.locks import is_locked
 from datadream.runs import open_run
 from datadream.store import collect_garbage, open_store
@@ -78,7 +78,7 @@ def referenced(run_root: Path) -> list[Path]:
 def gc_text(target: Path, dry_run: bool) -> str:
     """`target` is a store, or a run whose store is meant."""
     target = target.resolve()
-    if (target / "config.yaml").is_file():
+    if RunLayout(target).config.is_file():
         store = store_of(open_run(target))
     else:
         store = open_store(str(target), target)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from datadream import atomic
 from datadream.errors import UserError
-from datadream.layout import STORE_FOLDER, StoreLayout, is_safe_component
+from datadream.layout import STORE_FOLDER, RunLayout, StoreLayout, is_safe_component
 from datadream.locks import is_locked
 
 log = logging.getLogger(__name__)
@@ -144,7 +144,7 @@ def collect_garbage(store: StoreLayout, referenced_by, remove: bool) -> Garbage:
         except (OSError, ValueError, KeyError, TypeError):
             log.warning("store gc: %s is damaged; ignoring it", record)
             continue
-        if (run_root / "config.yaml").is_file():
+        if RunLayout(run_root).config.is_file():
             runs.append(run_root)
             needed.update(p.resolve() for p in referenced_by(run_root))
         else:
