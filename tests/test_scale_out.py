@@ -145,6 +145,40 @@ def test_lock_naming_another_host_counts_while_its_heartbeat_is_fresh(tmp_path):
 
 # --- the store ----------------------------------------------------------------------------------
 
+def test_run_views_of_store_entries(tmp_path, monkeypatch):
+    import errno
+
+    from datadream.store import VIEW_MARKER, link
+
+    entry = tmp_path / "store" / "synthetic" / "abc"
+    entry.mkdir(parents=True)
+    (entry / "00000.png").write_bytes(b"one")
+    view = tmp_path / "run" / "synthetic" / "000-cat"
+    link(view, entry)
+    assert os.path.samefile(view / "00000.png", entry / "00000.png") and (view / VIEW_MARKER).is_file()
+    # The store replaces an image (generated again): the view follows.
+    (entry / "00000.png").unlink()
+    (entry / "00000.png").write_bytes(b"two")
+    link(view, entry)
+    assert (view / "00000.png").read_bytes() == b"two"
+    # Where hard links are refused, a symbolic link to the entry.
+    other = tmp_path / "run" / "synthetic" / "001-dog"
+
+    def refuse(*_args, **_kwargs):
+        raise OSError(errno.EPERM, "hard links not allowed here")
+
+    monkeypatch.setattr(os, "link", refuse)
+    link(other, entry)
+    assert other.is_symlink() and (other / "00000.png").read_bytes() == b"two"
+    # A folder datadream did not make is never replaced.
+    mine = tmp_path / "run" / "synthetic" / "002-fox"
+    mine.mkdir()
+    (mine / "precious.png").write_bytes(b"mine")
+    with pytest.raises(UserError, match="did not make"):
+        link(mine, entry)
+    assert (mine / "precious.png").read_bytes() == b"mine"
+
+
 @pytest.fixture()
 def config_file(tmp_path, tiny_models, toy_data):
     return write_config(tmp_path / "exp.yaml", tiny_config(tiny_models, toy_data / "train",

@@ -74,26 +74,36 @@ def link(path: Path, target: Path) -> None:
                             " hand) where the run shows a unit of the store; move it away and run the command again")
         if _view_is_current(path, target):
             return
-    if not hardlinks:
-        if path.exists() and not path.is_symlink():
-            shutil.rmtree(path)  # our view (checked above): the store keeps the files
-        temporary = path.parent / f"{atomic.TMP_PREFIX}link-{path.name}-{os.getpid()}"
-        temporary.unlink(missing_ok=True)
-        os.symlink(_link_text(path, target), temporary, target_is_directory=True)
-        os.replace(temporary, path)
-        atomic.fsync_directory(path.parent)
-        return
-    try:
-        with atomic.staged_directory(path) as staging:
-            for entry in target.iterdir():
-                if entry.is_file() and not entry.is_symlink() and not entry.name.startswith(atomic.TMP_PREFIX):
-                    os.link(entry, staging / entry.name)
-            # Relative, like a symbolic link: identical runs hold identical bytes.
-            (staging / VIEW_MARKER).write_text(f"{os.path.relpath(target, path.parent)}\n", encoding="utf-8")
-    except OSError:
-        # Two workers refreshing one view at once: the second rename finds the first's view.
-        if not (path.is_dir() and _view_is_current(path, target)):
-            raise
+    if hardlinks:
+        try:
+            with atomic.staged_directory(path) as staging:
+                for entry in target.iterdir():
+                    if entry.is_file() and not entry.is_symlink() and not entry.name.startswith(atomic.TMP_PREFIX):
+                        os.link(entry, staging / entry.name)
+                # Relative, like a symbolic link: identical runs hold identical bytes.
+                (staging / VIEW_MARKER).write_text(f"{os.path.relpath(target, path.parent)}\n", encoding="utf-8")
+            return
+        except OSError as err:
+            # Two workers refreshing one view at once: the second rename finds the first's view.
+            if path.is_dir() and not path.is_symlink() and _view_is_current(path, target):
+                return
+            if err.errno not in _NO_HARD_LINKS:
+                raise
+    _symlink(path, target)
+
+
+# What a file system that refuses hard links answers (some network and FUSE file systems).
+_NO_HARD_LINKS = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS}
+
+
+def _symlink(path: Path, target: Path) -> None:
+    if path.exists() and not path.is_symlink():
+        shutil.rmtree(path)  # our view (checked by the caller): the store keeps the files
+    temporary = path.parent / f"{atomic.TMP_PREFIX}link-{path.name}-{os.getpid()}"
+    temporary.unlink(missing_ok=True)
+    os.symlink(_link_text(path, target), temporary, target_is_directory=True)
+    os.replace(temporary, path)
+    atomic.fsync_directory(path.parent)
 
 
 def _view_is_current(view: Path, target: Path) -> bool:

@@ -50,9 +50,12 @@ from datadream.errors import UserError
 
 log = logging.getLogger(__name__)
 
-# The world-size variables accelerate reads (torchrun and accelerate launch; MPI launchers).
-WORLD_SIZE_VARIABLES = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
-LOCAL_RANK_VARIABLES = ("LOCAL_RANK", "MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK", "MV2_COMM_WORLD_LOCAL_RANK")
+# Only torchrun's variables (set by torchrun and accelerate launch) mean "one model over these
+# processes". MPI's (PMI_SIZE, OMPI_COMM_WORLD_SIZE, ...) are also set by `srun -n 8` or `mpirun`
+# starting 8 independent workers on one run (docs/scaling.md), which must not wait for each other
+# in a process group; the CLI refuses other commands by the same variable.
+WORLD_SIZE_VARIABLES = ("WORLD_SIZE",)
+LOCAL_RANK_VARIABLES = ("LOCAL_RANK",)
 
 
 def _env_int(names: tuple[str, ...], default: int) -> int:
