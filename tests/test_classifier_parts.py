@@ -96,3 +96,21 @@ def test_metrics_count_per_sample_and_keep_empty_classes_apart():
     assert six["top5"] == 100.0
     assert summary["per_class"] == {"a": 50.0, "b": 50.0, "c": None}
     assert summary["per_class_count"] == {"a": 2, "b": 2, "c": 0}
+
+
+def test_macro_accuracy_and_confusion_summary():
+    from datadream.components.metrics import confusion_summary, macro_accuracy
+
+    assert macro_accuracy({"a": 100.0, "b": 50.0, "c": None}) == 75.0  # c has no test image: left out
+    assert macro_accuracy({"a": None}) is None
+    # a: 3 images, 1 taken for b; b: 2 images, both taken for c; c: 1 image, right.
+    labels = torch.tensor([0, 0, 0, 1, 1, 2])
+    predicted = torch.tensor([0, 0, 1, 2, 2, 2])
+    summary = confusion_summary(labels, predicted, ["a", "b", "c"])
+    assert summary["top_confused_pairs"] == [
+        {"true": "b", "predicted": "c", "count": 2, "share": 100.0},
+        {"true": "a", "predicted": "b", "count": 1, "share": pytest.approx(33.3333, abs=1e-4)}]
+    assert summary["mistakes"] == 3
+    assert summary["per_class_precision"] == {"a": 100.0, "b": 0.0, "c": pytest.approx(33.3333, abs=1e-4)}
+    empty = confusion_summary(torch.tensor([0, 1]), torch.tensor([0, 1]), ["a", "b", "never"])
+    assert empty["top_confused_pairs"] == [] and empty["per_class_precision"]["never"] is None

@@ -3,6 +3,7 @@ model selection, metrics checked against an independent recomputation, resume af
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -63,6 +64,15 @@ def test_run_each_training_source(tmp_path, tiny_models, toy_data, train_on):
     top1, n = recompute_top1(run, tiny_models, toy_data / "test")
     assert n == metrics["n"] and metrics["top1"] == pytest.approx(top1, abs=100.0 / n + 1e-9)
     assert metrics["top5"] is None  # four classes: top-5 would be 100% by construction
+    assert metrics["macro_top1"] == pytest.approx(sum(metrics["per_class"].values()) / 4, abs=1e-3)
+    rows = list(csv.DictReader((run / "classifier" / "predictions.csv").open(encoding="utf-8")))
+    assert len(rows) == 12 and metrics["top1"] == pytest.approx(100.0 * sum(int(r["correct"]) for r in rows) / 12)
+    for row in rows:
+        probabilities = [float(p) for p in row["top5_probabilities"].split(";")]
+        assert len(probabilities) == 4 and probabilities == sorted(probabilities, reverse=True)  # 4 classes
+        assert row["predicted_class"] == row["top5_classes"].split(";")[0] and Path(row["file"]).is_file()
+    assert sum(p["count"] for p in metrics["confusion"]["top_confused_pairs"]) == sum(
+        1 - int(r["correct"]) for r in rows)
     has_synthetic = train_on.startswith("synthetic")
     assert (run / "synthetic" / "index.jsonl").exists() == has_synthetic
     marker = json.loads((run / "classifier" / "train.json").read_text())

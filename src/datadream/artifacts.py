@@ -158,7 +158,8 @@ def metrics_are_current(run: Run) -> bool:
     """Metrics exist for the run's current classifier (the test split's files are checked by
     `evaluate` itself, which is cheap next to any GPU work)."""
     metrics = read_marker(run.layout.metrics)
-    return bool(metrics) and metrics.get("classifier") == classifier_fingerprint(run)
+    return (bool(metrics) and metrics.get("classifier") == classifier_fingerprint(run)
+            and run.layout.predictions.is_file())
 
 
 # --- unit state ---------------------------------------------------------------------------------

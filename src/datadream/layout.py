@@ -6,7 +6,8 @@
     RUN/adapters/<unit>                   -> STORE/adapters/<fingerprint>/ (weights + unit.json)
     RUN/synthetic/<class-slug>            -> STORE/synthetic/<fingerprint>/ (<i>.png + .datadream.json)
     RUN/synthetic/index.jsonl             one row per image: the synthetic set's done-marker
-    RUN/classifier/                       CLIP LoRA (peft layout), prompts.json, train.json, metrics.json
+    RUN/classifier/                       CLIP LoRA (peft layout), prompts.json, train.json, metrics.json,
+                                          predictions.csv (every test image's top-5)
     RUN/.partial-classifier/              training state of an unfinished classifier
     RUN/.locks/<unit>.lock                one lock per unit of the run (train, evaluate, index)
     RUN/logs/train/                       TensorBoard scalars of the classifier
@@ -39,6 +40,7 @@ CLASSIFIER_MARKER = "train.json"  # the classifier's done-marker
 LORA_FOLDER = "lora"
 PROMPTS = "prompts.json"
 METRICS = "metrics.json"
+PREDICTIONS = "predictions.csv"
 STORE_FOLDER = "datadream-store"  # the default store, beside the run folder
 
 
@@ -123,6 +125,10 @@ class RunLayout:
     @property
     def metrics(self) -> Path:
         return self.classifier / METRICS
+
+    @property
+    def predictions(self) -> Path:
+        return self.classifier / PREDICTIONS
 
     @property
     def classifier_marker(self) -> Path:

@@ -47,3 +47,16 @@ def score(model, tokens: dict[str, torch.Tensor], images: Dataset, batch_size: i
         top1.append(topk_correct(logits, batch_labels, 1).cpu())
         top5.append(topk_correct(logits, batch_labels, 5).cpu())
     return torch.cat(labels), torch.cat(top1), torch.cat(top5)
+
+
+def top_predictions(model, tokens: dict[str, torch.Tensor], images: Dataset, batch_size: int, workers: int,
+                    device: torch.device, dtype: torch.dtype, k: int = 5, desc: str = "evaluate"):
+    """(labels, top-k classes best first, their softmax probabilities) per image; k is capped at
+    the class count. Hits follow from them: top-1 is column 0, top-5 any column."""
+    labels, classes, probabilities = [], [], []
+    for logits, batch_labels in batched_logits(model, tokens, images, batch_size, workers, device, dtype, desc):
+        best, index = logits.float().softmax(dim=-1).topk(min(k, logits.shape[-1]), dim=-1)
+        labels.append(batch_labels.cpu())
+        classes.append(index.cpu())
+        probabilities.append(best.cpu())
+    return torch.cat(labels), torch.cat(classes), torch.cat(probabilities)

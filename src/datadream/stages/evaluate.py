@@ -9,15 +9,17 @@ selection on `data.val` during training; the test split is never used for any ch
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
 import os
 from pathlib import Path
 
 from datadream import atomic, locks
 from datadream.artifacts import read_classifier_marker
-from datadream.components.metrics import accuracy_text, summarize
+from datadream.components.metrics import accuracy_text, confusion_summary, macro_accuracy, summarize
 from datadream.components.models import resolve_device, resolve_dtype
-from datadream.components.scoring import loader_workers, score
+from datadream.components.scoring import loader_workers, top_predictions
 from datadream.config import stable_hash
 from datadream.data.labelled import EvalImages
 from datadream.data.samples import Sample, split_samples
@@ -28,6 +30,20 @@ from datadream.runs import Run, open_run
 from datadream.units import classifier_fingerprint
 
 log = logging.getLogger(__name__)
+
+
+def predictions_csv(samples: list[Sample], labels, best, probabilities, names: list[str]) -> str:
+    """One row per test image: its file, true and predicted class, and the top-5 classes with their
+    probabilities (best first, ';'-separated), from which confusion and the worst mistakes are drawn."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["file", "true_label", "true_class", "predicted_label", "predicted_class", "correct",
+                     "top5_labels", "top5_classes", "top5_probabilities"])
+    for sample, label, row, chances in zip(samples, labels.tolist(), best.tolist(), probabilities.tolist()):
+        writer.writerow([sample.path, label, names[label], row[0], names[row[0]], int(row[0] == label),
+                         ";".join(map(str, row)), ";".join(names[i] for i in row),
+                         ";".join(f"{p:.6f}" for p in chances)])
+    return buffer.getvalue()
 
 
 def split_signature(samples: list[Sample]) -> str:
@@ -60,7 +76,8 @@ def _evaluate(run: Run) -> dict:
                         " test/ folder, or use a split file with 'test' entries")
     test_split = split_signature(samples)
     recorded = read_marker(run.layout.metrics)
-    if recorded and recorded.get("classifier") == marker["fingerprint"] and recorded.get("test_split") == test_split:
+    if (recorded and recorded.get("classifier") == marker["fingerprint"] and recorded.get("test_split") == test_split
+            and run.layout.predictions.is_file()):
         log.info("evaluate: metrics already computed for this classifier and test split")
         return recorded
     device = resolve_device(run.config.runtime.device)
@@ -69,12 +86,18 @@ def _evaluate(run: Run) -> dict:
     model.to(device)
     tokens = {k: v.to(device) for k, v in tokens.items()}
     cfg = run.config.classifier
-    labels, top1, top5 = score(model, tokens, EvalImages(samples, size), cfg.eval_batch_size,
-                               loader_workers(cfg.workers), device, dtype, desc="evaluate test")
+    labels, best, probabilities = top_predictions(model, tokens, EvalImages(samples, size), cfg.eval_batch_size,
+                                                  loader_workers(cfg.workers), device, dtype, desc="evaluate test")
+    top1, top5 = best[:, 0] == labels, (best == labels.unsqueeze(-1)).any(dim=-1)
     names = [c.name for c in run.manifest.classes]
+    # Written before metrics.json, the evaluation's done-marker.
+    atomic.write_text(run.layout.predictions, predictions_csv(samples, labels, best, probabilities, names))
+    summary = summarize(labels, top1, top5, names)
     metrics = {
         "split": "test",
-        **summarize(labels, top1, top5, names),
+        **summary,
+        "macro_top1": macro_accuracy(summary["per_class"]),
+        "confusion": confusion_summary(labels, best[:, 0], names),
         "train_on": marker["train_on"],
         "selected_epoch": marker.get("selected_epoch"),
         "selected_by": marker.get("selected_by"),
