@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -81,7 +82,27 @@ def test_run_each_training_source(tmp_path, tiny_models, toy_data, train_on):
         assert list((run / "logs" / "train").glob("events.out.tfevents.*")), "TensorBoard scalars"
         assert not (run / ".partial-classifier").exists()
     report = (run / "report" / "index.html").read_text()
-    assert "circle" in report and "top-1" in report
+    assert "circle" in report and "top-1" in report and "Where the classifier errs" in report
+    # The report stands alone: every image it shows is a file inside report/.
+    sources = re.findall(r'<img src="([^"]+)"', report)
+    assert sources and all((run / "report" / src).resolve().is_relative_to(run / "report") for src in sources)
+    assert all((run / "report" / src).is_file() for src in sources)
+    assert len([s for s in sources if "-synthetic-" in s]) == (4 * 3 if has_synthetic else 0)
+    assert "random-weight models" in report  # the tiny models say what they are
+
+
+def test_report_banner_only_for_random_weight_models(tmp_path, tiny_models, toy_data):
+    import shutil
+
+    from datadream.components.tiny import RANDOM_WEIGHTS_MARKER
+    from datadream.report import write_report
+
+    clip = tmp_path / "clip-copy"
+    shutil.copytree(tiny_models["clip"], clip)
+    (clip / RANDOM_WEIGHTS_MARKER).unlink()  # as if a real checkpoint
+    config = run_config(tmp_path, tiny_models, toy_data, classifier={"train_on": "none", "model": str(clip)})
+    run = run_all(load_config(config), tmp_path / "run").run
+    assert "random-weight models" not in write_report(run).read_text()
 
 
 def test_lora_targets_and_frozen_base(tmp_path, tiny_models, toy_data):

@@ -1,9 +1,11 @@
-"""RUN/report/index.html: a static page to look at a run — per class the real shots beside
-synthetic samples, the training curves, and the metrics. No server, no JavaScript; images are
-thumbnails in RUN/report/thumbs/ (real shots) or links into RUN/synthetic/."""
+"""RUN/report/index.html: a static page to look at a run — the metrics with the classes it
+confuses and its worst mistakes, every training curve, and per class the real shots beside
+synthetic samples. No server, no JavaScript; every image is a thumbnail in RUN/report/thumbs/, so
+the report folder stands alone (zip it, mail it, serve it)."""
 
 from __future__ import annotations
 
+import csv
 import html
 import io
 import json
@@ -27,7 +29,8 @@ table{border-collapse:collapse}td,th{padding:.25rem .6rem;border-bottom:1px soli
 .strip{display:flex;flex-wrap:wrap;gap:4px;align-items:center}.strip img{width:%dpx;height:%dpx;object-fit:cover}
 .tag{font-size:.75rem;color:#555;width:5.5rem}.charts{display:flex;flex-wrap:wrap;gap:1.5rem}
 .note{background:#fff6d6;padding:.5rem .8rem;border-radius:4px}
-""" % (THUMB, THUMB)
+.mistake{margin:0;width:%dpx;font-size:.7rem}.mistake img{display:block}
+""" % (THUMB, THUMB, THUMB)
 
 
 def write_report(root: Path) -> Path:
@@ -41,28 +44,27 @@ def write_report(root: Path) -> Path:
     metrics = _read_json(layout.metrics)
     trained = _read_json(layout.classifier_marker)
     index = _read_index(layout.synthetic_index)
+    from datadream.components.tiny import has_random_weights
+
+    random_models = [m for m in (run.config.generator.model if index else None, run.config.classifier.model)
+                     if has_random_weights(m)]
     parts = [
         f"<h1>datadream run <code>{_e(layout.root.name)}</code></h1>",
         f"<p class=muted>{_e(str(layout.root))} · config {run.config.digest()} · generator "
         f"<code>{_e(run.config.generator.model)}</code> · classifier <code>{_e(run.config.classifier.model)}</code></p>",
-        "<p class=note>Numbers from tiny random-weight models (tests, the demo) say nothing about model quality.</p>",
+        *(["<p class=note>Made with random-weight models (tests, the demo): the images are noise and the numbers"
+           " say nothing about model quality.</p>"] if random_models else []),
         _metrics_section(metrics, trained),
+        _mistakes_section(layout, metrics, thumbs),
         _curves_section(layout, trained),
         "<h2>Classes: real shots and synthetic samples</h2>",
     ]
     per_class = (metrics or {}).get("per_class", {})
     for cls in run.manifest.classes:
-        real = []
-        for i, shot in enumerate(cls.images[:REAL_PER_CLASS]):
-            thumb = thumbs / f"{cls.slug}-{i}.jpg"
-            if not thumb.is_file():
-                image = load_rgb(run.manifest.image_path(shot))
-                image.thumbnail((THUMB * 2, THUMB * 2))
-                buffer = io.BytesIO()
-                image.save(buffer, format="JPEG", quality=85)
-                atomic.write_bytes(thumb, buffer.getvalue())  # a killed report leaves no half thumbnail
-            real.append(f"thumbs/{thumb.name}")
-        synthetic = [f"../synthetic/{row['file']}" for row in index.get(cls.label, [])[:SYNTHETIC_PER_CLASS]]
+        real = [_thumbnail(run.manifest.image_path(shot), thumbs / f"{cls.slug}-{i}.jpg")
+                for i, shot in enumerate(cls.images[:REAL_PER_CLASS])]
+        synthetic = [_thumbnail(layout.synthetic / row["file"], thumbs / f"{cls.slug}-synthetic-{i}.jpg")
+                     for i, row in enumerate(index.get(cls.label, [])[:SYNTHETIC_PER_CLASS])]
         accuracy = per_class.get(cls.name)
         acc_text = "" if not metrics else (f" · test top-1 {accuracy:.1f}%" if accuracy is not None else " · no test images")
         parts.append(
@@ -73,6 +75,49 @@ def write_report(root: Path) -> Path:
             f"<style>{STYLE}</style></head><body>{''.join(parts)}</body></html>")
     atomic.write_text(out, page)
     return out
+
+
+def _thumbnail(source: Path, thumb: Path) -> str:
+    """A JPEG thumbnail of `source` inside the report (made once), as the page links it."""
+    if not thumb.is_file():
+        image = load_rgb(source)
+        image.thumbnail((THUMB * 2, THUMB * 2))
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=85)
+        atomic.write_bytes(thumb, buffer.getvalue())  # a killed report leaves no half thumbnail
+    return f"thumbs/{thumb.name}"
+
+
+def _mistakes_section(layout, metrics: dict | None, thumbs: Path, worst: int = 12) -> str:
+    """The pairs of classes the classifier confuses most, and its most confident mistakes with
+    their images (from RUN/classifier/predictions.csv)."""
+    if not metrics or not metrics.get("confusion"):
+        return ""
+    pairs = metrics["confusion"]["top_confused_pairs"]
+    rows = "".join(f"<tr><td>{_e(p['true'])}</td><td>{_e(p['predicted'])}</td><td class=num>{p['count']}</td>"
+                   f"<td class=num>{p['share']:.1f}%</td></tr>" for p in pairs)
+    parts = ["<h2>Where the classifier errs</h2>",
+             f"<p>{metrics['confusion']['mistakes']} mistake(s) on {metrics['n']} test images.</p>"]
+    if rows:
+        parts.append("<table><tr><th>true class</th><th>taken for</th><th class=num>images</th>"
+                     f"<th class=num>of the class</th></tr>{rows}</table>")
+    if layout.predictions.is_file():
+        with layout.predictions.open(encoding="utf-8", newline="") as handle:
+            wrong = [r for r in csv.DictReader(handle) if r["correct"] == "0"]
+        wrong.sort(key=lambda r: -float(r["top5_probabilities"].split(";")[0]))
+        cards = []
+        for i, row in enumerate(wrong[:worst]):
+            source = Path(row["file"])
+            if not source.is_file():
+                continue
+            thumb = _thumbnail(source, thumbs / f"mistake-{i}.jpg")
+            confidence = float(row["top5_probabilities"].split(";")[0])
+            cards.append(f'<figure class=mistake><img src="{_e(thumb)}" alt="mistake"><figcaption>'
+                         f"{_e(row['true_class'])} → <b>{_e(row['predicted_class'])}</b> ({100 * confidence:.0f}%)"
+                         "</figcaption></figure>")
+        if cards:
+            parts.append(f"<h3>Most confident mistakes</h3><div class=strip>{''.join(cards)}</div>")
+    return "".join(parts)
 
 
 def _e(text: str) -> str:
@@ -113,6 +158,8 @@ def _metrics_section(metrics: dict | None, trained: dict | None) -> str:
         return "<h2>Metrics</h2><p class=muted>Not evaluated yet (run <code>datadream evaluate RUN</code>).</p>"
     rows = [("split", f"{metrics['split']} ({metrics['n']} images)"), ("top-1", f"{metrics['top1']:.2f}%"),
             *([("top-5", f"{metrics['top5']:.2f}%")] if metrics.get("top5") is not None else []),
+            *([("macro top-1", f"{metrics['macro_top1']:.2f}% (every class weighs the same)")]
+              if metrics.get("macro_top1") is not None else []),
             ("trained on", metrics.get("train_on", "")),
             ("model selection", f"{metrics.get('selected_by')} (epoch {metrics.get('selected_epoch')})")]
     table = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows)
@@ -135,11 +182,13 @@ def _curves_section(layout, trained: dict | None) -> str:
         curve = json.loads(marker.read_text(encoding="utf-8")).get("loss_per_epoch")
         if curve:
             adapter_curves.append((marker.parent.name, curve))
-    if adapter_curves:
-        charts.append(svg_chart("generator LoRA loss per epoch", adapter_curves[:12]))
-    if not charts:
+    if not charts and not adapter_curves:
         return ""
-    return f"<h2>Training curves</h2><div class=charts>{''.join(charts)}</div>"
+    section = f"<h2>Training curves</h2><div class=charts>{''.join(charts)}</div>"
+    if adapter_curves:  # every adapter, one small chart each: a diverging class stands out
+        small = "".join(svg_chart(name, [("loss", curve)], width=170, height=90) for name, curve in adapter_curves)
+        section += f"<h3>Generator LoRA loss per epoch, every adapter</h3><div class=charts>{small}</div>"
+    return section
 
 
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",

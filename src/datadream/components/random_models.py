@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from datadream.components.tiny import tiny_tokenizer
+from datadream.components.tiny import mark_random_weights, tiny_tokenizer
 
 SD21_BASE_UNET = dict(
     sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
@@ -48,4 +48,5 @@ def build_random_sd21_base(folder: Path, seed: int = 0) -> Path:
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
     pipeline.save_pretrained(folder)
+    mark_random_weights(folder)
     return folder

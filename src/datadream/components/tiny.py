@@ -78,7 +78,24 @@ def build_tiny_stable_diffusion(folder: Path, seed: int = 0) -> Path:
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
     pipeline.save_pretrained(folder)
+    mark_random_weights(folder)
     return folder
+
+
+# Written beside the weights of every model built here and in random_models.py, so that what a
+# run made from them (its report) can say that its numbers mean nothing about model quality.
+RANDOM_WEIGHTS_MARKER = "datadream-random-weights.txt"
+
+
+def mark_random_weights(folder: Path) -> None:
+    (Path(folder) / RANDOM_WEIGHTS_MARKER).write_text(
+        "random weights built by datadream for tests, demos and speed benchmarks: what they generate or"
+        " predict says nothing about model quality\n", encoding="utf-8")
+
+
+def has_random_weights(model: str | None) -> bool:
+    """Whether `model` (a hub id or a local folder) is one of our random-weight models."""
+    return bool(model) and (Path(model) / RANDOM_WEIGHTS_MARKER).is_file()
 
 
 def build_tiny_clip(folder: Path, seed: int = 0) -> Path:
@@ -99,6 +116,7 @@ def build_tiny_clip(folder: Path, seed: int = 0) -> Path:
         crop_size={"height": TINY_RESOLUTION, "width": TINY_RESOLUTION},
     )
     CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
+    mark_random_weights(folder)
     return folder
 
 
