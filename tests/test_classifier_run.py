@@ -91,9 +91,11 @@ def test_run_each_training_source(tmp_path, tiny_models, toy_data, train_on):
     assert "random-weight models" in report  # the tiny models say what they are
 
 
-def test_report_banner_only_for_random_weight_models(tmp_path, tiny_models, toy_data):
+def test_report_banner_only_for_random_weight_models_and_pages_for_many_classes(tmp_path, tiny_models, toy_data,
+                                                                               monkeypatch):
     import shutil
 
+    from datadream import report as report_module
     from datadream.components.tiny import RANDOM_WEIGHTS_MARKER
     from datadream.report import write_report
 
@@ -102,7 +104,12 @@ def test_report_banner_only_for_random_weight_models(tmp_path, tiny_models, toy_
     (clip / RANDOM_WEIGHTS_MARKER).unlink()  # as if a real checkpoint
     config = run_config(tmp_path, tiny_models, toy_data, classifier={"train_on": "none", "model": str(clip)})
     run = run_all(load_config(config), tmp_path / "run").run
-    assert "random-weight models" not in write_report(run).read_text()
+    page = write_report(run).read_text()
+    assert "random-weight models" not in page and "<h2>Settings</h2>" in page and "Per class, worst first" in page
+    monkeypatch.setattr(report_module, "CLASSES_PER_PAGE", 3)  # 4 classes: pages of 3 and 1
+    page = write_report(run).read_text()
+    assert 'href="classes-1.html"' in page and 'href="classes-2.html"' in page and "<h3>0. circle" not in page
+    assert "3. triangle" in (run / "report" / "classes-2.html").read_text()
 
 
 def test_lora_targets_and_frozen_base(tmp_path, tiny_models, toy_data):

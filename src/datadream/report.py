@@ -57,24 +57,75 @@ def write_report(root: Path) -> Path:
         _metrics_section(metrics, trained),
         _mistakes_section(layout, metrics, thumbs),
         _curves_section(layout, trained),
-        "<h2>Classes: real shots and synthetic samples</h2>",
+        _per_class_section(run, metrics),
+        _settings_section(run),
     ]
-    per_class = (metrics or {}).get("per_class", {})
-    for cls in run.manifest.classes:
-        real = [_thumbnail(run.manifest.image_path(shot), thumbs / f"{cls.slug}-{i}.jpg")
-                for i, shot in enumerate(cls.images[:REAL_PER_CLASS])]
-        synthetic = [_thumbnail(layout.synthetic / row["file"], thumbs / f"{cls.slug}-synthetic-{i}.jpg")
-                     for i, row in enumerate(index.get(cls.label, [])[:SYNTHETIC_PER_CLASS])]
-        accuracy = per_class.get(cls.name)
-        acc_text = "" if not metrics else (f" · test top-1 {accuracy:.1f}%" if accuracy is not None else " · no test images")
-        parts.append(
-            f"<div class=cls><h3>{cls.label}. {_e(cls.name)}<span class=muted>{acc_text} · “{_e(cls.prompt)}”</span></h3>"
-            f"{_strip('real', real)}{_strip('synthetic', synthetic)}</div>"
-        )
-    page = (f"<!doctype html><html><head><meta charset=utf-8><title>datadream · {_e(layout.root.name)}</title>"
-            f"<style>{STYLE}</style></head><body>{''.join(parts)}</body></html>")
-    atomic.write_text(out, page)
+    pages = _class_pages(run, metrics, index, thumbs)
+    if len(pages) == 1:  # a small run: the classes on the page itself
+        parts.append(pages[0])
+    else:
+        links = " · ".join(f'<a href="classes-{n + 1}.html">{n * CLASSES_PER_PAGE + 1}–'
+                           f"{min((n + 1) * CLASSES_PER_PAGE, len(run.manifest.classes))}</a>" for n in range(len(pages)))
+        parts.append(f"<h2>Classes: real shots and synthetic samples</h2><p>{len(run.manifest.classes)} classes,"
+                     f" {CLASSES_PER_PAGE} a page: {links}</p>")
+        for n, body in enumerate(pages):
+            atomic.write_text(out.parent / f"classes-{n + 1}.html",
+                              _page(f"{layout.root.name} · classes page {n + 1}",
+                                    f'<p><a href="index.html">← the run</a></p>{body}'))
+    atomic.write_text(out, _page(layout.root.name, "".join(parts)))
     return out
+
+
+# A 1,000-class run gets 20 class pages of 50 instead of one page of 14,000 images.
+CLASSES_PER_PAGE = 50
+
+
+def _page(title: str, body: str) -> str:
+    return (f"<!doctype html><html><head><meta charset=utf-8><title>datadream · {_e(title)}</title>"
+            f"<style>{STYLE}</style></head><body>{body}</body></html>")
+
+
+def _class_pages(run, metrics: dict | None, index: dict[int, list[dict]], thumbs: Path) -> list[str]:
+    per_class = (metrics or {}).get("per_class", {})
+    classes = run.manifest.classes
+    pages = []
+    for start in range(0, len(classes), CLASSES_PER_PAGE):
+        parts = ["<h2>Classes: real shots and synthetic samples</h2>"]
+        for cls in classes[start:start + CLASSES_PER_PAGE]:
+            real = [_thumbnail(run.manifest.image_path(shot), thumbs / f"{cls.slug}-{i}.jpg")
+                    for i, shot in enumerate(cls.images[:REAL_PER_CLASS])]
+            synthetic = [_thumbnail(run.layout.synthetic / row["file"], thumbs / f"{cls.slug}-synthetic-{i}.jpg")
+                         for i, row in enumerate(index.get(cls.label, [])[:SYNTHETIC_PER_CLASS])]
+            accuracy = per_class.get(cls.name)
+            acc_text = "" if not metrics else (f" · test top-1 {accuracy:.1f}%" if accuracy is not None
+                                               else " · no test images")
+            parts.append(
+                f"<div class=cls id=c{cls.label}><h3>{cls.label}. {_e(cls.name)}<span class=muted>{acc_text}"
+                f" · “{_e(cls.prompt)}”</span></h3>{_strip('real', real)}{_strip('synthetic', synthetic)}</div>")
+        pages.append("".join(parts))
+    return pages
+
+
+def _per_class_section(run, metrics: dict | None) -> str:
+    """Every class's test top-1 and precision, worst first: where to look first."""
+    if not metrics:
+        return ""
+    precision = (metrics.get("confusion") or {}).get("per_class_precision", {})
+    counts = metrics.get("per_class_count", {})
+    rows = sorted(((v, c.label, c.name) for c in run.manifest.classes
+                   if (v := metrics["per_class"].get(c.name)) is not None))
+    body = "".join(
+        f"<tr><td>{label}</td><td>{_e(name)}</td><td class=num>{value:.1f}%</td>"
+        f"<td class=num>{'–' if precision.get(name) is None else f'{precision[name]:.1f}%'}</td>"
+        f"<td class=num>{counts.get(name, '')}</td></tr>" for value, label, name in rows)
+    return ("<h2>Per class, worst first</h2><details><summary>" f"{len(rows)} classes with test images</summary>"
+            "<table><tr><th>label</th><th>class</th><th class=num>top-1 (recall)</th><th class=num>precision</th>"
+            f"<th class=num>test images</th></tr>{body}</table></details>")
+
+
+def _settings_section(run) -> str:
+    return (f"<h2>Settings</h2><details><summary>config.yaml (config {run.config.digest()})</summary>"
+            f"<pre>{_e(run.config.to_yaml())}</pre></details>")
 
 
 def _thumbnail(source: Path, thumb: Path) -> str:
