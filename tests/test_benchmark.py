@@ -66,6 +66,9 @@ def test_benchmark_over_every_source_format(tmp_path, tiny_models):
         assert float(row["average"]) == pytest.approx(sum(float(row[d]) for d in ("folders", "coop", "csv")) / 3)
     text = results.read_text()
     assert "| ours | datadream-class / synthetic+real |" in text and "±" in text
+    # Beside the tables, every run on one comparison page (a bar chart of top-1) and its CSV.
+    compared = list(csv.DictReader((out / "compare" / "compare.csv").open(encoding="utf-8")))
+    assert len(compared) == len(runs) and "<svg" in (out / "compare" / "index.html").read_text()
 
     # Adapters and images are made once per (dataset, seed), in the benchmark's store, and shared
     # across settings: the two cells show the very same files.

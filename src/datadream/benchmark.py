@@ -162,7 +162,11 @@ def run_benchmark(path: Path, out: Path, overrides: list[str] = ()) -> Path:
             log.info("benchmark [%d/%d] %s seed %d: %s", position, len(cells), cell.dataset, cell.seed, cell.row)
             run_all(configs[cell], folders[cell])
     results = [(cell, read_marker(RunLayout(folders[cell]).metrics), folders[cell]) for cell in cells]
-    return write_tables(bench, out, results)
+    tables = write_tables(bench, out, results)
+    from datadream.compare import compare
+
+    compare([folders[c] for c in cells], out / "compare", title=f"datadream benchmark {path.name}: every run")
+    return tables
 
 
 def published_rows() -> tuple[str, dict[str, dict[str, float]], dict]:

@@ -30,6 +30,7 @@ examples:
   datadream models download --to ~/models/sd21-base   # fetch and check the default generator
   datadream plan configs/paper/datadream-class.yaml --set data.dataset=pets --gpu 24   # estimated cost
   datadream status runs/pets                          # units complete / running / pending
+  datadream compare runs/pets runs/pets-lr3 -o runs/compare   # which run is best, and where
   datadream run configs/example.yaml runs/pets --runner ray   # Ray tasks on every GPU
   datadream store gc runs/datadream-store --dry-run   # what no run uses any more
 
@@ -93,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="print the plan (units, skipped units, estimated cost) and exit; writes nothing")
     sub.add_argument("--gpu", help="with --dry-run: GPU to estimate for (16, 24, 40, 80 or a name)")
     add_runner(sub)
+
+    sub = add("compare", "one page and a CSV comparing runs: settings that differ, accuracy, per-class changes")
+    sub.add_argument("runs", type=Path, nargs="+", metavar="RUN", help="run folders; the first is the baseline")
+    sub.add_argument("-o", "--out", type=Path, required=True, help="folder for index.html and compare.csv")
 
     sub = add("status", "what a run holds: units complete / running / pending per stage (from the files alone)")
     sub.add_argument("run", type=Path)
@@ -279,6 +284,11 @@ def run_command(args: argparse.Namespace) -> int:
         from datadream.pipeline import print_summary, run_all
 
         print_summary(run_all(load_config(args.config, runner_overrides(args)), args.run))
+        return 0
+    if args.command == "compare":
+        from datadream.compare import compare
+
+        print(f"comparison: {compare(args.runs, args.out)} (table: {args.out / 'compare.csv'})")
         return 0
     if args.command == "status":
         from datadream.status import status_text

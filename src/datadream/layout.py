@@ -150,6 +150,10 @@ class RunLayout:
     def report(self) -> Path:
         return self.root / "report" / "index.html"
 
+    @property
+    def inspect(self) -> Path:
+        return self.root / "inspect.json"
+
 
 @dataclass(frozen=True)
 class StoreLayout:
