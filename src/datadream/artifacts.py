@@ -21,7 +21,7 @@ from datadream.markers import damaged_file, read_marker
 from datadream.runs import Run
 from datadream.store import link
 from datadream.units import (AdapterSpec, SyntheticSpec, WorkUnit, adapter_specs, classifier_fingerprint,
-                             shard_ranges, store_of, synthetic_fingerprint, synthetic_specs)
+                             inspect_fingerprint, shard_ranges, store_of, synthetic_fingerprint, synthetic_specs)
 
 # --- adapters -----------------------------------------------------------------------------------
 
@@ -194,6 +194,8 @@ class RunFacts:
             index = run.layout.synthetic_index
             done = index.is_file() and index.read_text(encoding="utf-8", errors="replace") == index_text(
                 run, list(self.synthetic.values()))
+        elif unit.stage == "inspect":
+            done = (read_marker(run.layout.inspect) or {}).get("fingerprint") == inspect_fingerprint(run)
         elif unit.stage == "train":
             done = classifier_is_complete(run)
         else:

@@ -95,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--gpu", help="with --dry-run: GPU to estimate for (16, 24, 40, 80 or a name)")
     add_runner(sub)
 
+    sub = add("inspect", "data-quality figures of the synthetic set against the real shots (and held-out images):"
+              " FD, KID, precision/recall/density/coverage, diversity, near-copies, CLIP-score; writes RUN/inspect.json")
+    sub.add_argument("run", type=Path)
+
     sub = add("compare", "one page and a CSV comparing runs: settings that differ, accuracy, per-class changes")
     sub.add_argument("runs", type=Path, nargs="+", metavar="RUN", help="run folders; the first is the baseline")
     sub.add_argument("-o", "--out", type=Path, required=True, help="folder for index.html and compare.csv")
@@ -284,6 +288,20 @@ def run_command(args: argparse.Namespace) -> int:
         from datadream.pipeline import print_summary, run_all
 
         print_summary(run_all(load_config(args.config, runner_overrides(args)), args.run))
+        return 0
+    if args.command == "inspect":
+        from datadream.stages.inspect import inspect
+
+        overall = inspect(args.run)["overall"]
+        keys = ("fd", "fd_std", "kid", "kid_std", "precision", "recall", "density", "coverage", "diversity_real",
+                "diversity_synth", "near_copy_share", "near_copy_expected_share", "clip_score_real", "clip_score_synth")
+        print(f"inspect: {overall['n_classes']} classes, synthetic vs shots, mean over classes")
+        for key in keys:
+            if overall.get(key) is not None:
+                print(f"  {key:<26} {overall[key]}")
+        from datadream.layout import RunLayout
+
+        print(f"figures per class and what each means: {RunLayout(args.run.resolve()).inspect}")
         return 0
     if args.command == "compare":
         from datadream.compare import compare

@@ -57,7 +57,8 @@ def write_report(root: Path) -> Path:
         _metrics_section(metrics, trained),
         _mistakes_section(layout, metrics, thumbs),
         _curves_section(layout, trained),
-        _per_class_section(run, metrics),
+        _quality_section(_read_json(layout.inspect)),
+        _per_class_section(run, metrics, _read_json(layout.inspect)),
         _settings_section(run),
     ]
     pages = _class_pages(run, metrics, index, thumbs)
@@ -106,21 +107,49 @@ def _class_pages(run, metrics: dict | None, index: dict[int, list[dict]], thumbs
     return pages
 
 
-def _per_class_section(run, metrics: dict | None) -> str:
-    """Every class's test top-1 and precision, worst first: where to look first."""
+QUALITY_COLUMNS = ("fd", "precision", "recall", "coverage", "near_copy_share", "clip_score_synth")
+
+
+def _quality_section(inspected: dict | None) -> str:
+    """The synthetic set against the shots (and held-out images), mean over classes, with what
+    each figure means (datadream inspect)."""
+    if not inspected:
+        return ""
+    rows = []
+    for key, meaning in inspected.get("meaning", {}).items():
+        names = [k.strip() for k in key.split("/")]
+        values = []
+        for name in names:
+            shots = inspected["against_shots"]["overall"].get(name)
+            heldout = (inspected.get("against_heldout") or {}).get("overall", {}).get(name)
+            values.append(f"{_e(name)}: {shots}" + (f" (held-out: {heldout})" if heldout is not None else ""))
+        rows.append(f"<tr><td>{'<br>'.join(values)}</td><td class=muted>{_e(meaning)}</td></tr>")
+    return (f"<h2>Synthetic data quality</h2><p class=muted>Synthetic images against the real shots, mean over"
+            f" classes, in the feature space of the {_e(inspected.get('feature_space', ''))}. {_e(inspected.get('comparable', ''))}"
+            f"</p><table>{''.join(rows)}</table>")
+
+
+def _per_class_section(run, metrics: dict | None, inspected: dict | None = None) -> str:
+    """Every class's test top-1 and precision, worst first, with its data-quality figures beside
+    it: where to look first, and whether the synthetic images explain it."""
     if not metrics:
         return ""
     precision = (metrics.get("confusion") or {}).get("per_class_precision", {})
     counts = metrics.get("per_class_count", {})
+    quality = (inspected or {}).get("against_shots", {}).get("classes", {})
+    columns = QUALITY_COLUMNS if quality else ()
     rows = sorted(((v, c.label, c.name) for c in run.manifest.classes
                    if (v := metrics["per_class"].get(c.name)) is not None))
     body = "".join(
         f"<tr><td>{label}</td><td>{_e(name)}</td><td class=num>{value:.1f}%</td>"
         f"<td class=num>{'–' if precision.get(name) is None else f'{precision[name]:.1f}%'}</td>"
-        f"<td class=num>{counts.get(name, '')}</td></tr>" for value, label, name in rows)
+        f"<td class=num>{counts.get(name, '')}</td>"
+        + "".join(f"<td class=num>{_e(quality.get(name, {}).get(k, '–'))}</td>" for k in columns)
+        + "</tr>" for value, label, name in rows)
+    head = "".join(f"<th class=num>{_e(k)}</th>" for k in columns)
     return ("<h2>Per class, worst first</h2><details><summary>" f"{len(rows)} classes with test images</summary>"
             "<table><tr><th>label</th><th>class</th><th class=num>top-1 (recall)</th><th class=num>precision</th>"
-            f"<th class=num>test images</th></tr>{body}</table></details>")
+            f"<th class=num>test images</th>{head}</tr>{body}</table></details>")
 
 
 def _settings_section(run) -> str:

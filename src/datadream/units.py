@@ -3,6 +3,7 @@
     adapt/<group>            one adapter, or one batched group of class adapters  -> STORE/adapters/<fp>
     synthesize/<class>/<i>   one shard of a class's images (a fixed index range)  -> STORE/synthetic/<fp>
     index                    the run's links into the store and synthetic/index.jsonl (the set's done-marker)
+    inspect                  data-quality figures of the synthetic set                   -> RUN/inspect.json
     train                    the classifier                                        -> RUN/classifier/
     evaluate                 the test metrics                                      -> RUN/classifier/metrics.json
 
@@ -30,7 +31,7 @@ from datadream.store import open_store
 # unit of work: it is fixed here, not by the device, so that every runner trains the same groups
 # and makes the same bytes. On a GPU the engine splits a group further if it does not fit.
 DEFAULT_GROUP = 16
-STAGES = ("adapt", "synthesize", "index", "train", "evaluate")
+STAGES = ("adapt", "synthesize", "index", "inspect", "train", "evaluate")
 
 
 @dataclass
@@ -145,6 +146,14 @@ def classifier_fingerprint(run: Run) -> str:
     return stable_hash(inputs)
 
 
+def inspect_fingerprint(run: Run) -> str:
+    """What RUN/inspect.json is computed from: the synthetic set, the shots, the feature space and
+    the held-out split's setting."""
+    return stable_hash({"synthetic": synthetic_fingerprint(run), "fewshot": run.manifest.digest(),
+                        "model": run.config.classifier.model, "precision": run.config.runtime.precision,
+                        "data": result_settings(run.config.data)})
+
+
 def shard_ranges(run: Run) -> list[range]:
     """The image ranges of a class's shards: `synthesize.shard_size` rounded up to whole sampler
     batches, so a shard's batches are the batches an unsharded run makes (same images)."""
@@ -221,6 +230,8 @@ def plan_work(run: Run | Path) -> list[WorkUnit]:
                                       (f"{spec.cls.slug}/{shard.start}",), memory))
                 shard_ids.append(unit_id)
         units.append(WorkUnit(root, "index", "index", f"index:{root}", tuple(shard_ids), (), 0.0))
+        units.append(WorkUnit(root, "inspect", "inspect", f"inspect:{root}", ("index",), (),
+                              costs.evaluate_memory(cfg.classifier.eval_batch_size)))
     train_deps = ("index",) if needs_generator(run) else ()
     classes = len(run.manifest.classes)
     units.append(WorkUnit(root, "train", "train", f"train:{root}", train_deps, (),

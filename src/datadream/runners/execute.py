@@ -33,6 +33,10 @@ def execute(units: WorkUnit | list[WorkUnit]) -> None:
         from datadream.stages.synthesize import write_index
 
         write_index(run)
+    elif stage == "inspect":
+        from datadream.stages.inspect import inspect
+
+        inspect(run)
     elif stage == "train":
         from datadream.stages.train import train
 
