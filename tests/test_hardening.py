@@ -4,6 +4,8 @@ power cut can do, through the real command."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import shutil
@@ -225,7 +227,13 @@ def test_loader_workers_and_eval_batch_do_not_change_the_classifier(tmp_path, ti
         outputs.append((tree_bytes(summary.run / "classifier"), summary.metrics))
     (files_a, metrics_a), (files_b, metrics_b) = outputs
     assert files_a.keys() == files_b.keys()
-    assert all(files_a[k] == files_b[k] for k in files_a if k != "metrics.json"), "classifier bytes differ"
+    evaluated = ("metrics.json", "predictions.csv")  # scored at another eval batch size: compared below
+    assert all(files_a[k] == files_b[k] for k in files_a if k not in evaluated), "classifier bytes differ"
+    rows_a, rows_b = (list(csv.DictReader(io.StringIO(f["predictions.csv"].decode()))) for f in (files_a, files_b))
+    assert [r["top5_labels"] for r in rows_a] == [r["top5_labels"] for r in rows_b]
+    for a, b in zip(rows_a, rows_b):  # the batch size may move a probability in its last digit
+        assert [float(x) for x in a["top5_probabilities"].split(";")] == pytest.approx(
+            [float(x) for x in b["top5_probabilities"].split(";")], abs=1e-5)
     assert {k: v for k, v in metrics_a.items() if k != "config_hash"} == {
         k: v for k, v in metrics_b.items() if k != "config_hash"}
 
