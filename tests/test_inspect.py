@@ -53,3 +53,41 @@ def test_compare_shows_the_quality_figures(inspected_run, tmp_path):
 
     page = compare([inspected_run], tmp_path / "cmp").read_text()
     assert "Synthetic data quality" in page and "near_copy_share" in page
+
+
+def test_inspect_and_compare_on_real_photos(tmp_path, tiny_models):
+    """Real photographs (matplotlib ships two), cut into a two-class dataset with a held-out
+    (validation) folder: the figures exist against the shots and against the held-out photos."""
+    import math
+
+    from test_images import sample_photo
+
+    from datadream.compare import compare
+    from datadream.config import load_config
+    from datadream.data.images import load_rgb
+    from datadream.pipeline import run_all
+
+    sources = {"hopper": sample_photo("grace_hopper.jpg"), "pack": sample_photo("Minduka_Present_Blue_Pack.png")}
+    for name, source in sources.items():
+        image = load_rgb(source)
+        width, height = image.size
+        side = min(width, height) // 2
+        for index in range(7):  # 7 different crops of the photo: 3 to draw shots from, 2 held out, 2 test
+            split = "train" if index < 3 else "val" if index < 5 else "test"
+            left, top = (index * (width - side)) // 6, (index * (height - side)) // 6
+            folder = tmp_path / "photos" / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            image.crop((left, top, left + side, top + side)).resize((64, 64)).save(folder / f"{index}.jpg")
+    config = write_config(tmp_path / "exp.yaml", tiny_config(
+        tiny_models, tmp_path / "photos" / "train",
+        data={"val": str(tmp_path / "photos" / "val"), "test": str(tmp_path / "photos" / "test")},
+        classifier={"train_on": "synthetic", "epochs": 1}))
+    run = run_all(load_config(config), tmp_path / "run").run
+    result = json.loads((run / "inspect.json").read_text())
+    for against in ("against_shots", "against_heldout"):
+        assert set(result[against]["classes"]) == {"hopper", "pack"}
+        for figures in result[against]["classes"].values():
+            assert all(math.isfinite(figures[k]) for k in ("fd", "kid", "precision", "recall", "diversity_real"))
+    assert result["against_heldout"]["classes"]["pack"]["n_real"] == 2
+    page = compare([run], tmp_path / "cmp").read_text()
+    assert "Synthetic data quality" in page
