@@ -16,7 +16,7 @@ from PIL import Image
 
 from conftest import run_cli, tiny_config, tree_bytes, write_config
 from datadream.config import load_config, read_config_file
-from datadream.layout import LORA_WEIGHTS, UNIT_MARKER
+from datadream.layout import LORA_WEIGHTS
 from datadream.pipeline import run_all
 from datadream.stages.adapt import adapt
 from datadream.runs import init_run

@@ -4,7 +4,6 @@ files each stage writes, compatibility with stock diffusers, and resume after `k
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import subprocess
 import sys

@@ -323,3 +323,17 @@ def test_killed_driver_rerun_completes_with_the_same_files(tmp_path, tiny_models
     reference = tmp_path / "alone" / "run"  # its own store, beside it
     assert run_cli("run", config, reference).returncode == 0
     assert _resolved_bytes(run) == _resolved_bytes(reference)
+
+
+def test_looking_compares_sizes_and_using_compares_hashes(tmp_path):
+    """status, plans and the run's views check sizes only (cheap for 1,000 adapters); a stage that
+    uses the files checks their hashes."""
+    from datadream.markers import damaged_file, record_files
+
+    (tmp_path / "w.safetensors").write_bytes(b"abcd")
+    records = record_files(tmp_path, ["w.safetensors"])
+    (tmp_path / "w.safetensors").write_bytes(b"abce")  # same size, other content
+    assert damaged_file(tmp_path, records, hashes=False) is None
+    assert damaged_file(tmp_path, records) == str(tmp_path / "w.safetensors")
+    (tmp_path / "w.safetensors").write_bytes(b"abc")
+    assert damaged_file(tmp_path, records, hashes=False) == str(tmp_path / "w.safetensors")

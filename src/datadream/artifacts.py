@@ -14,8 +14,7 @@ from pathlib import Path
 
 from datadream.data.samples import SYNTHETIC, Sample
 from datadream.errors import UserError
-from datadream.layout import (CLASS_MARKER, LORA_WEIGHTS, UNIT_MARKER, StoreLayout, image_name,
-                              shard_marker)
+from datadream.layout import CLASS_MARKER, UNIT_MARKER, StoreLayout, image_name, shard_marker
 from datadream.locks import is_locked
 from datadream.markers import damaged_file, read_marker
 from datadream.runs import Run
@@ -26,8 +25,9 @@ from datadream.units import (AdapterSpec, SyntheticSpec, WorkUnit, adapter_specs
 # --- adapters -----------------------------------------------------------------------------------
 
 
-def adapter_is_complete(run: Run, store: StoreLayout, spec: AdapterSpec) -> bool:
-    """True when the store holds the adapter and its files match its marker."""
+def adapter_is_complete(run: Run, store: StoreLayout, spec: AdapterSpec, hashes: bool = True) -> bool:
+    """True when the store holds the adapter and its files match its marker (their sizes only
+    with `hashes=False`, see markers.damaged_file)."""
     folder = store.adapter(spec.fingerprint)
     marker = read_marker(folder / UNIT_MARKER)
     if marker is None:
@@ -35,7 +35,7 @@ def adapter_is_complete(run: Run, store: StoreLayout, spec: AdapterSpec) -> bool
     if marker.get("fingerprint") != spec.fingerprint:
         raise UserError(f"{folder} is not the adapter its folder name says (its marker records another"
                         f" fingerprint); delete it and run `datadream adapt {run.layout.root}`")
-    damaged = damaged_file(folder, marker.get("files"))
+    damaged = damaged_file(folder, marker.get("files"), hashes)
     if damaged is not None:
         raise UserError(f"adapter file {damaged} is damaged or missing (it differs from what {UNIT_MARKER}"
                         f" recorded); delete {folder} and run `datadream adapt {run.layout.root}` to retrain it")
@@ -46,7 +46,7 @@ def link_adapters(run: Run, store: StoreLayout) -> None:
     """RUN/adapters/<unit> -> the store's adapter, for every adapter of the run that is complete:
     the run's view of work that may have been done by another run or machine."""
     for spec in adapter_specs(run):
-        if adapter_is_complete(run, store, spec):
+        if adapter_is_complete(run, store, spec, hashes=False):
             link(run.layout.adapter(spec.name), store.adapter(spec.fingerprint))
 
 
@@ -180,7 +180,7 @@ class RunFacts:
         run, store = self.run, self.store
         if unit.stage == "adapt":
             members = [self.adapters[name] for name in unit.members]
-            if all(adapter_is_complete(run, store, s) for s in members):
+            if all(adapter_is_complete(run, store, s, hashes=False) for s in members):
                 return "complete"
             return "running" if any(is_locked(store.lock(s.lock)) for s in members) else "pending"
         if unit.stage == "synthesize":

@@ -2,9 +2,9 @@
 
     RUN/config.yaml                       resolved config (the run's identity)
     RUN/fewshot.json                      the few-shot manifest
-    RUN/store                             a link to the store this run's adapters and images live in
-    RUN/adapters/<unit>                   -> STORE/adapters/<fingerprint>/ (weights + unit.json)
-    RUN/synthetic/<class-slug>            -> STORE/synthetic/<fingerprint>/ (<i>.png + .datadream.json)
+    RUN/adapters/<unit>                   shows STORE/adapters/<fingerprint>/ (weights + unit.json)
+    RUN/synthetic/<class-slug>            shows STORE/synthetic/<fingerprint>/ (<i>.png + .datadream.json)
+                                          (folders of hard links, or symbolic links across file systems)
     RUN/synthetic/index.jsonl             one row per image: the synthetic set's done-marker
     RUN/classifier/                       CLIP LoRA (peft layout), prompts.json, train.json, metrics.json,
                                           predictions.csv (every test image's top-5)
@@ -95,10 +95,6 @@ class RunLayout:
 
     def adapter(self, unit: str) -> Path:
         return self.adapters / checked_component(unit, "adapter unit")
-
-    @property
-    def store_link(self) -> Path:
-        return self.root / "store"
 
     def lock(self, unit: str) -> Path:
         return self.root / ".locks" / f"{checked_component(unit, 'unit')}.lock"

@@ -39,9 +39,11 @@ def record_files(folder: Path, names: list[str]) -> dict[str, dict[str, Any]]:
     return {name: file_record(folder / name) for name in sorted(names)}
 
 
-def damaged_file(folder: Path, records: Any) -> str | None:
+def damaged_file(folder: Path, records: Any, hashes: bool = True) -> str | None:
     """The first file under `folder` that differs from its record (missing, another size, another
-    hash, or not a plain file), or None when all match."""
+    hash, or not a plain file), or None when all match. `hashes=False` compares sizes only: for
+    looking (status, plans, the run's views), where reading every file again would cost more than
+    the answer is worth; a stage that uses the files checks their hashes."""
     if not isinstance(records, dict) or not records:
         return str(folder)
     for name, record in sorted(records.items()):
@@ -49,7 +51,7 @@ def damaged_file(folder: Path, records: Any) -> str | None:
         escapes = Path(name).is_absolute() or ".." in Path(name).parts
         if escapes or not isinstance(record, dict) or os.path.islink(path) or not path.is_file():
             return str(path)
-        if path.stat().st_size != record.get("size") or file_record(path)["sha256"] != record.get("sha256"):
+        if path.stat().st_size != record.get("size") or (hashes and file_record(path)["sha256"] != record.get("sha256")):
             return str(path)
     return None
 

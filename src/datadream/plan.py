@@ -210,7 +210,7 @@ def _adapters_done(layout: RunLayout) -> set[str]:
 
     run = open_run(layout.root)
     store = store_of(run)
-    return {spec.name for spec in adapter_specs(run) if adapter_is_complete(run, store, spec)}
+    return {spec.name for spec in adapter_specs(run) if adapter_is_complete(run, store, spec, hashes=False)}
 
 
 def unet_evaluations(config: Config) -> int:

@@ -124,7 +124,6 @@ def write_index(run_dir: Path) -> Path:
     run = open_run(run_dir)
     store = store_of(run)
     specs = synthetic_specs(run)
-    total = run.config.synthesize.images_per_class
     with locks.unit_lock(run.layout.lock("index"), f"the index of {run.layout.root}", run.config.runtime.wait_for_locks):
         for spec in specs:
             folder = store.synthetic_class(spec.fingerprint)
