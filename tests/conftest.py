@@ -24,6 +24,16 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     return build_tiny_models(tmp_path_factory.mktemp("tiny-models"))
 
 
+@pytest.fixture(scope="session")
+def toy_generator(request) -> Path:
+    """The tiny generator pretrained on toy images (components/toy_pretrain.py), built once and kept
+    in pytest's cache folder; DATADREAM_CACHE points the demo's subprocesses at it."""
+    from datadream.components.toy_pretrain import toy_generator as build
+
+    os.environ["DATADREAM_CACHE"] = str(request.config.cache.mkdir("datadream"))
+    return build()
+
+
 @pytest.fixture()
 def toy_data(tmp_path) -> Path:
     from datadream.data.toy import write_toy_dataset

@@ -88,7 +88,7 @@ def test_run_each_training_source(tmp_path, tiny_models, toy_data, train_on):
     assert sources and all((run / "report" / src).resolve().is_relative_to(run / "report") for src in sources)
     assert all((run / "report" / src).is_file() for src in sources)
     assert len([s for s in sources if "-synthetic-" in s]) == (4 * 3 if has_synthetic else 0)
-    assert "random-weight models" in report  # the tiny models say what they are
+    assert "tiny models built by datadream: random weights" in report  # the tiny models say what they are
 
 
 def test_report_banner_only_for_random_weight_models_and_pages_for_many_classes(tmp_path, tiny_models, toy_data,
@@ -96,16 +96,16 @@ def test_report_banner_only_for_random_weight_models_and_pages_for_many_classes(
     import shutil
 
     from datadream import report as report_module
-    from datadream.components.tiny import RANDOM_WEIGHTS_MARKER
+    from datadream.components.tiny import TINY_MODEL_MARKER
     from datadream.report import write_report
 
     clip = tmp_path / "clip-copy"
     shutil.copytree(tiny_models["clip"], clip)
-    (clip / RANDOM_WEIGHTS_MARKER).unlink()  # as if a real checkpoint
+    (clip / TINY_MODEL_MARKER).unlink()  # as if a real checkpoint
     config = run_config(tmp_path, tiny_models, toy_data, classifier={"train_on": "none", "model": str(clip)})
     run = run_all(load_config(config), tmp_path / "run").run
     page = write_report(run).read_text()
-    assert "random-weight models" not in page and "<h2>Settings</h2>" in page and "Per class, worst first" in page
+    assert "tiny models built by datadream" not in page and "<h2>Settings</h2>" in page and "Per class, worst first" in page
     monkeypatch.setattr(report_module, "CLASSES_PER_PAGE", 3)  # 4 classes: pages of 3 and 1
     page = write_report(run).read_text()
     assert 'href="classes-1.html"' in page and 'href="classes-2.html"' in page and "<h3>0. circle" not in page

@@ -44,16 +44,16 @@ def write_report(root: Path) -> Path:
     metrics = _read_json(layout.metrics)
     trained = _read_json(layout.classifier_marker)
     index = _read_index(layout.synthetic_index)
-    from datadream.components.tiny import has_random_weights
+    from datadream.components.tiny import tiny_model_note
 
-    random_models = [m for m in (run.config.generator.model if index else None, run.config.classifier.model)
-                     if has_random_weights(m)]
+    notes = dict.fromkeys(note for m in (run.config.generator.model if index else None, run.config.classifier.model)
+                          if (note := tiny_model_note(m)))
     parts = [
         f"<h1>datadream run <code>{_e(layout.root.name)}</code></h1>",
         f"<p class=muted>{_e(str(layout.root))} · config {run.config.digest()} · generator "
         f"<code>{_e(run.config.generator.model)}</code> · classifier <code>{_e(run.config.classifier.model)}</code></p>",
-        *(["<p class=note>Made with random-weight models (tests, the demo): the images are noise and the numbers"
-           " say nothing about model quality.</p>"] if random_models else []),
+        *([f"<p class=note>Made with tiny models built by datadream: {_e('; '.join(notes))}.</p>"]
+          if notes else []),
         _metrics_section(metrics, trained),
         _mistakes_section(layout, metrics, thumbs),
         _curves_section(layout, trained),

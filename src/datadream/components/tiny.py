@@ -82,20 +82,26 @@ def build_tiny_stable_diffusion(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
-# Written beside the weights of every model built here and in random_models.py, so that what a
-# run made from them (its report) can say that its numbers mean nothing about model quality.
-RANDOM_WEIGHTS_MARKER = "datadream-random-weights.txt"
+# Written beside the weights of every model built in code (here, random_models.py, toy_pretrain.py),
+# saying what the model is, so that what a run made from it (its report) can say what its numbers
+# do not mean.
+TINY_MODEL_MARKER = "datadream-tiny-model.txt"
+RANDOM_WEIGHTS_NOTE = ("random weights built by datadream for tests, demos and speed benchmarks: what they"
+                       " generate or predict says nothing about model quality")
+
+
+def mark_tiny_model(folder: Path, note: str) -> None:
+    (Path(folder) / TINY_MODEL_MARKER).write_text(note + "\n", encoding="utf-8")
 
 
 def mark_random_weights(folder: Path) -> None:
-    (Path(folder) / RANDOM_WEIGHTS_MARKER).write_text(
-        "random weights built by datadream for tests, demos and speed benchmarks: what they generate or"
-        " predict says nothing about model quality\n", encoding="utf-8")
+    mark_tiny_model(folder, RANDOM_WEIGHTS_NOTE)
 
 
-def has_random_weights(model: str | None) -> bool:
-    """Whether `model` (a hub id or a local folder) is one of our random-weight models."""
-    return bool(model) and (Path(model) / RANDOM_WEIGHTS_MARKER).is_file()
+def tiny_model_note(model: str | None) -> str | None:
+    """What `model` (a hub id or a local folder) is, when datadream built it in code; else None."""
+    marker = Path(model) / TINY_MODEL_MARKER if model else None
+    return marker.read_text(encoding="utf-8").strip() if marker and marker.is_file() else None
 
 
 def build_tiny_clip(folder: Path, seed: int = 0) -> Path:

@@ -1,19 +1,31 @@
 """A toy image-classification dataset drawn by code (no download): one simple shape per class,
-with random colours, sizes, positions and backgrounds. For the demo and tests only."""
+with random sizes, positions and backgrounds, and random colours (or, with `distinct=True`, a hue
+of the class's own, so that the classes differ in colour as well as shape). For the demo and tests
+only."""
 
 from __future__ import annotations
 
+import colorsys
 import random
 from pathlib import Path
 
 from PIL import Image, ImageDraw
 
 TOY_CLASSES = ("circle", "square", "triangle", "stripes")
+# The hue of each toy class in a `distinct` dataset: red, green, magenta, yellow. Not blue or cyan,
+# which the demo's pretrained toy generator draws most without adaptation: a class it already
+# draws could not show what adaptation changes.
+TOY_HUES = {"circle": 0.0, "square": 0.33, "triangle": 0.83, "stripes": 0.15}
 
 
-def draw_shape(kind: str, size: int, rng: random.Random) -> Image.Image:
-    background = tuple(rng.randrange(0, 256) for _ in range(3))
-    colour = tuple((c + 128 + rng.randrange(-40, 40)) % 256 for c in background)
+def draw_shape(kind: str, size: int, rng: random.Random, hue: float | None = None) -> Image.Image:
+    """One toy image; with `hue`, a bright shape of about that hue on a dark, greyish background."""
+    if hue is None:
+        background = tuple(rng.randrange(0, 256) for _ in range(3))
+        colour = tuple((c + 128 + rng.randrange(-40, 40)) % 256 for c in background)
+    else:
+        background = _rgb(rng.random(), rng.uniform(0, 0.3), rng.uniform(0.05, 0.35))
+        colour = _rgb((hue + rng.uniform(-0.03, 0.03)) % 1, rng.uniform(0.75, 1), rng.uniform(0.75, 1))
     image = Image.new("RGB", (size, size), background)
     draw = ImageDraw.Draw(image)
     extent = rng.uniform(0.35, 0.8) * size
@@ -35,11 +47,16 @@ def draw_shape(kind: str, size: int, rng: random.Random) -> Image.Image:
     return image
 
 
+def _rgb(hue: float, saturation: float, value: float) -> tuple[int, int, int]:
+    return tuple(round(255 * c) for c in colorsys.hsv_to_rgb(hue, saturation, value))
+
+
 def write_toy_dataset(root: Path, per_class: dict[str, int], size: int = 48, seed: int = 0,
-                      classes: tuple[str, ...] = TOY_CLASSES) -> Path:
+                      classes: tuple[str, ...] = TOY_CLASSES, distinct: bool = False) -> Path:
     """Write root/<split>/<class>/<i>.png for each split in `per_class` (e.g. {"train": 8,
     "test": 8}); deterministic for a given seed. A class named after a toy shape draws that
-    shape; any other name draws the shapes in turn (for datasets of many classes)."""
+    shape; any other name draws the shapes in turn (for datasets of many classes). `distinct`
+    gives each toy shape its own hue (TOY_HUES)."""
     for split, count in per_class.items():
         rng = random.Random(f"{seed}/{split}")
         for position, name in enumerate(classes):
@@ -47,5 +64,6 @@ def write_toy_dataset(root: Path, per_class: dict[str, int], size: int = 48, see
             folder = root / split / name
             folder.mkdir(parents=True, exist_ok=True)
             for index in range(count):
-                draw_shape(kind, size, rng).save(folder / f"{index:03d}.png")
+                hue = TOY_HUES[kind] if distinct else None
+                draw_shape(kind, size, rng, hue).save(folder / f"{index:03d}.png")
     return root
