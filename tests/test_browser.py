@@ -63,8 +63,8 @@ def test_report_and_compare_page_in_a_browser(tmp_path, tiny_models, toy_data):
     report = browser_check(run / "report" / "index.html", screenshot=tmp_path / "report.png")
     assert report["broken"] == [] and report["errors"] == [], report
     assert report["images"] >= 4 * (3 + 3)  # shots and synthetic samples of 4 classes, and the mistakes
-    assert {"Metrics", "Where the classifier errs", "Training curves", "Per class, worst first", "Settings",
-            "Classes: real shots and synthetic samples"} <= set(report["sections"])
+    assert {"Metrics", "Where the classifier errs", "Confusion matrix", "Training curves", "Per class, worst first",
+            "Settings", "Classes: real shots and synthetic samples"} <= set(report["sections"])
     assert (tmp_path / "report.png").stat().st_size > 10_000
 
     page = compare([run, run], tmp_path / "compare")
