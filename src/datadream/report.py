@@ -1,8 +1,10 @@
 """RUN/report/index.html: a static page to look at a run — the metrics with the classes it
 confuses, its worst mistakes and the confusion matrix (similar classes side by side, and the groups
 of classes that take each other's images), every training curve, and per class the real shots
-beside synthetic samples. No server, no JavaScript; every image is a file in RUN/report/ (thumbnails
-in thumbs/), so the report folder stands alone (zip it, mail it, serve it)."""
+beside synthetic samples and, for an adapted class, the same seeds sampled without and with its
+adapter (the un-adapted previews synthesize keeps in the store). No server, no JavaScript; every
+image is a file in RUN/report/ (thumbnails in thumbs/), so the report folder stands alone (zip it,
+mail it, serve it)."""
 
 from __future__ import annotations
 
@@ -36,7 +38,12 @@ table{border-collapse:collapse}td,th{padding:.25rem .6rem;border-bottom:1px soli
 .mistake{margin:0;width:%dpx;font-size:.7rem}.mistake img{display:block}
 .heatmap-box{overflow-x:auto}.heatmap{image-rendering:pixelated;max-width:100%%;height:auto;border:1px solid #ccc}
 .legend{margin:.3rem 0 1rem;font-size:.75rem;color:#555}
-""" % (THUMB, THUMB, THUMB)
+.grid{margin:.4rem 0}.grid table td,.grid table th{padding:2px;border:0;vertical-align:middle}
+.grid th{font-size:.75rem;font-weight:normal;color:#555;width:5.5rem;padding:0}.grid img{width:%dpx;height:%dpx;object-fit:cover;display:block}
+.seed{font-size:.6rem;color:#777;word-break:break-all;width:%dpx}.grid.small img,.grid.small .seed{width:72px;height:72px}
+.grid.small .seed{height:auto}
+.grid figcaption{font-size:.75rem;color:#555}
+""" % (THUMB, THUMB, THUMB, THUMB, THUMB, THUMB)
 
 
 def write_report(root: Path) -> Path:
@@ -51,6 +58,7 @@ def write_report(root: Path) -> Path:
     trained = _read_json(layout.classifier_marker)
     index = _read_index(layout.synthetic_index)
     predictions = _read_predictions(layout.predictions, len(run.manifest.classes)) if metrics else []
+    previews = _read_previews(run)
     from datadream.components.tiny import has_random_weights
 
     random_models = [m for m in (run.config.generator.model if index else None, run.config.classifier.model)
@@ -66,10 +74,11 @@ def write_report(root: Path) -> Path:
         _confusion_section(run, predictions, out.parent),
         _curves_section(layout, trained),
         _quality_section(_read_json(layout.inspect)),
+        _adaptation_section(run, previews, index, thumbs),
         _per_class_section(run, metrics, _read_json(layout.inspect)),
         _settings_section(run),
     ]
-    pages = _class_pages(run, metrics, index, thumbs)
+    pages = _class_pages(run, metrics, index, previews, thumbs)
     if len(pages) == 1:  # a small run: the classes on the page itself
         parts.append(pages[0])
     else:
@@ -94,7 +103,7 @@ def _page(title: str, body: str) -> str:
             f"<style>{STYLE}</style></head><body>{body}</body></html>")
 
 
-def _class_pages(run, metrics: dict | None, index: dict[int, list[dict]], thumbs: Path) -> list[str]:
+def _class_pages(run, metrics: dict | None, index: dict[int, list[dict]], previews: dict, thumbs: Path) -> list[str]:
     per_class = (metrics or {}).get("per_class", {})
     classes = run.manifest.classes
     pages = []
@@ -108,11 +117,85 @@ def _class_pages(run, metrics: dict | None, index: dict[int, list[dict]], thumbs
             accuracy = per_class.get(cls.name)
             acc_text = "" if not metrics else (f" · test top-1 {accuracy:.1f}%" if accuracy is not None
                                                else " · no test images")
+            grid = ""
+            if cls.label in previews:
+                grid = _preview_grid(run, cls, previews[cls.label], index.get(cls.label, []), thumbs)
             parts.append(
                 f"<div class=cls id=c{cls.label}><h3>{cls.label}. {_e(cls.name)}<span class=muted>{acc_text}"
-                f" · “{_e(cls.prompt)}”</span></h3>{_strip('real', real)}{_strip('synthetic', synthetic)}</div>")
+                f" · “{_e(cls.prompt)}”</span></h3>{_strip('real', real)}{_strip('synthetic', synthetic)}{grid}</div>")
         pages.append("".join(parts))
     return pages
+
+
+# The index shows what adaptation changed for this many classes; every class page shows its own.
+ADAPTATION_CLASSES = 8
+
+
+def _read_previews(run) -> dict[int, tuple[Path, dict] | None]:
+    """Each adapted class's un-adapted preview in the run's store, by label (None for a class that
+    has none); empty for a run without adapters."""
+    from datadream.artifacts import preview_records
+    from datadream.units import store_of, synthetic_specs
+
+    specs = [spec for spec in synthetic_specs(run) if spec.adapter is not None]
+    if not specs:
+        return {}
+    store = store_of(run)
+    previews: dict[int, tuple[Path, dict] | None] = {}
+    for spec in specs:
+        folder = store.preview(spec.fingerprint)
+        marker = preview_records(folder)
+        previews[spec.cls.label] = (folder, marker) if marker is not None else None
+    return previews
+
+
+def _preview_grid(run, cls, preview: tuple[Path, dict] | None, rows: list[dict], thumbs: Path,
+                  small: bool = False) -> str:
+    """Two rows over the same seeds and prompt: the generator without the class's adapter, and
+    with it (the class's first synthetic images)."""
+    if preview is None:
+        return ("<p class=muted>No un-adapted preview for this class: its first images were made before previews"
+                " existed or with <code>synthesize.preview_images: 0</code>, or the store is not at hand.</p>")
+    folder, marker = preview
+    by_seed = {row.get("seed"): (i, row) for i, row in enumerate(rows)}
+    unadapted, adapted = [], []
+    for i, record in enumerate(marker["images"]):
+        unadapted.append(_thumbnail(folder / record["file"], thumbs / f"{cls.slug}-unadapted-{i}.jpg"))
+        found = by_seed.get(marker["seeds"][i])
+        adapted.append(_thumbnail(run.layout.synthetic / found[1]["file"], thumbs / f"{cls.slug}-synthetic-{found[0]}.jpg")
+                       if found else None)
+
+    def cells(sources: list[str | None], alt: str) -> str:
+        return "".join(f'<td><img src="{_e(src)}" loading=lazy alt="{alt}"></td>' if src else "<td class=muted>–</td>"
+                       for src in sources)
+
+    seeds = "".join(f"<td class=seed>{seed}</td>" for seed in marker["seeds"])
+    return (f"<figure class=\"grid{' small' if small else ''}\"><table><tr><th>un-adapted</th>{cells(unadapted, 'un-adapted')}"
+            f"</tr><tr><th>adapted</th>{cells(adapted, 'adapted')}</tr><tr><th>seed</th>{seeds}</tr></table>"
+            f"<figcaption>“{_e(marker['prompt'])}”, the same seeds and sampler: the generator without the class's"
+            " adapter, then with it.</figcaption></figure>")
+
+
+def _adaptation_section(run, previews: dict, index: dict[int, list[dict]], thumbs: Path) -> str:
+    """The first classes' un-adapted / adapted grids, each linked to its class on the class pages."""
+    if not previews:
+        return ""
+    parts = ["<h2>What adaptation changed</h2><p class=muted>The same prompt and seeds sampled without the"
+             " class's adapter and with it, for the first classes; every class has its grid under its samples.</p>"]
+    if not any(previews.values()):
+        parts.append("<p class=muted>No un-adapted previews in the store for this run: its images were made before"
+                     " previews existed or with <code>synthesize.preview_images: 0</code>.</p>")
+        return "".join(parts)
+    paged = len(run.manifest.classes) > CLASSES_PER_PAGE
+    for position, cls in enumerate(run.manifest.classes):
+        if cls.label not in previews:
+            continue
+        page = f"classes-{position // CLASSES_PER_PAGE + 1}.html" if paged else ""
+        parts.append(f'<div class=cls><h3><a href="{page}#c{cls.label}">{cls.label}. {_e(cls.name)}</a></h3>'
+                     f"{_preview_grid(run, cls, previews[cls.label], index.get(cls.label, []), thumbs, small=True)}</div>")
+        if len(parts) > ADAPTATION_CLASSES:
+            break
+    return "".join(parts)
 
 
 QUALITY_COLUMNS = ("fd", "precision", "recall", "coverage", "near_copy_share", "clip_score_synth")
