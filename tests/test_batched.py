@@ -84,7 +84,8 @@ def test_batched_adapters_resume_and_are_reused_by_sequential(tmp_path, tiny_mod
 
 def test_compiled_unet_gives_the_same_adapters_and_images(tmp_path, tiny_models, toy_data, monkeypatch):
     """torch.compile traced with the eager backend (no kernel generation, fast on a CPU): the
-    compiled paths of adapt (batched) and synthesize (swapping adapters in place) stay correct."""
+    compiled paths of adapt (batched) and synthesize (swapping adapters in place, switching them
+    off for the un-adapted previews) stay correct."""
     import numpy as np
     from PIL import Image
 
@@ -92,7 +93,8 @@ def test_compiled_unet_gives_the_same_adapters_and_images(tmp_path, tiny_models,
 
     monkeypatch.setenv("DATADREAM_COMPILE_BACKEND", "eager")
     config = write_config(tmp_path / "exp.yaml", tiny_config(tiny_models, toy_data / "train",
-                                                              synthesize={"images_per_class": 2}))
+                                                              synthesize={"images_per_class": 2},
+                                                              adapt={"lr": 1e-2}))  # adapters that show
     runs = {}
     for name, flag in (("plain", "false"), ("compiled", "true")):
         runs[name] = init_run(load_config(config, [f"adapt.compile={flag}", f"synthesize.compile={flag}",
@@ -108,6 +110,14 @@ def test_compiled_unet_gives_the_same_adapters_and_images(tmp_path, tiny_models,
         diff = np.abs(np.asarray(Image.open(runs["plain"] / image), dtype=np.int16)
                       - np.asarray(Image.open(runs["compiled"] / image), dtype=np.int16))
         assert diff.max() <= 2
+    previews = sorted((tmp_path / "plain-store" / "previews").glob("*/unadapted-*.png"))
+    assert len(previews) == 4 * 2
+    for plain in previews:
+        name = plain.relative_to(tmp_path / "plain-store")
+        ours = np.asarray(Image.open(tmp_path / "compiled-store" / name), dtype=np.int16)
+        assert np.abs(np.asarray(Image.open(plain), dtype=np.int16) - ours).max() <= 2
+        adapted = tmp_path / "compiled-store" / "synthetic" / name.parent.name / name.name.removeprefix("unadapted-")
+        assert np.abs(np.asarray(Image.open(adapted), dtype=np.int16) - ours).mean() > 1, "the compiled UNet kept its adapter"
 
 
 def test_bf16_paths_run_on_the_cpu(tmp_path, tiny_models, toy_data):

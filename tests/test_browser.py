@@ -3,7 +3,8 @@ every image loads, nothing is logged as an error, every section is there. Skippe
 
 A copy of each page, beside it (so relative links resolve the same), gets a script that loads
 every lazy image, then logs one line the test reads from Chromium's log: how many images there
-are, which did not load, which sections are present, and any error the page raised.
+are, which did not load, which sections are present, the images in each row of every un-adapted /
+adapted grid, the links, and any error the page raised.
 """
 
 from __future__ import annotations
@@ -31,7 +32,11 @@ window.addEventListener("load", async () => {
   await Promise.all(images.map(img => img.complete ? null : new Promise(r => { img.onload = img.onerror = r; })));
   const broken = images.filter(img => !img.naturalWidth).map(img => img.getAttribute("src"));
   const sections = [...document.querySelectorAll("h2")].map(h => h.textContent);
-  console.log("DATADREAM-CHECK " + JSON.stringify({images: images.length, broken, sections, errors: window.__errors}));
+  const grids = [...document.querySelectorAll("figure.grid")].map(
+    g => [...g.querySelectorAll("tr")].map(tr => tr.querySelectorAll("img").length));
+  const links = [...document.querySelectorAll("a[href]")].map(a => a.getAttribute("href"));
+  console.log("DATADREAM-CHECK " + JSON.stringify({images: images.length, broken, sections, grids, links,
+                                                   errors: window.__errors}));
 });
 </script>"""
 
@@ -52,7 +57,8 @@ def browser_check(page: Path, screenshot: Path | None = None) -> dict:
     return json.loads(found.group(1).replace('\\"', '"'))
 
 
-def test_report_and_compare_page_in_a_browser(tmp_path, tiny_models, toy_data):
+def test_report_and_compare_page_in_a_browser(tmp_path, tiny_models, toy_data, monkeypatch):
+    from datadream import report as report_module
     from datadream.compare import compare
     from datadream.config import load_config
     from datadream.pipeline import run_all
@@ -63,9 +69,19 @@ def test_report_and_compare_page_in_a_browser(tmp_path, tiny_models, toy_data):
     report = browser_check(run / "report" / "index.html", screenshot=tmp_path / "report.png")
     assert report["broken"] == [] and report["errors"] == [], report
     assert report["images"] >= 4 * (3 + 3)  # shots and synthetic samples of 4 classes, and the mistakes
-    assert {"Metrics", "Where the classifier errs", "Training curves", "Per class, worst first", "Settings",
-            "Classes: real shots and synthetic samples"} <= set(report["sections"])
+    assert {"Metrics", "Where the classifier errs", "Confusion matrix", "Training curves", "What adaptation changed",
+            "Per class, worst first", "Settings", "Classes: real shots and synthetic samples"} <= set(report["sections"])
+    # Un-adapted / adapted over 3 seeds (3 images a class): 4 classes in the summary, 4 under their samples.
+    assert report["grids"] == [[3, 3, 0]] * 8
     assert (tmp_path / "report.png").stat().st_size > 10_000
+
+    # Classes on pages of their own: the summary links to each class on its page, which has its grid.
+    monkeypatch.setattr(report_module, "CLASSES_PER_PAGE", 2)
+    summary = browser_check(report_module.write_report(run))
+    assert summary["broken"] == [] and summary["grids"] == [[3, 3, 0]] * 4
+    assert {"classes-1.html#c0", "classes-1.html#c1", "classes-2.html#c2", "classes-2.html#c3"} <= set(summary["links"])
+    second = browser_check(run / "report" / "classes-2.html")
+    assert second["broken"] == [] and second["errors"] == [] and second["grids"] == [[3, 3, 0]] * 2
 
     page = compare([run, run], tmp_path / "compare")
     compared = browser_check(page)

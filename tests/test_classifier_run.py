@@ -87,7 +87,16 @@ def test_run_each_training_source(tmp_path, tiny_models, toy_data, train_on):
     sources = re.findall(r'<img src="([^"]+)"', report)
     assert sources and all((run / "report" / src).resolve().is_relative_to(run / "report") for src in sources)
     assert all((run / "report" / src).is_file() for src in sources)
-    assert len([s for s in sources if "-synthetic-" in s]) == (4 * 3 if has_synthetic else 0)
+    # 3 synthetic images a class, and as many un-adapted previews (the adapted row shows the same files).
+    assert len({s for s in sources if "-synthetic-" in s}) == (4 * 3 if has_synthetic else 0)
+    assert len({s for s in sources if "-unadapted-" in s}) == (4 * 3 if has_synthetic else 0)
+    assert ("What adaptation changed" in report) == has_synthetic and "No un-adapted preview" not in report
+    if train_on == "synthetic":  # a store without previews (an older run): the report says so per class
+        shutil.rmtree(run.parent / "datadream-store" / "previews")
+        from datadream.report import write_report
+
+        page = write_report(run).read_text()
+        assert page.count("No un-adapted preview for this class") == 4 and "No un-adapted previews in the store" in page
     assert "tiny models built by datadream: random weights" in report  # the tiny models say what they are
 
 
@@ -158,6 +167,7 @@ def test_unadapted_generator_baseline(tmp_path, tiny_models, toy_data):
     assert not (run / "adapters").exists() or not any((run / "adapters").iterdir())
     rows = [json.loads(line) for line in (run / "synthetic" / "index.jsonl").read_text().splitlines()]
     assert {r["adapter"] for r in rows} == {None}
+    assert "What adaptation changed" not in (run / "report" / "index.html").read_text()
     import numpy as np
     from PIL import Image
 

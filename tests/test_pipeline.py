@@ -279,3 +279,52 @@ def test_class_names_that_are_not_paths(tmp_path, tiny_models, toy_data):
     assert sorted(p.name for p in (run / "synthetic").iterdir() if p.is_dir()) == [
         "000-f-a-18", "001-colt-s-foot", "002-class", "003-creme-brulee"]
     assert all((run / "synthetic" / r["file"]).resolve().is_relative_to(run / "synthetic") for r in rows)
+
+
+def test_unadapted_previews_are_the_stock_generators_images_and_change_nothing_else(tmp_path, tiny_models, toy_data):
+    """synthesize.preview_images: with the first shard of each adapted class, its first seeds are
+    sampled with the adapter switched off, into the store beside (not in) the class's images:
+    the very images adapt.mode=none makes from those seeds, while the adapted images stay as
+    they are without previews."""
+    import shutil
+
+    run = make_run(tmp_path, tiny_models, toy_data / "train", synthesize={"preview_images": 2})
+    adapt(run)
+    synthesize(run)
+    store = run.parent / "datadream-store"
+    base = make_run(tmp_path, tiny_models, toy_data / "train", name="base", adapt={"mode": "none"})
+    synthesize(base)
+    rows = [json.loads(line) for line in (run / "synthetic" / "index.jsonl").read_text().splitlines()]
+    assert not list((run / "synthetic").rglob("unadapted-*")), "previews are no training data"
+    for folder in (store / "synthetic").iterdir():
+        marker = json.loads((store / "previews" / folder.name / "preview.json").read_text())
+        first = [r for r in rows if r["class_name"] == marker["class"]][:2]
+        assert marker["seeds"] == [r["seed"] for r in first] and marker["prompt"] == first[0]["prompt"]
+        assert [i["file"] for i in marker["images"]] == ["unadapted-00000.png", "unadapted-00001.png"]
+        for record, row in zip(marker["images"], first):
+            preview = np.asarray(Image.open(store / "previews" / folder.name / record["file"]), dtype=np.int16)
+            stock = np.asarray(Image.open(base / "synthetic" / row["file"]), dtype=np.int16)
+            assert np.array_equal(preview, stock), "the un-adapted preview is adapt.mode=none's image"
+            adapted = np.asarray(Image.open(run / "synthetic" / row["file"]), dtype=np.int16)
+            assert np.abs(adapted - preview).mean() > 1, "the adapter should change the image"
+    assert not (base.parent / "datadream-store" / "previews").exists()  # nothing to compare without adapters
+
+    # The same run without previews (same adapters) writes the same synthetic set.
+    plain = make_run(tmp_path, tiny_models, toy_data / "train", name="plain", synthesize={"preview_images": 0})
+    shutil.copytree(store / "adapters", plain.parent / "datadream-store" / "adapters")
+    synthesize(plain)
+    assert tree_bytes(plain / "synthetic") == tree_bytes(run / "synthetic")
+    assert not (plain.parent / "datadream-store" / "previews").exists()
+
+    # Killed after the images, before the markers: the preview is sampled again, the same bytes.
+    entry = next((store / "synthetic").iterdir())
+    previews = tree_bytes(store / "previews" / entry.name)
+    for marker in (".shard-00000.json", ".datadream.json"):
+        (entry / marker).unlink()
+    shutil.rmtree(store / "previews" / entry.name)
+    synthesize(run)
+    assert tree_bytes(store / "previews" / entry.name) == previews
+    # A class complete without its preview (an older run) stays so.
+    shutil.rmtree(store / "previews" / entry.name)
+    synthesize(run)
+    assert not (store / "previews" / entry.name).exists()

@@ -253,15 +253,25 @@ def test_store_gc_removes_only_what_no_run_uses(tmp_path, config_file):
     store = tmp_path / "datadream-store"
     images_of_gone = {p.resolve() for p in (gone / "synthetic").iterdir() if p.is_symlink()}
     shutil.rmtree(gone)
+    previews_of_gone = [store / "previews" / p.name for p in images_of_gone]
+    assert all(p.is_dir() for p in previews_of_gone)
     listing = gc_text(store, dry_run=True)
-    assert "would remove 4 unreferenced entries" in listing and all(p.exists() for p in images_of_gone)
+    # 4 synthetic classes and their 4 previews; the adapters are shared with the kept run.
+    assert "would remove 8 unreferenced entries" in listing and all(p.exists() for p in images_of_gone)
     assert "would remove" in gc_text(kept, dry_run=True)  # a run folder names its store
     gc_text(store, dry_run=False)
-    assert not any(p.exists() for p in images_of_gone)
+    assert not any(p.exists() for p in images_of_gone) and not any(p.exists() for p in previews_of_gone)
     assert len(list((store / "synthetic").iterdir())) == 4 and len(list((store / "adapters").iterdir())) == 4
+    assert {p.name for p in (store / "previews").iterdir()} == {p.name for p in (store / "synthetic").iterdir()}
     for link in (kept / "adapters").iterdir():
         assert link.resolve().is_dir()
     assert "removed 0 unreferenced" in gc_text(store, dry_run=False)
+    # A preview being written (its class's first shard locked) is left alone, like its class.
+    orphan = store / "previews" / "0123456789abcdef"
+    orphan.mkdir()
+    with locks.unit_lock(store / "locks" / "synthetic-0123456789abcdef-0.lock", "a shard", True):
+        assert "0 unreferenced" in gc_text(store, dry_run=False) and orphan.is_dir()
+    assert "removed 1 unreferenced" in gc_text(store, dry_run=False) and not orphan.exists()
 
 
 # --- many processes on one run ------------------------------------------------------------------

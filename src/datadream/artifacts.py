@@ -14,7 +14,8 @@ from pathlib import Path
 
 from datadream.data.samples import SYNTHETIC, Sample
 from datadream.errors import UserError
-from datadream.layout import CLASS_MARKER, UNIT_MARKER, StoreLayout, image_name, shard_marker
+from datadream.layout import (CLASS_MARKER, PREVIEW_MARKER, UNIT_MARKER, StoreLayout, image_name, is_safe_component,
+                              shard_marker)
 from datadream.locks import is_locked
 from datadream.markers import damaged_file, read_marker
 from datadream.runs import Run
@@ -69,6 +70,33 @@ def shard_records(folder: Path, shard: range, total: int) -> dict | None:
         except OSError:
             return None
     return images
+
+
+def preview_records(folder: Path, seeds: list[int] | None = None) -> dict | None:
+    """The marker of a finished un-adapted preview: its prompt, its seeds and, in the same order,
+    each image's file, size and sha256. None when there is none, a file is missing or another
+    size, or (given `seeds`) it was sampled from other seeds. A preview is not a result: a damaged
+    one is sampled again by synthesize and left out by the report, never an error."""
+    try:
+        marker = read_marker(folder / PREVIEW_MARKER)
+    except UserError:
+        return None
+    images, recorded = (marker or {}).get("images"), (marker or {}).get("seeds")
+    if not (isinstance(images, list) and isinstance(recorded, list) and images and len(images) == len(recorded)
+            and all(isinstance(seed, int) for seed in recorded) and isinstance(marker.get("prompt"), str)):
+        return None
+    for record in images:
+        if not (isinstance(record, dict) and is_safe_component(record.get("file"))):
+            return None
+        path = folder / record["file"]
+        try:
+            if os.lstat(path).st_size != record.get("size") or path.is_symlink():
+                return None
+        except OSError:
+            return None
+    if seeds is not None and recorded != seeds:
+        return None
+    return marker
 
 
 def class_is_complete(folder: Path, total: int) -> bool:

@@ -132,6 +132,11 @@ class SynthesizeConfig:
         " DPM-Solver++ (multistep), an opt-in speed-up that changes the images (use ~20-25 steps)",
         choices=("default", "dpm++"),
     )
+    preview_images: int = _field(
+        4, "per adapted class, also sample its first N seeds with the adapter off, for the report's"
+        " un-adapted / adapted grid; kept in the store beside (not in) the class's images, never trained on"
+        " (0: off)", min=0, result=False,
+    )
 
 
 @dataclass

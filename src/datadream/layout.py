@@ -18,6 +18,8 @@
     STORE/adapters/.partial-<fingerprint>/  training state of an unfinished adapter
     STORE/synthetic/<fingerprint>/        one class's images; .shard-<start>.json per finished shard,
                                           .datadream.json (every image's size and sha256) when complete
+    STORE/previews/<fingerprint>/         the same class's first seeds sampled with its adapter off
+                                          (unadapted-<i>.png, preview.json): the report's grid, not data
     STORE/locks/<unit>.lock               one lock per unit of work, naming its owner
     STORE/runs/<hash>.json                the runs that use this store (what `store gc` keeps)
 """
@@ -35,6 +37,7 @@ DATASET_UNIT = "dataset"
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 UNIT_MARKER = "unit.json"  # an adapter's done-marker
 CLASS_MARKER = ".datadream.json"  # a synthetic class's done-marker (hidden: image-folder readers skip it)
+PREVIEW_MARKER = "preview.json"  # an un-adapted preview's done-marker
 SHARD_MARKER_PREFIX = ".shard-"
 CLASSIFIER_MARKER = "train.json"  # the classifier's done-marker
 LORA_FOLDER = "lora"
@@ -177,6 +180,15 @@ class StoreLayout:
         return self.synthetic / checked_component(fingerprint, "synthetic fingerprint")
 
     @property
+    def previews(self) -> Path:
+        return self.root / "previews"
+
+    def preview(self, fingerprint: str) -> Path:
+        """Un-adapted samples beside the synthetic class `fingerprint` (outside it, so that an image
+        folder loader never takes them for training data)."""
+        return self.previews / checked_component(fingerprint, "synthetic fingerprint")
+
+    @property
     def locks(self) -> Path:
         return self.root / "locks"
 
@@ -190,6 +202,10 @@ class StoreLayout:
 
 def shard_marker(start: int, total: int) -> str:
     return f"{SHARD_MARKER_PREFIX}{image_name(start, total).removesuffix('.png')}.json"
+
+
+def preview_name(index: int, total: int) -> str:
+    return f"unadapted-{image_name(index, total)}"
 
 
 def image_name(index: int, total: int) -> str:

@@ -60,7 +60,8 @@ def _owner(run, store: StoreLayout, unit) -> str:
 
 
 def referenced(run_root: Path) -> list[Path]:
-    """The store entries a run needs: its adapters and synthetic classes (planned or linked)."""
+    """The store entries a run needs: its adapters and synthetic classes (planned or linked; a
+    class's preview goes with the class, see store.collect_garbage)."""
     try:
         run = open_run(run_root)
     except UserError:

@@ -143,9 +143,9 @@ class Garbage:
 
 
 def collect_garbage(store: StoreLayout, referenced_by, remove: bool) -> Garbage:
-    """Entries (adapters, synthetic classes, unfinished checkpoints) that no registered run
-    references. `referenced_by(run_root)` returns the store paths a run needs (its plan and its
-    links). An entry whose lock is held is being written and is left alone."""
+    """Entries (adapters, synthetic classes and their previews, unfinished checkpoints) that no
+    registered run references. `referenced_by(run_root)` returns the store paths a run needs (its
+    plan and its links). An entry whose lock is held is being written and is left alone."""
     runs, gone = [], []
     needed: set[Path] = set()
     for record in sorted(store.runs.glob("*.json")) if store.runs.is_dir() else []:
@@ -162,14 +162,18 @@ def collect_garbage(store: StoreLayout, referenced_by, remove: bool) -> Garbage:
             if remove:
                 record.unlink(missing_ok=True)
     result = Garbage([], [], [], runs, gone)
-    for folder, kind in ((store.adapters, "adapter"), (store.synthetic, "synthetic")):
+    # A class's preview lives and dies with its synthetic entry (same name, written under the lock
+    # of the class's first shard): kept, busy or removed exactly when that entry is.
+    for folder, kind, owner in ((store.adapters, "adapter", store.adapters),
+                                (store.synthetic, "synthetic", store.synthetic),
+                                (store.previews, "synthetic", store.synthetic)):
         if not folder.is_dir():
             continue
         for entry in sorted(folder.iterdir()):
             name = entry.name.removeprefix(".partial-")
             if not is_safe_component(name) or entry.name.startswith(atomic.TMP_PREFIX):
                 continue
-            if entry.resolve() in needed or (folder / name).resolve() in needed:
+            if entry.resolve() in needed or (owner / name).resolve() in needed:
                 result.kept.append(entry)
                 continue
             # Writers take the unit's lock (an adapter's, or each shard's of a class) and register

@@ -6,11 +6,17 @@ module structure changes, so a compiled UNet is not recompiled (diffusers' own h
 the UNet but not the text encoder), and a swap is one file read and a memory copy. Adapters are
 read when their class starts rather than all kept in memory: 1,000 full-size class adapters
 would hold ~13 GB, and one read is negligible next to generating a class's 500 images.
+
+`disabled()` samples the un-adapted generator without unloading anything: peft's LoRA layers,
+switched off, compute their base layer alone, so the images are those of a pipeline that never
+had an adapter (adapt.mode=none).
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from safetensors.torch import load_file
@@ -61,6 +67,26 @@ class AdapterSwapper:
         else:
             self._copy(load_file(self.folders[name] / LORA_WEIGHTS))
         self.active = name
+
+    @contextmanager
+    def disabled(self) -> Iterator[None]:
+        """Within the block the pipeline samples without its LoRA (the base model's output)."""
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        if self._targets is None:  # no adapter loaded yet: the pipeline is the base model
+            yield
+            return
+        # Not pipeline.disable_lora(): it passes over a compiled UNet (torch.compile's wrapper is no
+        # diffusers model) and would leave the UNet adapted without a word.
+        layers = [layer for module in (self.pipeline.unet, self.pipeline.text_encoder)
+                  for layer in getattr(module, "_orig_mod", module).modules() if isinstance(layer, BaseTunerLayer)]
+        for layer in layers:
+            layer.enable_adapters(False)
+        try:
+            yield
+        finally:
+            for layer in layers:
+                layer.enable_adapters(True)
 
     @torch.no_grad()
     def _copy(self, weights: dict[str, torch.Tensor]) -> None:

@@ -19,6 +19,13 @@ copied into the pipeline's LoRA weights in place (components/lora_swap.py). Resu
 skipped when done, and within a shard a batch is skipped when all its files exist, so a re-run
 computes exactly the batches an uninterrupted run would have computed and writes the same files.
 An image whose size no longer matches its record (a power cut, a truncated copy) is generated again.
+
+With the shard that holds image 0 of an adapted class, the first `synthesize.preview_images` seeds
+are also sampled with the adapter switched off (same prompt and sampler): the un-adapted half of
+the report's grid, whose adapted half is images 0..N-1. They go to STORE/previews/<fingerprint>/,
+outside the image folder (never trained on), and their marker is written before the shard's, under
+its lock, so a killed run samples them again. A class whose first shard was done without them
+(an older run, the setting raised later) keeps none.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import shutil
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -34,12 +42,12 @@ from pathlib import Path
 import torch
 
 from datadream import atomic, locks
-from datadream.artifacts import adapter_is_complete, index_text, link_adapters, shard_records
+from datadream.artifacts import adapter_is_complete, index_text, link_adapters, preview_records, shard_records
 from datadream.components.lora_swap import AdapterSwapper
 from datadream.components.models import compile_module, load_stable_diffusion, resolve_device, resolve_dtype
 from datadream.config import stable_hash
 from datadream.errors import UserError
-from datadream.layout import CLASS_MARKER, StoreLayout, image_name, shard_marker
+from datadream.layout import CLASS_MARKER, PREVIEW_MARKER, StoreLayout, image_name, preview_name, shard_marker
 from datadream.markers import file_record, log_timing, read_marker, sha256_bytes
 from datadream.progress import progress
 from datadream.runs import Run, open_run
@@ -186,6 +194,8 @@ class OpenShard:
     shard: Shard
     lock: locks.HeldLock
     writes: list[Future] = field(default_factory=list)
+    preview_seeds: list[int] = field(default_factory=list)
+    preview_writes: list[Future] = field(default_factory=list)
 
 
 def _generator(run: Run, store: StoreLayout) -> "Generator":
@@ -247,16 +257,20 @@ class Generator:
                         continue
                     current = OpenShard(shard, held)
                     open_shards.append(current)
-                    todo = [] if shard_records(shard.folder, shard.images, total) is not None else \
-                        _prepare(shard, total, self.cfg.batch_size)
+                    done = shard_records(shard.folder, shard.images, total) is not None
+                    todo = [] if done else _prepare(shard, total, self.cfg.batch_size)
+                    current.preview_seeds = [] if done else self._previews_to_sample(shard)
                     bar.update(len(shard.images) - sum(len(b) for b in todo))
-                    if todo:
+                    if todo or current.preview_seeds:
                         self.generated += 1
                         adapter = shard.spec.adapter
                         if adapter is not None:
                             self.adapters.folders[adapter.fingerprint] = self.store.adapter(adapter.fingerprint)
                         self.adapters.activate(adapter.fingerprint if adapter else None)
                         self._compile_once()
+                    if current.preview_seeds:
+                        current.preview_writes = self._sample_previews(shard, current.preview_seeds, writer)
+                        pending += current.preview_writes
                     seeds = shard.spec.seeds(run_seed, total)
                     for batch in todo:
                         images = self._sample(shard.spec.cls.prompt, [seeds[i] for i in batch])
@@ -295,8 +309,10 @@ class Generator:
         still_open = []
         for position, entry in enumerate(open_shards):
             sampling_done = sampling_over or position < len(open_shards) - 1
-            if sampling_done and all(f.done() for f in entry.writes):
+            if sampling_done and all(f.done() for f in entry.writes + entry.preview_writes):
                 shard = entry.shard
+                if entry.preview_writes:
+                    self._mark_previews(entry)
                 if entry.writes or shard_records(shard.folder, shard.images, total) is None:
                     written = dict(f.result() for f in entry.writes)
                     names = [image_name(i, total) for i in shard.images]
@@ -308,6 +324,43 @@ class Generator:
             else:
                 still_open.append(entry)
         return still_open
+
+    def _previews_to_sample(self, shard: Shard) -> list[int]:
+        """Under the shard's lock: the seeds to sample un-adapted with this shard (none unless it
+        holds image 0 of an adapted class whose preview is not there yet)."""
+        spec, total = shard.spec, self.cfg.images_per_class
+        count = min(self.cfg.preview_images, total)
+        if shard.images.start != 0 or spec.adapter is None or not count:
+            return []
+        seeds = spec.seeds(self.run.config.runtime.seed, count)
+        folder = self.store.preview(spec.fingerprint)
+        if preview_records(folder, seeds) is not None:
+            return []
+        if folder.is_dir():  # a killed or older preview: only this shard's lock holder writes here
+            for entry in folder.iterdir():
+                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        return seeds
+
+    def _sample_previews(self, shard: Shard, seeds: list[int], writer: ThreadPoolExecutor) -> list[Future]:
+        """The preview's images, sampled now with the adapter off and written in the background."""
+        folder, total = self.store.preview(shard.spec.fingerprint), self.cfg.images_per_class
+        writes = []
+        with self.adapters.disabled():
+            for batch in batches(range(len(seeds)), self.cfg.batch_size):
+                images = self._sample(shard.spec.cls.prompt, [seeds[i] for i in batch])
+                writes += [writer.submit(write_png, folder / preview_name(i, total), image)
+                           for i, image in zip(batch, images)]
+        return writes
+
+    def _mark_previews(self, entry: OpenShard) -> None:
+        """The preview's marker, once its images are written (and before the shard's marker)."""
+        spec, total = entry.shard.spec, self.cfg.images_per_class
+        written = dict(f.result() for f in entry.preview_writes)
+        images = [{"file": preview_name(i, total), **written[preview_name(i, total)]}
+                  for i in range(len(entry.preview_seeds))]
+        atomic.write_json(self.store.preview(spec.fingerprint) / PREVIEW_MARKER, {
+            "class": spec.cls.name, "prompt": spec.cls.prompt, "seeds": entry.preview_seeds, "images": images,
+            "synthetic": spec.fingerprint, "adapter": spec.adapter.fingerprint})
 
     def _sample(self, prompt: str, seeds: list[int]):
         # One CPU generator per image: each image's starting noise depends on its seed alone, not
