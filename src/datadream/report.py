@@ -40,10 +40,9 @@ table{border-collapse:collapse}td,th{padding:.25rem .6rem;border-bottom:1px soli
 .legend{margin:.3rem 0 1rem;font-size:.75rem;color:#555}
 .grid{margin:.4rem 0}.grid table td,.grid table th{padding:2px;border:0;vertical-align:middle}
 .grid th{font-size:.75rem;font-weight:normal;color:#555;width:5.5rem;padding:0}.grid img{width:%dpx;height:%dpx;object-fit:cover;display:block}
-.seed{font-size:.6rem;color:#777;word-break:break-all;width:%dpx}.grid.small img,.grid.small .seed{width:72px;height:72px}
-.grid.small .seed{height:auto}
+.grid.small img{width:72px;height:72px}
 .grid figcaption{font-size:.75rem;color:#555}
-""" % (THUMB, THUMB, THUMB, THUMB, THUMB, THUMB)
+""" % (THUMB, THUMB, THUMB, THUMB, THUMB)
 
 
 def write_report(root: Path) -> Path:
@@ -166,14 +165,14 @@ def _preview_grid(run, cls, preview: tuple[Path, dict] | None, rows: list[dict],
                        if found else None)
 
     def cells(sources: list[str | None], alt: str) -> str:
-        return "".join(f'<td><img src="{_e(src)}" loading=lazy alt="{alt}"></td>' if src else "<td class=muted>–</td>"
-                       for src in sources)
+        # The seeds are 19-digit numbers: a tooltip, not a row that dwarfs the thumbnails.
+        return "".join(f'<td><img src="{_e(src)}" loading=lazy alt="{alt}" title="seed {seed}"></td>' if src
+                       else "<td class=muted>–</td>" for src, seed in zip(sources, marker["seeds"]))
 
-    seeds = "".join(f"<td class=seed>{seed}</td>" for seed in marker["seeds"])
     return (f"<figure class=\"grid{' small' if small else ''}\"><table><tr><th>un-adapted</th>{cells(unadapted, 'un-adapted')}"
-            f"</tr><tr><th>adapted</th>{cells(adapted, 'adapted')}</tr><tr><th>seed</th>{seeds}</tr></table>"
-            f"<figcaption>“{_e(marker['prompt'])}”, the same seeds and sampler: the generator without the class's"
-            " adapter, then with it.</figcaption></figure>")
+            f"</tr><tr><th>adapted</th>{cells(adapted, 'adapted')}</tr></table>"
+            f"<figcaption>“{_e(marker['prompt'])}”, images 1–{len(unadapted)} of the class: the same seeds (hover an"
+            " image) and sampler, the generator without the class's adapter, then with it.</figcaption></figure>")
 
 
 def _adaptation_section(run, previews: dict, index: dict[int, list[dict]], thumbs: Path) -> str:
