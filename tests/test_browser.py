@@ -72,16 +72,16 @@ def test_report_and_compare_page_in_a_browser(tmp_path, tiny_models, toy_data, m
     assert {"Metrics", "Where the classifier errs", "Confusion matrix", "Training curves", "What adaptation changed",
             "Per class, worst first", "Settings", "Classes: real shots and synthetic samples"} <= set(report["sections"])
     # Un-adapted / adapted over 3 seeds (3 images a class): 4 classes in the summary, 4 under their samples.
-    assert report["grids"] == [[3, 3, 0]] * 8
+    assert report["grids"] == [[3, 3]] * 8
     assert (tmp_path / "report.png").stat().st_size > 10_000
 
     # Classes on pages of their own: the summary links to each class on its page, which has its grid.
     monkeypatch.setattr(report_module, "CLASSES_PER_PAGE", 2)
     summary = browser_check(report_module.write_report(run))
-    assert summary["broken"] == [] and summary["grids"] == [[3, 3, 0]] * 4
+    assert summary["broken"] == [] and summary["grids"] == [[3, 3]] * 4
     assert {"classes-1.html#c0", "classes-1.html#c1", "classes-2.html#c2", "classes-2.html#c3"} <= set(summary["links"])
     second = browser_check(run / "report" / "classes-2.html")
-    assert second["broken"] == [] and second["errors"] == [] and second["grids"] == [[3, 3, 0]] * 2
+    assert second["broken"] == [] and second["errors"] == [] and second["grids"] == [[3, 3]] * 2
 
     page = compare([run, run], tmp_path / "compare")
     compared = browser_check(page)
