@@ -91,13 +91,16 @@ def test_image_size_is_read_from_the_model(tmp_path):
         assert clip_ops.image_features(loaded, torch.randn(2, 3, 48, 48)).shape == (2, 32)
 
 
-def test_unsupported_model_type_is_one_line(tmp_path):
+def test_unsupported_model_type_is_one_line_before_anything_trains(tmp_path):
+    from datadream.components.models import check_models_reachable
+
     folder = tmp_path / "bert"
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({"model_type": "bert"}), encoding="utf-8")
-    with pytest.raises(UserError, match=r"^classifier\.model: .* is a 'bert' model; supported .*clip, siglip") as err:
-        clip_ops.load_clip(str(folder))
-    assert "\n" not in str(err.value)
+    for load in (clip_ops.load_clip, lambda model: check_models_reachable(None, model)):
+        with pytest.raises(UserError, match=r"^classifier\.model: .* is a 'bert' model; supported .*clip, siglip") as err:
+            load(str(folder))
+        assert "\n" not in str(err.value)
 
 
 def test_siglip_run_trains_evaluates_inspects_predicts_and_exports(siglip_run, siglip, tmp_path):
