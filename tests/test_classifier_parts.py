@@ -80,7 +80,7 @@ def test_random_resized_crop_is_seeded_and_sized():
 
 def test_train_augment_keeps_shape_and_normalises():
     torch.manual_seed(0)
-    out = TrainAugment(32)(torch.randint(0, 256, (9, 3, 32, 32), dtype=torch.uint8))
+    out = TrainAugment(32, (0.5,) * 3, (0.5,) * 3)(torch.randint(0, 256, (9, 3, 32, 32), dtype=torch.uint8))
     assert out.shape == (9, 3, 32, 32) and out.dtype == torch.float32
     assert -2.5 < float(out.min()) and float(out.max()) < 2.5
 

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 from conftest import run_cli, tiny_config, write_config
 from datadream.components.augment import center_crop, normalize, to_uint8_tensor
+from datadream.components.clip import image_normalisation
 from datadream.config import load_config
 from datadream.data.images import list_images, load_rgb
 from datadream.pipeline import run_all
@@ -42,10 +43,11 @@ def recompute_top1(run: Path, models, test_root: Path) -> tuple[float, int]:
     model.eval()
     prompts = json.loads((run / "classifier" / "prompts.json").read_text())
     tokens = AutoTokenizer.from_pretrained(models["clip"])(prompts["prompts"], padding=True, return_tensors="pt")
+    stats = image_normalisation(str(models["clip"]))
     correct = total = 0
     for label, name in enumerate(sorted(p.name for p in test_root.iterdir())):
         for path in list_images(test_root / name):
-            pixels = normalize(to_uint8_tensor(center_crop(load_rgb(path), 32)).unsqueeze(0))
+            pixels = normalize(to_uint8_tensor(center_crop(load_rgb(path), 32)).unsqueeze(0), *stats)
             with torch.no_grad():
                 logits = model(**tokens, pixel_values=pixels).logits_per_image
             correct += int(logits.argmax(-1).item() == label)

@@ -16,6 +16,7 @@ import torch
 
 from conftest import TINY, tiny_config, write_config
 from datadream.components.augment import center_crop, normalize, to_uint8_tensor
+from datadream.components.clip import image_normalisation
 from datadream.config import load_config
 from datadream.data.images import load_rgb
 from datadream.errors import UserError
@@ -57,7 +58,8 @@ def stock_probabilities(models, run: Path, images: list[Path], lora: bool = True
         model = PeftModel.from_pretrained(model, run / "classifier" / "lora")
     prompts = json.loads((run / "classifier" / "prompts.json").read_text(encoding="utf-8"))["prompts"]
     tokens = AutoTokenizer.from_pretrained(models["clip"])(prompts, padding=True, return_tensors="pt")
-    pixels = normalize(torch.stack([to_uint8_tensor(center_crop(load_rgb(p), TINY)) for p in images]))
+    pixels = normalize(torch.stack([to_uint8_tensor(center_crop(load_rgb(p), TINY)) for p in images]),
+                       *image_normalisation(str(models["clip"])))
     with torch.no_grad():
         return model.eval()(**tokens, pixel_values=pixels).logits_per_image.softmax(-1)
 
@@ -122,7 +124,7 @@ def readme_snippet() -> str:
     return re.search(r"```python\n(.*?)```", text, re.S).group(1)
 
 
-def test_exported_classifier_runs_with_the_readme_lines(made):
+def test_exported_classifier_runs_with_the_readme_lines(made, tiny_models):
     out = export(made["run"], made["root"] / "classifier-export", "classifier")
     predictions = predict(made["run"], made["images"], top_k=len(NAMES))
     ours = as_matrix(predictions, len(NAMES))
@@ -138,7 +140,8 @@ def test_exported_classifier_runs_with_the_readme_lines(made):
     classes = json.loads((out / "datadream_classes.json").read_text(encoding="utf-8"))
     assert classes["class_names"] == NAMES and classes["labels"] == [0, 1, 2, 3]
     model = CLIPModel.from_pretrained(out).eval()
-    pixels = normalize(torch.stack([to_uint8_tensor(load_rgb(p)) for p in made["images"]]))
+    pixels = normalize(torch.stack([to_uint8_tensor(load_rgb(p)) for p in made["images"]]),
+                       *image_normalisation(str(tiny_models["clip"])))
     with torch.no_grad():
         features = torch.nn.functional.normalize(model.get_image_features(pixel_values=pixels).pooler_output, dim=-1)
     logits = classes["logit_scale"] * features @ torch.tensor(classes["text_features"]).t()

@@ -1,6 +1,6 @@
 """Export what a run made, in formats other tools read without datadream.
 
-    datadream export RUN OUT --what classifier   # transformers CLIPModel (LoRA merged) + processor
+    datadream export RUN OUT --what classifier   # transformers CLIPModel / SiglipModel (LoRA merged) + processor
     datadream export RUN OUT --what adapters     # diffusers layout and kohya (A1111 / ComfyUI) files
     datadream export RUN OUT --what dataset      # image folder + metadata.jsonl (Hugging Face imagefolder)
 
@@ -54,8 +54,9 @@ def export(run_dir: Path, out: Path, what: str) -> Path:
 # --- classifier ---------------------------------------------------------------------------------
 
 def export_classifier(run: Run, out: Path) -> None:
-    """The classifier as one stock `CLIPModel` (LoRA merged into the weights), its processor, and
-    the class prompts and their normalised text features (so a user can skip the text tower)."""
+    """The classifier as one stock `CLIPModel` or `SiglipModel` (LoRA merged into the weights),
+    its processor (CLIP) or its tokenizer and image processor (SigLIP), and the class prompts and
+    their normalised text features (so a user can skip the text tower)."""
     from transformers import AutoTokenizer, CLIPImageProcessor, CLIPProcessor
     from transformers.image_utils import PILImageResampling
 
@@ -72,6 +73,7 @@ def export_classifier(run: Run, out: Path) -> None:
     with torch.no_grad():
         text = clip_ops.text_features(model, tokens)
         logit_scale = float(model.logit_scale.exp())
+        bias = {"logit_bias": float(model.logit_bias)} if model.config.model_type == "siglip" else {}
     classes = json.loads((run.layout.classifier / PROMPTS).read_text(encoding="utf-8"))
     names, prompts = classes["classes"], classes["prompts"]
     model.config.id2label = dict(enumerate(names))
@@ -79,21 +81,29 @@ def export_classifier(run: Run, out: Path) -> None:
     model.save_pretrained(out)
     with explained_loading("CLIP", run.config.classifier.model, "classifier.model", "transformers"):
         tokenizer = AutoTokenizer.from_pretrained(run.config.classifier.model)
-    # Our test transform (shorter side to `size`, bicubic, centre crop, CLIP normalisation), so
-    # that stock preprocessing sees the images as `predict` and `evaluate` do.
+    # Our test transform (shorter side to `size`, bicubic, centre crop, the model's normalisation),
+    # so that stock preprocessing sees the images as `predict` and `evaluate` do. For SigLIP too,
+    # whose own processor squashes the image to a square instead of cropping it.
+    mean, std = clip_ops.normalisation(model)
     image_processor = CLIPImageProcessor(
         size={"shortest_edge": size}, crop_size={"height": size, "width": size}, resample=PILImageResampling.BICUBIC,
-        image_mean=list(clip_ops.CLIP_MEAN), image_std=list(clip_ops.CLIP_STD),
+        image_mean=list(mean), image_std=list(std),
     )
-    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out)
+    if model.config.model_type == "clip":
+        CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out)
+    else:  # no processor class pairs a CLIP image processor with SigLIP's tokenizer: saved apart
+        image_processor.save_pretrained(out)
+        tokenizer.save_pretrained(out)
     atomic.write_json(out / CLASSES_FILE, {
         "labels": list(range(len(names))),
         "class_names": names,
         "prompts": prompts,
         "logit_scale": logit_scale,
+        **bias,
         "train_on": marker["train_on"],
         "base_model": run.config.classifier.model,
         # L2-normalised, in label order: logits = logit_scale * normalised image feature @ these.T
+        # (+ logit_bias for SigLIP)
         "text_features": text.tolist(),
     })
 

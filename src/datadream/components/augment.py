@@ -1,6 +1,6 @@
 """Classifier augmentation as published: RandAugment(2, 9) -> RandomResizedCrop(scale 0.25-1,
 bicubic) -> flip -> ColorJitter(0.4, 0.4, 0.2, 0.1) p 0.8 -> grayscale p 0.2 -> Gaussian blur
-p 0.2 (sigma 0.1-2) -> solarize p 0.2 -> CLIP normalisation; Mixup/CutMix on a fraction of batches.
+p 0.2 (sigma 0.1-2) -> solarize p 0.2 -> the model's own normalisation; Mixup/CutMix on a fraction of batches.
 
 Split in two so that the GPU does the heavy part: the crop runs on the CPU in the loader workers
 (images arrive in all sizes and must leave in one), everything else runs batched on the device:
@@ -17,7 +17,6 @@ import random
 import torch
 from PIL import Image
 
-from datadream.components.clip import CLIP_MEAN, CLIP_STD
 from datadream.components.randaugment import rand_augment
 
 CROP_SCALE = (0.25, 1.0)
@@ -61,23 +60,24 @@ def to_uint8_tensor(image: Image.Image) -> torch.Tensor:
     return pixels.view(image.height, image.width, 3).permute(2, 0, 1).contiguous()
 
 
-def normalize(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, 3, H, W) -> CLIP-normalised float."""
-    return standardize(images.float() / 255.0)
+def normalize(images: torch.Tensor, mean, std) -> torch.Tensor:
+    """uint8 (B, 3, H, W) -> float normalised with the model's mean and std."""
+    return standardize(images.float() / 255.0, mean, std)
 
 
-def standardize(x: torch.Tensor) -> torch.Tensor:
-    """Images in [0, 1] -> CLIP's mean and std."""
-    mean = torch.tensor(CLIP_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD, device=x.device).view(1, 3, 1, 1)
+def standardize(x: torch.Tensor, mean, std) -> torch.Tensor:
+    """Images in [0, 1] -> the model's mean and std (per channel)."""
+    mean = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
     return (x - mean) / std
 
 
 class TrainAugment(torch.nn.Module):
     """The batched, on-device part of the training augmentation (uint8 in, normalised out)."""
 
-    def __init__(self, size: int):
+    def __init__(self, size: int, mean, std):
         super().__init__()
+        self.mean, self.std = tuple(mean), tuple(std)
         import kornia.augmentation as K
 
         blur_kernel = max(3, int(0.1 * size) // 2 * 2 + 1)  # ~10% of the side, odd
@@ -92,7 +92,7 @@ class TrainAugment(torch.nn.Module):
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = images.float() / 255.0
-        return standardize(self.photometric(rand_augment(x, num_ops=2, magnitude=9)).clamp(0, 1))
+        return standardize(self.photometric(rand_augment(x, num_ops=2, magnitude=9)).clamp(0, 1), self.mean, self.std)
 
 
 def mix_within(images: torch.Tensor, targets: torch.Tensor, groups: list[torch.Tensor],

@@ -194,7 +194,6 @@ def check_models_reachable(generator: str | None, classifier: str | None, genera
             with explained_loading("Stable Diffusion", generator, "generator.model", "diffusers"):
                 DiffusionPipeline.load_config(generator)
     if classifier is not None:
-        from transformers import AutoConfig
+        from datadream.components.clip import model_family
 
-        with explained_loading("CLIP", classifier, "classifier.model", "transformers"):
-            AutoConfig.from_pretrained(classifier)
+        model_family(classifier)  # an unsupported family, too, stops the run before the generator trains

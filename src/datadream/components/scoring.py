@@ -33,7 +33,7 @@ def batched_logits(model, tokens: dict[str, torch.Tensor], images: Dataset, batc
                                          num_workers=workers, pin_memory=device.type == "cuda")
     for pixels, labels in progress(loader, desc=desc, unit="batch", leave=False):
         with autocast:
-            features = clip_ops.image_features(model, normalize(pixels.to(device, non_blocking=True)))
+            features = clip_ops.image_features(model, normalize(pixels.to(device, non_blocking=True), *clip_ops.normalisation(model)))
         yield clip_ops.logits(model, features, text), labels
 
 

@@ -126,6 +126,30 @@ def build_tiny_clip(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
+def build_tiny_siglip(folder: Path, seed: int = 0) -> Path:
+    """A random SiglipModel with its image processor (mean = std = 0.5) and, since SigLIP's own
+    sentencepiece tokenizer cannot be built offline, the byte-level tiny tokenizer: AutoTokenizer
+    loads it from the folder like any other."""
+    from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel
+
+    from datadream.components.clip import SIGLIP_TEXT_LENGTH
+
+    torch.manual_seed(seed)
+    tokenizer = tiny_tokenizer()
+    tokenizer.model_max_length = SIGLIP_TEXT_LENGTH
+    config = SiglipConfig(
+        text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         **{**_text_config_kwargs(tokenizer), "max_position_embeddings": SIGLIP_TEXT_LENGTH}),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=4, image_size=TINY_RESOLUTION, patch_size=8),
+    )
+    SiglipModel(config).save_pretrained(folder)
+    SiglipImageProcessor(size={"height": TINY_RESOLUTION, "width": TINY_RESOLUTION}).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    mark_random_weights(folder)
+    return folder
+
+
 def build_tiny_models(folder: Path) -> dict[str, Path]:
     """Write DIR/sd (diffusers Stable Diffusion) and DIR/clip (transformers CLIP)."""
     folder.mkdir(parents=True, exist_ok=True)

@@ -15,4 +15,4 @@ def load_classifier(run: Run, marker: dict):
     if marker["train_on"] != "none":
         model = clip_ops.load_lora(model, run.layout.classifier / LORA_FOLDER)
     prompts = json.loads((run.layout.classifier / PROMPTS).read_text(encoding="utf-8"))["prompts"]
-    return model, clip_ops.tokenize(tokenizer, prompts), clip_ops.image_size(model)
+    return model, clip_ops.tokenize(model, tokenizer, prompts), clip_ops.image_size(model)

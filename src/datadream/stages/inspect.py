@@ -116,7 +116,7 @@ def _device(run: Run) -> tuple[torch.device, torch.dtype]:
 def prompt_features(run: Run) -> torch.Tensor:
     model, tokenizer = FeatureCache.model(run)
     device, _ = _device(run)
-    tokens = {k: v.to(device) for k, v in clip_ops.tokenize(tokenizer, [c.prompt for c in run.manifest.classes]).items()}
+    tokens = {k: v.to(device) for k, v in clip_ops.tokenize(model, tokenizer, [c.prompt for c in run.manifest.classes]).items()}
     with torch.no_grad():
         return clip_ops.text_features(model, tokens).cpu()
 
@@ -167,7 +167,7 @@ class FeatureCache:
         rows = []
         with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
             for pixels, _ in progress(loader, desc="inspect features", unit="batch", leave=False):
-                rows += list(clip_ops.image_features(model, normalize(pixels.to(device))).float().cpu())
+                rows += list(clip_ops.image_features(model, normalize(pixels.to(device), *clip_ops.normalisation(model))).float().cpu())
         return rows
 
     def _read(self) -> dict[str, torch.Tensor]:

@@ -139,9 +139,9 @@ class ClassifierTrainer:
             log.warning("train: %s has dropout in its image tower: each process draws its own masks, so the result"
                         " is not the one-process result (OpenAI's CLIP has none)", cfg.model)
         self.size = clip_ops.image_size(clip)
-        self.augment = TrainAugment(self.size).to(self.device)
+        self.augment = TrainAugment(self.size, *clip_ops.normalisation(clip)).to(self.device)
         prompts = [c.prompt for c in run.manifest.classes]
-        self.tokens = {k: v.to(self.device) for k, v in clip_ops.tokenize(tokenizer, prompts).items()}
+        self.tokens = {k: v.to(self.device) for k, v in clip_ops.tokenize(clip, tokenizer, prompts).items()}
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.steps_per_epoch = math.ceil(len(data.samples) / cfg.batch_size)

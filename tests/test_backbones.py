@@ -1,0 +1,149 @@
+"""Classifier backbones: a tiny random SigLIP through run / evaluate / predict / inspect / export,
+its own normalisation and tokenisation, LoRA only on the q/v projections of both towers, the
+image size read from the model, and one line for a model family we do not support."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY, tiny_config, write_config
+from datadream.components import clip as clip_ops
+from datadream.components.augment import center_crop, normalize, to_uint8_tensor
+from datadream.data.images import load_rgb
+from datadream.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def siglip(tmp_path_factory) -> Path:
+    from datadream.components.tiny import build_tiny_siglip
+
+    return build_tiny_siglip(tmp_path_factory.mktemp("tiny-siglip") / "siglip")
+
+
+@pytest.fixture(scope="module")
+def siglip_run(tmp_path_factory, tiny_models, siglip) -> dict:
+    from datadream.config import load_config
+    from datadream.data.toy import write_toy_dataset
+    from datadream.pipeline import run_all
+
+    root = tmp_path_factory.mktemp("siglip-run")
+    toy = write_toy_dataset(root / "data", {"train": 3, "val": 2, "test": 2}, size=40)
+    config = tiny_config(tiny_models, toy / "train", data={"val": str(toy / "val"), "test": str(toy / "test")},
+                         classifier={"model": str(siglip), "train_on": "synthetic+real", "epochs": 1})
+    summary = run_all(load_config(write_config(root / "exp.yaml", config)), root / "run")
+    return {"root": root, "toy": toy, "summary": summary}
+
+
+def test_siglip_loads_with_its_own_normalisation_and_tokenisation(siglip):
+    model, tokenizer = clip_ops.load_clip(str(siglip))
+    assert type(model).__name__ == "SiglipModel"
+    assert clip_ops.normalisation(model) == ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    tokens = clip_ops.tokenize(model, tokenizer, ["a photo of a cat", "dog"])
+    assert list(tokens) == ["input_ids"] and tokens["input_ids"].shape == (2, clip_ops.SIGLIP_TEXT_LENGTH)
+    # Everything that scores images normalises with the model's statistics: white becomes 1.
+    white = torch.full((1, 3, 4, 4), 255, dtype=torch.uint8)
+    assert torch.allclose(normalize(white, *clip_ops.normalisation(model)), torch.ones(1, 3, 4, 4))
+
+
+def test_siglip_logits_are_its_own_forward(siglip):
+    model, tokenizer = clip_ops.load_clip(str(siglip))
+    model.eval()
+    tokens = clip_ops.tokenize(model, tokenizer, ["a photo of a cat", "a dog"])
+    pixels = torch.randn(3, 3, TINY, TINY)
+    with torch.no_grad():
+        ours = clip_ops.logits(model, clip_ops.image_features(model, pixels), clip_ops.text_features(model, tokens))
+        stock = model(**tokens, pixel_values=pixels).logits_per_image
+    assert torch.allclose(ours, stock, atol=1e-5)
+
+
+@pytest.mark.parametrize("builder", ["clip", "siglip"])
+def test_lora_only_on_q_and_v_of_both_towers(tmp_path, builder):
+    from datadream.components import tiny
+
+    folder = getattr(tiny, f"build_tiny_{builder}")(tmp_path / builder)
+    model, _ = clip_ops.load_clip(str(folder))
+    peft_model = clip_ops.add_lora(model, 4, 8, 0.0)
+    trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
+    assert trainable and all(".lora_" in n and (".q_proj." in n or ".v_proj." in n) for n in trainable)
+    for tower in ("text_model", "vision_model"):
+        for layer in range(2):
+            for proj in ("q_proj", "v_proj"):
+                assert any(f"{tower}.encoder.layers.{layer}.self_attn.{proj}.lora_A" in n for n in trainable)
+    assert not any(".head." in n for n in trainable)  # SigLIP's pooling head stays frozen
+
+
+def test_image_size_is_read_from_the_model(tmp_path):
+    from transformers import CLIPModel
+
+    from datadream.components.tiny import build_tiny_clip
+
+    folder = build_tiny_clip(tmp_path / "clip48")
+    model = CLIPModel.from_pretrained(folder)
+    model.config.vision_config.image_size = 48
+    CLIPModel(model.config).save_pretrained(folder)  # position embeddings for 48 px
+    loaded, _ = clip_ops.load_clip(str(folder))
+    assert clip_ops.image_size(loaded) == 48
+    with torch.no_grad():
+        assert clip_ops.image_features(loaded, torch.randn(2, 3, 48, 48)).shape == (2, 32)
+
+
+def test_unsupported_model_type_is_one_line_before_anything_trains(tmp_path):
+    from datadream.components.models import check_models_reachable
+
+    folder = tmp_path / "bert"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "bert"}), encoding="utf-8")
+    for load in (clip_ops.load_clip, lambda model: check_models_reachable(None, model)):
+        with pytest.raises(UserError, match=r"^classifier\.model: .* is a 'bert' model; supported .*clip, siglip") as err:
+            load(str(folder))
+        assert "\n" not in str(err.value)
+
+
+def test_siglip_run_trains_evaluates_inspects_predicts_and_exports(siglip_run, siglip, tmp_path):
+    from transformers import AutoImageProcessor, SiglipModel
+
+    from datadream.export import export
+    from datadream.stages.predict import predict
+
+    summary = siglip_run["summary"]
+    run = summary.run
+    assert summary.metrics is not None and "top1" in json.dumps(summary.metrics)
+    assert (run / "inspect.json").is_file()
+    marker = json.loads((run / "classifier" / "train.json").read_text())
+    assert marker["model"] == str(siglip) and marker["train_on"] == "synthetic+real"
+    images = sorted((siglip_run["toy"] / "test").rglob("*.png"))[:3]
+    exact = tmp_path / "exact"
+    exact.mkdir()
+    for i, path in enumerate(images):
+        center_crop(load_rgb(path), TINY).save(exact / f"{i}.png")
+    exact_images = sorted(exact.glob("*.png"))
+    predictions = predict(run, exact_images, top_k=4)
+    ours = torch.zeros(len(predictions), 4)
+    for row, p in enumerate(predictions):
+        ours[row, p.labels] = torch.tensor(p.probabilities)
+    # The export, read with stock transformers: merged SiglipModel, image processor, class features.
+    out = export(run, tmp_path / "export", "classifier")
+    model = SiglipModel.from_pretrained(out).eval()
+    processor = AutoImageProcessor.from_pretrained(out)
+    assert tuple(processor.image_mean) == (0.5, 0.5, 0.5)
+    classes = json.loads((out / "datadream_classes.json").read_text(encoding="utf-8"))
+    pixels = processor(images=[load_rgb(p) for p in exact_images], return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        features = torch.nn.functional.normalize(model.get_image_features(pixel_values=pixels).pooler_output, dim=-1)
+    logits = classes["logit_scale"] * features @ torch.tensor(classes["text_features"]).t() + classes["logit_bias"]
+    assert torch.allclose(logits.softmax(-1), ours, atol=1e-5)
+
+
+def test_siglip_zero_shot_run(tmp_path, tiny_models, siglip, toy_data):
+    from datadream.config import load_config
+    from datadream.pipeline import run_all
+
+    config = tiny_config(tiny_models, toy_data / "train", data={"test": str(toy_data / "test")},
+                         classifier={"model": str(siglip), "train_on": "none"})
+    summary = run_all(load_config(write_config(tmp_path / "exp.yaml", config)), tmp_path / "run")
+    marker = json.loads((summary.run / "classifier" / "train.json").read_text())
+    assert marker["train_on"] == "none" and summary.metrics is not None
