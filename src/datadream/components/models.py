@@ -182,6 +182,8 @@ def check_models_reachable(generator: str | None, classifier: str | None, genera
     if generator is not None:
         from diffusers import DiffusionPipeline
 
+        from datadream.components.families import family_named, require_supported
+
         local = Path(generator).expanduser()
         if local.suffix == ".safetensors" or local.is_file():
             if not local.is_file():
@@ -192,7 +194,9 @@ def check_models_reachable(generator: str | None, classifier: str | None, genera
                     DiffusionPipeline.load_config(source)
         else:
             with explained_loading("Stable Diffusion", generator, "generator.model", "diffusers"):
-                DiffusionPipeline.load_config(generator)
+                index = DiffusionPipeline.load_config(generator)
+            # Another family's folder would otherwise fail deep inside adapt with a traceback.
+            require_supported(family_named(index.get("_class_name", ""), generator), generator)
     if classifier is not None:
         from datadream.components.clip import model_family
 
