@@ -118,3 +118,13 @@ def test_run_on_another_family_stops_before_any_work(family_models, tiny_models,
     assert errors == [f"datadream: error: generator.model: {family_models[name]} is {title} ({PIPELINES[name]});"
                       " this version trains and samples the sd family only (SD 1.x/2.x); see docs/models.md"], errors
     assert not run.exists()
+
+
+def test_loading_another_family_as_stable_diffusion_is_refused(family_models):
+    from datadream.components.models import load_stable_diffusion
+
+    # Stock StableDiffusionPipeline.from_pretrained would load the SDXL folder, minus its second
+    # text encoder, without a word.
+    with pytest.raises(UserError, match=r"is an SDXL model \(StableDiffusionXLPipeline\); this version") as err:
+        load_stable_diffusion(str(family_models["sdxl"]))
+    assert "\n" not in str(err.value)

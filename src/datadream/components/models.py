@@ -9,6 +9,7 @@ UserError line that says what to set instead, never a hub traceback.
 
 from __future__ import annotations
 
+import json
 import logging
 from contextlib import contextmanager
 from pathlib import Path
@@ -99,6 +100,7 @@ def _diffusers_folder(model: str, local: Path) -> Path:
     """The local folder of a diffusers model (fetching a hub id's needed files first), its
     weights checked against the official hashes when it is a known model."""
     from datadream.components import hub, weights
+    from datadream.components.families import family_named, require_supported
     from datadream.components.hub import NEEDED_PATTERNS, is_hub_id
 
     if is_hub_id(model):
@@ -114,6 +116,12 @@ def _diffusers_folder(model: str, local: Path) -> Path:
                 " checkpoint or a hub id"
             )
         known = weights.identify(str(folder))
+    index = folder / "model_index.json"
+    if index.is_file():
+        # StableDiffusionPipeline.from_pretrained loads an SDXL folder without a word, dropping
+        # its second text encoder: the family decides before any weights are read.
+        class_name = json.loads(index.read_text(encoding="utf-8")).get("_class_name", "")
+        require_supported(family_named(class_name, model), model)
     refuse_pickled_weights(folder, "generator.model")
     if known is not None:
         weights.warn_if_not_official(weights.check_folder(folder, known), known, f"generator.model={model}")
