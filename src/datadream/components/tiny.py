@@ -27,7 +27,7 @@ def tiny_tokenizer():
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
 
 
-def _text_config_kwargs(tokenizer) -> dict:
+def text_config_kwargs(tokenizer) -> dict:
     return dict(
         vocab_size=len(tokenizer),
         bos_token_id=tokenizer.bos_token_id,
@@ -65,7 +65,7 @@ def build_tiny_stable_diffusion(folder: Path, seed: int = 0) -> Path:
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
             hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-            projection_dim=32, hidden_act="gelu", **_text_config_kwargs(tokenizer),
+            projection_dim=32, hidden_act="gelu", **text_config_kwargs(tokenizer),
         )
     )
     # Stable Diffusion 2.1-base's scheduler settings.
@@ -111,7 +111,7 @@ def build_tiny_clip(folder: Path, seed: int = 0) -> Path:
     tokenizer = tiny_tokenizer()
     config = CLIPConfig(
         text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, **_text_config_kwargs(tokenizer)),
+                         num_attention_heads=4, **text_config_kwargs(tokenizer)),
         vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                            num_attention_heads=4, image_size=TINY_RESOLUTION, patch_size=8),
         projection_dim=32,
@@ -139,7 +139,7 @@ def build_tiny_siglip(folder: Path, seed: int = 0) -> Path:
     tokenizer.model_max_length = SIGLIP_TEXT_LENGTH
     config = SiglipConfig(
         text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                         **{**_text_config_kwargs(tokenizer), "max_position_embeddings": SIGLIP_TEXT_LENGTH}),
+                         **{**text_config_kwargs(tokenizer), "max_position_embeddings": SIGLIP_TEXT_LENGTH}),
         vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                            num_attention_heads=4, image_size=TINY_RESOLUTION, patch_size=8),
     )

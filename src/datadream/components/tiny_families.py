@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from datadream.components.tiny import TINY_RESOLUTION, _text_config_kwargs, mark_random_weights, tiny_tokenizer
+from datadream.components.tiny import TINY_RESOLUTION, text_config_kwargs, mark_random_weights, tiny_tokenizer
 
 T5_LENGTH = 32  # tokens per prompt the tiny T5 encoders take (real ones: 256 or 512)
 
@@ -32,7 +32,7 @@ def _clip(with_projection: bool, hidden: int = 32):
 
     config = CLIPTextConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
                             num_attention_heads=4, projection_dim=hidden, hidden_act="gelu",
-                            **_text_config_kwargs(tiny_tokenizer()))
+                            **text_config_kwargs(tiny_tokenizer()))
     return (CLIPTextModelWithProjection if with_projection else CLIPTextModel)(config)
 
 
