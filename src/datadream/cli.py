@@ -149,8 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = add("tiny-models", "write tiny random-weight models: DIR/sd (diffusers) and DIR/clip")
     sub.add_argument("dir", type=Path)
 
-    sub = add("demo", "offline end-to-end demo on tiny random models and generated images")
-    sub.add_argument("dir", type=Path, help="folder for the demo's models, images and run")
+    sub = add("demo", "offline end-to-end demo on tiny models and a toy dataset: adapted vs un-adapted generator,"
+              " and whether adaptation learned")
+    sub.add_argument("dir", type=Path, help="folder for the demo's CLIP model, images, two runs and their comparison")
     add_use_commands(add)
     return parser
 

@@ -30,7 +30,8 @@ from datadream.config import stable_hash
 
 log = logging.getLogger(__name__)
 
-# Everything the weights depend on: a change here rebuilds a cached folder.
+# Everything the weights depend on: a change here rebuilds a cached folder. A change to the code
+# below (the captions, the losses) must bump `version`, or old caches would be reused.
 RECIPE = {
     "version": 1,
     "images": 3072,
