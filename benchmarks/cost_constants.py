@@ -103,7 +103,10 @@ def measure_sd() -> dict[str, float]:
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from datadream.components.random_models import SD21_BASE_TEXT, SD21_BASE_UNET, SD21_BASE_VAE
-    from datadream.components.sd_lora import add_lora
+    from types import SimpleNamespace
+
+    from datadream.components.families import FAMILIES
+    from datadream.components.family_models import family_model
 
     bf16 = torch.bfloat16
     out: dict[str, float] = {}
@@ -128,7 +131,8 @@ def measure_sd() -> dict[str, float]:
             with tracker:
                 run()
             out[name] = tracker.peak / (2 if "unet" in name else 1)  # per UNet evaluation / per image
-    add_lora(unet, text, rank=16, alpha=16, train_text_encoder=True)
+    sd = family_model(SimpleNamespace(unet=unet, text_encoder=text, vae=vae), FAMILIES["sd"], torch.device("cpu"), bf16)
+    sd.add_lora(rank=16, alpha=16, train_text_encoder=True)
     out["sd_lora_params"] = params(unet, trainable=True) + params(text, trainable=True)
     unet.train()
     text.train()

@@ -65,7 +65,7 @@ def test_non_run_folder_is_refused(tmp_path, config_file):
 def test_mistyped_model_stops_init_and_the_fix_is_accepted(tmp_path, config_file):
     run = tmp_path / "run"
     result = run_cli("init", config_file, run, "--set", "generator.model=no-such-org/no-such-model")
-    assert_one_line_error(result, "cannot load Stable Diffusion model 'no-such-org/no-such-model'",
+    assert_one_line_error(result, "cannot load generator model 'no-such-org/no-such-model'",
                           "offline (HF_HUB_OFFLINE is set)", "datadream models download no-such-org/no-such-model")
     assert not run.exists(), "nothing is written before the models are checked"
     assert run_cli("init", config_file, run).returncode == 0

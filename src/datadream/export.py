@@ -158,7 +158,7 @@ def export_adapters(run: Run, out: Path) -> None:
     OUT/kohya/<unit>.safetensors (drop into A1111's or ComfyUI's LoRA folder)."""
     from safetensors.torch import save_file
 
-    from datadream.components.sd_lora import sort_safetensors_metadata
+    from datadream.components.lora_weights import sort_safetensors_metadata
     from datadream.artifacts import adapter_is_complete
     from datadream.units import adapter_specs, store_of
 

@@ -105,10 +105,6 @@ FAMILIES: dict[str, Family] = {
     )
 }
 BY_PIPELINE = {family.pipeline: family for family in FAMILIES.values()}
-# The families the adapt and synthesize stages train and sample today.
-SUPPORTED = ("sd",)
-
-
 def family_named(class_name: str, model: str) -> Family:
     """The family of a pipeline class name, or one line listing the supported ones."""
     family = BY_PIPELINE.get(class_name)
@@ -153,14 +149,3 @@ def _hub_index(model: str) -> str:
             encoding="utf-8")
     except Exception as err:  # hub errors come in many types; explain() sorts them into one line
         raise UserError(explain("diffusers", model, "generator.model", "diffusers", err)) from None
-
-
-def require_supported(family: Family, model: str) -> None:
-    """Stop before any work when the stages cannot train or sample `family` yet."""
-    if family.name not in SUPPORTED:
-        # Said aloud, "SDXL" and "SD 3" start with a vowel sound, "FLUX" does not.
-        article = "an" if family.title[0] in "AEIOS" else "a"
-        names = "/".join(SUPPORTED)
-        titles = ", ".join(FAMILIES[name].title for name in SUPPORTED)
-        raise UserError(f"generator.model: {model} is {article} {family.title} model ({family.pipeline}); this"
-                        f" version trains and samples the {names} family only ({titles}); see docs/models.md")

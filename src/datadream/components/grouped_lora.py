@@ -40,7 +40,7 @@ def lora_layers(modules: list[nn.Module]):
 
 def make_grouped(modules: list[nn.Module], groups: int, seeds: list[int]) -> list[nn.Parameter]:
     """Give every LoRA layer `groups` adapters, adapter k initialised exactly as a single adapter
-    from seeds[k] would be (see sd_lora.reset_lora: gaussian A, std 1/r, zero B, drawn on the CPU
+    from seeds[k] would be (see lora_weights.reset_lora: gaussian A, std 1/r, zero B, drawn on the CPU
     in module order). Returns the trainable parameters."""
     layers = lora_layers(modules)
     generators = [torch.Generator().manual_seed(seed) for seed in seeds]

@@ -12,8 +12,11 @@ from pathlib import Path
 
 # fnmatch patterns (a `*` also crosses `/`): configs and tokenizer files are small; weights only as
 # full-precision safetensors. Enough for a diffusers Stable Diffusion folder and a transformers CLIP.
-WEIGHT_PATTERNS = ("model.safetensors", "*/model.safetensors", "*/diffusion_pytorch_model.safetensors")
-CONFIG_PATTERNS = ("*.json", "*.txt")
+# Large denoisers and T5 encoders come in shards (name-00001-of-0000N.safetensors plus an index).
+WEIGHT_PATTERNS = ("model.safetensors", "*/model.safetensors", "*/diffusion_pytorch_model.safetensors",
+                   "*/model-*-of-*.safetensors", "*/diffusion_pytorch_model-*-of-*.safetensors")
+# T5's tokenizer is a sentencepiece model (SD 3, FLUX).
+CONFIG_PATTERNS = ("*.json", "*.txt", "*/spiece.model")
 NEEDED_PATTERNS = CONFIG_PATTERNS + WEIGHT_PATTERNS
 
 

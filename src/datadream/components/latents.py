@@ -22,6 +22,7 @@ class ShotImage:
     pixels: torch.Tensor  # uint8 (3, H, W), shorter side = the training resolution
     prompt: int  # index of its prompt in the unit
     key: str  # content hash: identifies the image across steps
+    original_size: tuple[int, int] = (0, 0)  # (height, width) of the file before resizing (SDXL's conditioning)
 
 
 class LatentEncoder:

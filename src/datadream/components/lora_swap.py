@@ -2,8 +2,9 @@
 
 The first adapter is loaded with diffusers' own `load_lora_weights`, which builds the LoRA
 layers; every later adapter of the same shape is copied into those very tensors. Nothing in the
-module structure changes, so a compiled UNet is not recompiled (diffusers' own hot-swap covers
-the UNet but not the text encoder), and a swap is one file read and a memory copy. Adapters are
+module structure changes, so a compiled denoiser is not recompiled (diffusers' own hot-swap covers
+the denoiser but not the text encoders), and a swap is one file read and a memory copy. The same
+for every generator family: the components and key names come from its FamilyModel. Adapters are
 read when their class starts rather than all kept in memory: 1,000 full-size class adapters
 would hold ~13 GB, and one read is negligible next to generating a class's 500 images.
 
@@ -21,33 +22,39 @@ from typing import Iterator
 import torch
 from safetensors.torch import load_file
 
+from datadream.components.family_models import FamilyModel
 from datadream.layout import LORA_WEIGHTS
 
 ACTIVE = "active"
 
 
-def _targets(pipeline) -> dict[str, torch.Tensor]:
-    """Diffusers-format key -> the live LoRA tensor it is loaded into."""
-    from diffusers.utils import convert_state_dict_to_diffusers
+def _components(model: FamilyModel) -> dict[str, torch.nn.Module]:
+    """The pipeline's components that may carry an adapter: the denoiser and the CLIP encoders
+    (the compiled denoiser's module itself, not torch.compile's wrapper)."""
+    names = [model.family.denoiser, *model.family.text_lora_targets]
+    modules = {name: getattr(model.pipeline, name) for name in names}
+    return {name: getattr(module, "_orig_mod", module) for name, module in modules.items()}
+
+
+def _targets(model: FamilyModel) -> dict[str, torch.Tensor]:
+    """The adapter file's key -> the live LoRA tensor it is loaded into."""
     from peft.utils import get_peft_model_state_dict
 
     targets: dict[str, torch.Tensor] = {}
-    for prefix, module in (("unet", pipeline.unet), ("text_encoder", pipeline.text_encoder)):
+    for prefix, module in _components(model).items():
         if not getattr(module, "peft_config", None) or ACTIVE not in module.peft_config:
             continue
         # get_peft_model_state_dict returns the live parameters (detached views share storage).
         live = get_peft_model_state_dict(module, adapter_name=ACTIVE)
-        converted = convert_state_dict_to_diffusers(dict(live))
-        if len(converted) != len(live):
-            raise RuntimeError("unexpected LoRA key conversion")
-        for (name, tensor), key in zip(live.items(), converted):
+        for tensor, key in zip(live.values(), model.file_keys(live)):
             targets[f"{prefix}.{key}"] = tensor
     return targets
 
 
 class AdapterSwapper:
-    def __init__(self, pipeline, folders: dict[str, Path], scale: float):
-        self.pipeline = pipeline
+    def __init__(self, model: FamilyModel, folders: dict[str, Path], scale: float):
+        self.model = model
+        self.pipeline = model.pipeline
         self.scale = scale
         self.folders = folders
         self.active: str | None = None
@@ -63,7 +70,7 @@ class AdapterSwapper:
         if self._targets is None:
             self.pipeline.load_lora_weights(str(self.folders[name]), adapter_name=ACTIVE)
             self.pipeline.set_adapters([ACTIVE], adapter_weights=[self.scale])
-            self._targets = _targets(self.pipeline)
+            self._targets = _targets(self.model)
         else:
             self._copy(load_file(self.folders[name] / LORA_WEIGHTS))
         self.active = name
@@ -76,10 +83,10 @@ class AdapterSwapper:
         if self._targets is None:  # no adapter loaded yet: the pipeline is the base model
             yield
             return
-        # Not pipeline.disable_lora(): it passes over a compiled UNet (torch.compile's wrapper is no
-        # diffusers model) and would leave the UNet adapted without a word.
-        layers = [layer for module in (self.pipeline.unet, self.pipeline.text_encoder)
-                  for layer in getattr(module, "_orig_mod", module).modules() if isinstance(layer, BaseTunerLayer)]
+        # Not pipeline.disable_lora(): it passes over a compiled denoiser (torch.compile's wrapper
+        # is no diffusers model) and would leave it adapted without a word.
+        layers = [layer for module in _components(self.model).values()
+                  for layer in module.modules() if isinstance(layer, BaseTunerLayer)]
         for layer in layers:
             layer.enable_adapters(False)
         try:

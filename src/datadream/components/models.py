@@ -69,13 +69,14 @@ def explained_loading(kind: str, model: str, key: str, folder_kind: str) -> Iter
         raise UserError(explain(kind, model, key, folder_kind, err)) from None
 
 
-def load_stable_diffusion(model: str, dtype: torch.dtype = torch.float32, config: str = ""):
-    """A `StableDiffusionPipeline` from a hub id, a local diffusers folder, or a single-file
-    checkpoint (`.safetensors`, original layout; its configs come from `config`). Weights are read
-    from safetensors only, and checked against the official hashes when the model is a known one."""
+def load_generator(model: str, dtype: torch.dtype = torch.float32, config: str = ""):
+    """The stock diffusers pipeline of `model`'s family (components/families.py: read from its
+    model_index.json) from a hub id or a local diffusers folder, or a `StableDiffusionPipeline`
+    from a single-file checkpoint (`.safetensors`, original layout; its configs come from
+    `config`). Weights are read from safetensors only, and checked against the official hashes
+    when the model is a known one."""
     import diffusers
     import transformers
-    from diffusers import StableDiffusionPipeline
 
     # Their per-component loading bars drown our own progress bars.
     diffusers.utils.logging.disable_progress_bar()
@@ -84,11 +85,12 @@ def load_stable_diffusion(model: str, dtype: torch.dtype = torch.float32, config
     if local.is_file() or model.endswith((".safetensors", ".ckpt", ".bin", ".pt", ".pth")):
         pipeline = _load_single_file(local, dtype, config)
     else:
-        folder = _diffusers_folder(model, local)
-        with explained_loading("Stable Diffusion", model, "generator.model", "diffusers"):
-            pipeline = StableDiffusionPipeline.from_pretrained(
-                folder, dtype=dtype, use_safetensors=True, safety_checker=None, requires_safety_checker=False
-            )
+        folder, family = _diffusers_folder(model, local)
+        # SD 1.x/2.x folders may name a safety checker; the synthetic set has no use for one.
+        extra = {"safety_checker": None, "requires_safety_checker": False} if family.name == "sd" else {}
+        with explained_loading(family.title, model, "generator.model", "diffusers"):
+            pipeline = getattr(diffusers, family.pipeline).from_pretrained(
+                folder, dtype=dtype, use_safetensors=True, **extra)
     if len(pipeline.tokenizer) <= 2:
         # CLIPTokenizer.from_pretrained can return an empty 2-token tokenizer instead of failing.
         raise UserError(f"generator.model '{model}': its tokenizer has no vocabulary; the folder is incomplete")
@@ -96,42 +98,50 @@ def load_stable_diffusion(model: str, dtype: torch.dtype = torch.float32, config
     return pipeline
 
 
-def _diffusers_folder(model: str, local: Path) -> Path:
+def pipeline_family(pipeline):
+    """The family record of a loaded pipeline."""
+    from datadream.components.families import BY_PIPELINE
+
+    return BY_PIPELINE[type(pipeline).__name__]
+
+
+def _diffusers_folder(model: str, local: Path):
     """The local folder of a diffusers model (fetching a hub id's needed files first), its
-    weights checked against the official hashes when it is a known model."""
+    weights checked against the official hashes when it is a known model, and its family."""
     from datadream.components import hub, weights
-    from datadream.components.families import family_named, require_supported
+    from datadream.components.families import family_named
     from datadream.components.hub import NEEDED_PATTERNS, is_hub_id
 
     if is_hub_id(model):
-        with explained_loading("Stable Diffusion", model, "generator.model", "diffusers"):
+        with explained_loading("generator", model, "generator.model", "diffusers"):
             folder = hub.fetch_snapshot(model, NEEDED_PATTERNS)
         known = weights.known_by_repo(model)
     else:
         folder = local
         if not (folder / "model_index.json").is_file():
             raise UserError(
-                f"generator.model: {local} is not a diffusers Stable Diffusion folder (no"
-                " model_index.json); point it at a folder saved with save_pretrained, a .safetensors"
-                " checkpoint or a hub id"
+                f"generator.model: {local} is not a diffusers folder (no model_index.json); point it at a"
+                " folder saved with save_pretrained, a .safetensors checkpoint or a hub id"
             )
         known = weights.identify(str(folder))
-    index = folder / "model_index.json"
-    if index.is_file():
-        # StableDiffusionPipeline.from_pretrained loads an SDXL folder without a word, dropping
-        # its second text encoder: the family decides before any weights are read.
-        class_name = json.loads(index.read_text(encoding="utf-8")).get("_class_name", "")
-        require_supported(family_named(class_name, model), model)
+    # The family decides which pipeline class loads the folder: StableDiffusionPipeline would
+    # load an SDXL folder without a word, dropping its second text encoder.
+    try:
+        class_name = json.loads((folder / "model_index.json").read_text(encoding="utf-8")).get("_class_name", "")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        raise UserError(f"generator.model: {folder / 'model_index.json'} is missing or not a JSON object;"
+                        " the folder is incomplete") from None
+    family = family_named(class_name, model)
     refuse_pickled_weights(folder, "generator.model")
     if known is not None:
         weights.warn_if_not_official(weights.check_folder(folder, known), known, f"generator.model={model}")
-    return folder
+    return folder, family
 
 
 def refuse_pickled_weights(folder: Path, key: str) -> None:
     """Pickled weights can run code when loaded: a component with only `.bin` files is refused
     rather than silently loaded."""
-    for part in ("unet", "vae", "text_encoder"):
+    for part in ("unet", "transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3"):
         sub = folder / part
         if sub.is_dir() and not any(sub.glob("*.safetensors")) and any(sub.glob("*.bin")):
             raise UserError(
@@ -190,7 +200,7 @@ def check_models_reachable(generator: str | None, classifier: str | None, genera
     if generator is not None:
         from diffusers import DiffusionPipeline
 
-        from datadream.components.families import family_named, require_supported
+        from datadream.components.families import family_named
 
         local = Path(generator).expanduser()
         if local.suffix == ".safetensors" or local.is_file():
@@ -201,10 +211,10 @@ def check_models_reachable(generator: str | None, classifier: str | None, genera
                 with explained_loading(SINGLE_FILE_CONFIGS, source, "generator.config", "diffusers"):
                     DiffusionPipeline.load_config(source)
         else:
-            with explained_loading("Stable Diffusion", generator, "generator.model", "diffusers"):
+            with explained_loading("generator", generator, "generator.model", "diffusers"):
                 index = DiffusionPipeline.load_config(generator)
-            # Another family's folder would otherwise fail deep inside adapt with a traceback.
-            require_supported(family_named(index.get("_class_name", ""), generator), generator)
+            # An unknown pipeline class would otherwise fail deep inside adapt with a traceback.
+            family_named(index.get("_class_name", ""), generator)
     if classifier is not None:
         from datadream.components.clip import model_family
 

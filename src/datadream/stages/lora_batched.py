@@ -90,7 +90,7 @@ class BatchedTrainer:
         schedule = get_scheduler("cosine", optimizer, num_warmup_steps=cfg.warmup_steps,
                                  num_training_steps=cfg.epochs * steps_per_epoch)
         scaler = torch.amp.GradScaler(t.device.type, enabled=t.dtype == torch.float16)
-        token_ids, frozen_text = t.start_training([u.classes[0].prompt for u in units])
+        prompts, frozen_text = t.start_training([u.classes[0].prompt for u in units])
         losses: list[list[float]] = [[] for _ in units]
         orders: list[list[int]] = []
         bar = progress(total=total_steps, desc=f"adapt {label}", unit="step", disable=probe, leave=False)
@@ -102,12 +102,8 @@ class BatchedTrainer:
             draws = [t.draw(s, order[window], g) for s, order, g in zip(samples, orders, generators)]
             per_group = len(draws[0].prompts)
             merged = StepDraws.concat(draws)
-            if frozen_text is None:
-                with t.autocast():
-                    text = t.text_encoder(token_ids)[0]  # prompt k through adapter k
-            else:
-                text = frozen_text
-            per_sample = t.per_sample_loss(merged, text.repeat_interleave(per_group, dim=0))
+            text = t.encode(prompts) if frozen_text is None else frozen_text  # prompt k through adapter k
+            per_sample = t.per_sample_loss(merged, text.repeat(per_group))
             per_class = per_sample.view(groups, per_group).mean(dim=1)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(per_class.sum()).backward()

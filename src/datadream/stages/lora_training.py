@@ -16,14 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from datadream import atomic
 from datadream.components import distributed
 from datadream.components.grouped_lora import make_single
 from datadream.components.latents import LatentEncoder, ShotImage
-from datadream.components.models import compile_module, load_stable_diffusion, resolve_device, resolve_dtype
-from datadream.components.sd_lora import add_lora, reset_lora, save_sd_lora
+from datadream.components.family_models import Conditioning, Prompts, family_model
+from datadream.components.models import (compile_module, load_generator, pipeline_family, resolve_device,
+                                         resolve_dtype)
+from datadream.components.lora_weights import reset_lora, sort_safetensors_metadata
 from datadream.components.seeds import derive_seed
 from datadream.config import AdaptConfig
 from datadream.data.fewshot import FewShotClass
@@ -55,12 +56,13 @@ def load_shots(run: Run, classes: list[FewShotClass], resolution: int) -> list[S
     for index, cls in enumerate(classes):
         for shot in cls.images:
             image = load_rgb(run.manifest.verified_path(shot))
+            original_size = (image.height, image.width)
             scale = resolution / min(image.size)
             size = (max(resolution, round(image.width * scale)), max(resolution, round(image.height * scale)))
             image = image.resize(size, Image.Resampling.BILINEAR)
             pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
             samples.append(ShotImage(pixels.view(image.height, image.width, 3).permute(2, 0, 1).contiguous(),
-                                     index, shot.sha256))
+                                     index, shot.sha256, original_size))
     return samples
 
 
@@ -74,7 +76,7 @@ class StepDraws:
     crops: torch.Tensor  # uint8 (B, 3, size, size)
     eps: torch.Tensor  # standard normal, latent shape: the VAE posterior sample
     noise: torch.Tensor
-    timesteps: torch.Tensor
+    timesteps: torch.Tensor  # DDPM step indices, or flow-matching sigmas (the family's draw)
 
 
     @property
@@ -94,7 +96,7 @@ class StepDraws:
 
 
 def draw_step(samples: list[ShotImage], chosen: list[int], size: int, latent_shape: tuple[int, ...],
-              num_timesteps: int, generator: torch.Generator) -> StepDraws:
+              draw_timesteps, generator: torch.Generator) -> StepDraws:
     shots, offsets, crops = [], [], []
     for i in chosen:
         image = samples[i].pixels
@@ -106,7 +108,7 @@ def draw_step(samples: list[ShotImage], chosen: list[int], size: int, latent_sha
     shape = (len(chosen), *latent_shape)
     eps = torch.randn(shape, generator=generator)
     noise = torch.randn(shape, generator=generator)
-    timesteps = torch.randint(0, num_timesteps, (len(chosen),), generator=generator)
+    timesteps = draw_timesteps(len(chosen), generator)
     return StepDraws(shots, offsets, torch.stack(crops), eps, noise, timesteps)
 
 
@@ -121,24 +123,21 @@ class LoraTrainer:
         # the locks, one whole adapter group per process; dataset-wise: data-parallel, see train).
         self.device = distributed.local_device(resolve_device(cfg.runtime.device))
         self.dtype = resolve_dtype(cfg.runtime.precision, self.device)
-        pipeline = load_stable_diffusion(cfg.generator.model, dtype=self.dtype, config=cfg.generator.config)
-        from diffusers import DDPMScheduler
-
-        self.tokenizer = pipeline.tokenizer
-        self.unet = pipeline.unet.to(self.device)
-        self.text_encoder = pipeline.text_encoder.to(self.device)
+        pipeline = load_generator(cfg.generator.model, dtype=self.dtype, config=cfg.generator.config)
+        self.model = family_model(pipeline, pipeline_family(pipeline), self.device, self.dtype, self.cfg.resolution)
+        self.denoiser = self.model.denoiser.to(self.device)
+        for encoder in self.model.encoders().values():
+            encoder.to(self.device)
         self.vae = pipeline.vae.to(self.device).requires_grad_(False).eval()
         if self.dtype == torch.float16:
             self.vae.to(torch.float32)  # SD's VAE overflows in fp16; bf16 and fp32 are safe
-        if self.device.type == "cuda":
-            self.unet.to(memory_format=torch.channels_last)
+        if self.device.type == "cuda" and self.model.family.denoiser == "unet":
+            self.denoiser.to(memory_format=torch.channels_last)
         if self.cfg.gradient_checkpointing:
-            self.unet.enable_gradient_checkpointing()
-        self.unet_forward = compile_module(self.unet) if self.cfg.compile else self.unet
-        self.noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
-        self.params = add_lora(self.unet, self.text_encoder, self.cfg.rank, self.cfg.alpha,
-                               self.cfg.train_text_encoder)
-        self.lora_modules = [self.unet, self.text_encoder] if self.cfg.train_text_encoder else [self.unet]
+            self.denoiser.enable_gradient_checkpointing()
+        self.denoiser_forward = compile_module(self.denoiser) if self.cfg.compile else self.denoiser
+        self.params = self.model.add_lora(self.cfg.rank, self.cfg.alpha, self.cfg.train_text_encoder)
+        self.lora_modules = list(self.model.lora_components(self.cfg.train_text_encoder).values())
         self.seed = cfg.runtime.seed
         self.encoder = LatentEncoder(self.vae, self.cfg.resolution, self.cfg.reuse_vae_moments,
                                      self.cfg.cache_latents)
@@ -149,48 +148,42 @@ class LoraTrainer:
     def unit_seed(self, unit: AdapterSpec) -> int:
         return derive_seed(self.seed, "adapt", unit.seed_key)
 
-    def tokens(self, prompts: list[str]) -> torch.Tensor:
-        return self.tokenizer(prompts, padding="max_length", truncation=True,
-                              max_length=self.tokenizer.model_max_length, return_tensors="pt").input_ids.to(self.device)
-
     def draw(self, samples, chosen: list[int], generator: torch.Generator) -> StepDraws:
-        return draw_step(samples, chosen, self.cfg.resolution, self.latent_shape,
-                         self.noise_scheduler.config.num_train_timesteps, generator)
+        return draw_step(samples, chosen, self.cfg.resolution, self.latent_shape, self.model.draw_timesteps,
+                         generator)
 
-    def start_training(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Token ids of the prompts, their features when the text encoder is frozen (computed
-        once, not per step), and the LoRA modules in training mode."""
-        token_ids = self.tokens(prompts)
+    def start_training(self, texts: list[str]) -> tuple[Prompts, Conditioning | None]:
+        """The prompts ready to encode, their conditioning when the text encoders are frozen
+        (computed once, not per step), and the LoRA modules in training mode."""
+        prompts = self.model.prompts(texts)
         frozen_text = None
         if not self.cfg.train_text_encoder:
             with torch.no_grad(), self.autocast():
-                frozen_text = self.text_encoder(token_ids)[0]
+                frozen_text = self.model.encode(prompts)
         for module in self.lora_modules:
             module.train()
-        return token_ids, frozen_text
+        return prompts, frozen_text
+
+    def encode(self, prompts: Prompts, rows: torch.Tensor | None = None) -> Conditioning:
+        """The conditioning of the prompts (of `rows` only), through the adapted text encoders."""
+        with self.autocast():
+            return self.model.encode(prompts.rows(rows))
 
     def autocast(self):
-        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
+        return self.model.autocast()
 
-    def per_sample_loss(self, draws: StepDraws, text: torch.Tensor) -> torch.Tensor:
-        """Denoising MSE of each sample, given the prompt features of each sample."""
-        device = self.device
+    def per_sample_loss(self, draws: StepDraws, text: Conditioning) -> torch.Tensor:
+        """The family's denoising MSE of each sample, given the conditioning of each sample."""
         mean, std = self.encoder.moments(draws.shots, draws.offsets, draws.crops)
-        latents = (mean + std * draws.eps.to(device, mean.dtype)).float() * self.vae.config.scaling_factor
-        noise, timesteps = draws.noise.to(device), draws.timesteps.to(device)
-        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
-        if self.noise_scheduler.config.prediction_type == "v_prediction":
-            target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
-        else:
-            target = noise
-        with self.autocast():
-            prediction = self.unet_forward(noisy, timesteps, text).sample
-        return F.mse_loss(prediction.float(), target.float(), reduction="none").flatten(1).mean(dim=1)
+        latents = self.model.latents((mean + std * draws.eps.to(self.device, mean.dtype)).float())
+        return self.model.denoising_loss(self.denoiser_forward, latents, draws.noise.to(self.device), draws.timesteps,
+                                         text, draws.shots, draws.offsets)
 
     def save_unit(self, unit: AdapterSpec, losses: list[float], steps_per_epoch: int, started: float,
                   index: int | None = None, engine: str = "sequential", processes: int = 1) -> None:
         with atomic.staged_directory(self.store.adapter(unit.fingerprint)) as staging:
-            save_sd_lora(staging, self.unet, self.text_encoder, self.cfg.train_text_encoder, index=index)
+            self.model.save_lora(staging, self.cfg.train_text_encoder, index=index)
+            sort_safetensors_metadata(staging / LORA_WEIGHTS)
             # Nothing that varies between identical runs (such as timings, which go to the log)
             # is in the marker: identical runs give identical files.
             # Only what the adapter is made of: the store shares it with every run of equal fingerprint.
@@ -256,7 +249,7 @@ class LoraTrainer:
             meta, tensors = restored
             progress = Progress(meta["step"], meta["order"], tensors["losses"].tolist())
             log.info("adapt: resuming %s at step %d", label, progress.step)
-        token_ids, frozen_text = self.start_training(prompts)
+        prompt_inputs, frozen_text = self.start_training(prompts)
         losses = progress.losses
         bar = progress_bar(total=total_steps, initial=progress.step, desc=f"adapt {label}", unit="step",
                            leave=False, disable=not group.is_main)
@@ -275,10 +268,9 @@ class LoraTrainer:
                     # Each distinct prompt is encoded once and shared by its samples: the same
                     # gradient as encoding it per sample, at a fraction of the cost.
                     used, inverse = torch.unique(prompt_index, return_inverse=True)
-                    with self.autocast():
-                        text = self.text_encoder(token_ids[used])[0][inverse]
+                    text = self.encode(prompt_inputs, used).select(inverse)
                 else:
-                    text = frozen_text[prompt_index]
+                    text = frozen_text.select(prompt_index)
                 per_sample = self.per_sample_loss(draws, text)
                 # Several processes: this share's part of the global batch's mean.
                 loss = per_sample.mean() if group.size == 1 else per_sample.sum() / len(chosen)

@@ -44,7 +44,9 @@ import torch
 from datadream import atomic, locks
 from datadream.artifacts import adapter_is_complete, index_text, link_adapters, preview_records, shard_records
 from datadream.components.lora_swap import AdapterSwapper
-from datadream.components.models import compile_module, load_stable_diffusion, resolve_device, resolve_dtype
+from datadream.components.family_models import family_model
+from datadream.components.models import (compile_module, load_generator, pipeline_family, resolve_device,
+                                         resolve_dtype)
 from datadream.config import stable_hash
 from datadream.errors import UserError
 from datadream.layout import CLASS_MARKER, PREVIEW_MARKER, StoreLayout, image_name, preview_name, shard_marker
@@ -221,14 +223,18 @@ class Generator:
         self.cfg = run.config.synthesize
         self.device = resolve_device(runtime.device)
         dtype = resolve_dtype(runtime.precision, self.device)
-        self.pipeline = load_stable_diffusion(run.config.generator.model, dtype=dtype,
-                                              config=run.config.generator.config).to(self.device)
+        self.pipeline = load_generator(run.config.generator.model, dtype=dtype,
+                                       config=run.config.generator.config).to(self.device)
+        self.model = family_model(self.pipeline, pipeline_family(self.pipeline), self.device, dtype)
+        if self.cfg.sampler == "dpm++" and self.model.family.objective == "flow_matching":
+            raise UserError(f"synthesize.sampler=dpm++: {self.model.family.title} samples by flow matching with its"
+                            " own Euler sampler; set synthesize.sampler=default")
         if self.cfg.sampler == "dpm++":
             from diffusers import DPMSolverMultistepScheduler
 
             self.pipeline.scheduler = DPMSolverMultistepScheduler.from_config(
                 self.pipeline.scheduler.config, algorithm_type="dpmsolver++")
-        self.adapters = AdapterSwapper(self.pipeline, {}, self.cfg.lora_scale)
+        self.adapters = AdapterSwapper(self.model, {}, self.cfg.lora_scale)
         self.compiled = not self.cfg.compile
         self.generated = 0  # shards this process sampled (not those found done or left to others)
 
@@ -236,7 +242,8 @@ class Generator:
         """After the first adapter built the LoRA layers: later swaps only copy weights, so the
         compiled graph stays valid."""
         if not self.compiled:
-            self.pipeline.unet = compile_module(self.pipeline.unet)
+            name = self.model.family.denoiser
+            setattr(self.pipeline, name, compile_module(getattr(self.pipeline, name)))
             self.compiled = True
 
     def generate(self, shards: list[Shard], wait: bool) -> list[Shard]:
@@ -373,6 +380,7 @@ class Generator:
             height=self.cfg.resolution,
             width=self.cfg.resolution,
             generator=generators,
+            **self.model.sample_kwargs(),
         ).images
 
 
