@@ -4,11 +4,16 @@
     python benchmarks/adapt_throughput.py --classes 10 --repeats 3
     # GPU, full-size random SD 2.1-base at 512 px:
     python benchmarks/adapt_throughput.py --full --device cuda --classes 32 --epochs 2 --groups 8,16,32
+    # GPU, another family at its published architecture (sdxl, sd3 = SD 3.5 Medium, flux = FLUX.1-dev):
+    python benchmarks/adapt_throughput.py --full --family sdxl --device cuda --classes 8 --epochs 1 --groups 4,8 \
+        --set adapt.gradient_checkpointing=true
 
 Configurations, each on the same toy few-shot set (16 shots per class):
 - reference: sequential engine, fp32, every crop VAE-encoded every step (the reference's way);
 - sequential: sequential engine with our defaults (bf16 on GPU, VAE moments reused where exact);
 - batched K: the batched engine, K classes per forward/backward.
+The reference row is SD's alone (the reference implementation is SD 2.1 code); for another
+family the sequential engine is the baseline.
 Prints a table (median of --repeats) and appends it to docs/benchmarks.md with the device,
 versions and command. Numbers from random weights measure speed only, never quality.
 """
@@ -31,17 +36,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import append_report, device_description, versions  # noqa: E402
 
 
-def configs(groups: list[int], precision_auto: str) -> list[tuple[str, list[str]]]:
+def configs(groups: list[int], precision_auto: str, family: str) -> list[tuple[str, list[str]]]:
     reference = ["adapt.engine=sequential", "runtime.precision=fp32", "adapt.reuse_vae_moments=false"]
     ours = [("sequential", ["adapt.engine=sequential", f"runtime.precision={precision_auto}"])]
     ours += [(f"batched K={k}", ["adapt.engine=batched", f"adapt.group_size={k}",
                                  f"runtime.precision={precision_auto}"]) for k in groups]
-    return [("reference (sequential, fp32, no reuse)", reference), *ours]
+    return [("reference (sequential, fp32, no reuse)", reference), *ours] if family == "sd" else ours
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--full", action="store_true", help="full-size random SD 2.1-base at 512 px (GPU)")
+    parser.add_argument("--full", action="store_true", help="full-size random weights at the family's size (GPU)")
+    parser.add_argument("--family", default="sd", choices=("sd", "sdxl", "sd3", "flux"),
+                        help="generator family (full size: SD 2.1-base, SDXL base, SD 3.5 Medium, FLUX.1-dev)")
+    parser.add_argument("--resolution", type=int, default=0, help="training crop (default: 32 tiny, the family's full)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a config override")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--epochs", type=int, default=10, help="200 in the paper; fewer suffice to time a step")
@@ -50,29 +59,36 @@ def main() -> None:
     parser.add_argument("--no-report", action="store_true", help="print only; do not append to docs/benchmarks.md")
     args = parser.parse_args()
 
-    from datadream.components.random_models import build_random_sd21_base
+    from datadream.components.families import FAMILIES
+    from datadream.components.random_models import build_random_family
     from datadream.components.tiny import build_tiny_clip, build_tiny_stable_diffusion
+    from datadream.components.tiny_families import BUILDERS
     from datadream.config import load_config
     from datadream.data.toy import write_toy_dataset
     from datadream.stages.adapt import adapt
     from datadream.runs import init_run
 
-    resolution = 512 if args.full else 32
+    family = FAMILIES[args.family]
+    resolution = args.resolution or (family.resolution if args.full else 32)
     work = Path(tempfile.mkdtemp(prefix="datadream-bench-"))
     try:
         # init checks every model a run needs; this benchmark never trains the classifier.
         classifier = build_tiny_clip(work / "clip")
-        model = (build_random_sd21_base if args.full else build_tiny_stable_diffusion)(work / "sd")
+        if args.full:
+            model = build_random_family(args.family, work / args.family)
+        else:
+            model = (BUILDERS.get(args.family) or build_tiny_stable_diffusion)(work / args.family)
         classes = tuple(f"class{i:03d}" for i in range(args.classes))
         data = write_toy_dataset(work / "data", {"train": 16}, size=resolution, classes=classes)
         precision = "auto"
         common = [f"data.train={data / 'train'}", "data.shots=16", f"generator.model={model}",
                   f"classifier.model={classifier}",
-                  f"adapt.resolution={resolution}", f"adapt.epochs={args.epochs}", f"runtime.device={args.device}"]
+                  f"adapt.resolution={resolution}", f"adapt.epochs={args.epochs}", f"runtime.device={args.device}",
+                  *args.set]
         groups = [int(k) for k in args.groups.split(",") if k]
         rows = []
         samples = args.classes * 16 * args.epochs
-        for name, overrides in configs(groups, precision):
+        for name, overrides in configs(groups, precision, args.family):
             times = []
             for repeat in range(args.repeats):
                 run_dir, store = work / f"run-{len(rows)}-{repeat}", work / f"store-{len(rows)}-{repeat}"
@@ -91,12 +107,15 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
     baseline = rows[0][1]
-    sequential = rows[1][1]
-    lines = ["| configuration | wall s (median) | samples/s | s per class | speed-up vs reference | vs sequential |",
+    sequential = next(sec for name, sec, _, _ in rows if name == "sequential")
+    lines = [f"| configuration | wall s (median) | samples/s | s per class | speed-up vs {rows[0][0].split(' ')[0]} |"
+             " vs sequential |",
              "| --- | ---: | ---: | ---: | ---: | ---: |"]
     lines += [f"| {name} | {sec:.1f} | {sps:.1f} | {spc:.2f} | {baseline / sec:.2f}x | {sequential / sec:.2f}x |"
               for name, sec, sps, spc in rows]
-    what = (f"{'full-size random SD 2.1-base' if args.full else 'tiny random SD'} at {resolution} px, "
+    model_name = {"sd": "SD 2.1-base", "sdxl": "SDXL base 1.0", "sd3": "SD 3.5 Medium", "flux": "FLUX.1-dev"}
+    size = f"full-size random {model_name[args.family]}" if args.full else f"tiny random {family.title}"
+    what = (f"{size} at {resolution} px{''.join(' ' + o for o in args.set)}, "
             f"{args.classes} classes x 16 shots, {args.epochs} epochs at batch 8, median of {args.repeats}; "
             "wall time of `adapt` including model loading")
     table = "\n".join(lines)

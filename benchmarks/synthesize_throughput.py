@@ -2,12 +2,16 @@
 512 px) with full-size random SD 2.1-base, the reference's way against ours, in one run.
 
     python benchmarks/synthesize_throughput.py --device cuda --classes 4 --images 40 --batch 10,40
+    # another family at its published architecture and size (sdxl, sd3 = SD 3.5 Medium, flux = FLUX.1-dev):
+    python benchmarks/synthesize_throughput.py --family flux --device cuda --classes 2 --images 8 --steps 28 --batch 4
 
 - reference: the pipeline reloaded from disk for every class, fp16, batch 10, images saved
   one by one on the main thread (the reference implementation's way);
 - ours: `datadream synthesize` — pipeline loaded once, adapters swapped in place, bf16, batch B,
   PNG encoding on a background writer.
 Both use class-wise adapters of rank 16 (random, untrained: speed does not depend on them).
+The reference row and the FLOP estimate are SD 2.1's alone; for another family the first batch
+size is the baseline.
 Estimated FLOP utilisation: images/s x (steps x 2 (guidance) x 804 GFLOP UNet + 2.5 TFLOP VAE
 decode) / the device's dense bf16 peak (--peak-tflops, 989 for an H100 SXM).
 Appends the table to docs/benchmarks.md.
@@ -68,11 +72,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--peak-tflops", type=float, default=989.0)
     parser.add_argument("--tiny", action="store_true", help="tiny random models at 32 px: a smoke test on a CPU")
+    parser.add_argument("--family", default="sd", choices=("sd", "sdxl", "sd3", "flux"),
+                        help="generator family (full size: SD 2.1-base, SDXL base, SD 3.5 Medium, FLUX.1-dev)")
+    parser.add_argument("--resolution", type=int, default=0, help="image size (default: 32 tiny, the family's full)")
     parser.add_argument("--no-report", action="store_true")
     args = parser.parse_args()
 
-    from datadream.components.random_models import build_random_sd21_base
+    from datadream.components.families import FAMILIES
+    from datadream.components.random_models import build_random_family
     from datadream.components.tiny import TINY_RESOLUTION, build_tiny_clip, build_tiny_stable_diffusion
+    from datadream.components.tiny_families import BUILDERS
     from datadream.config import load_config
     from datadream.data.toy import write_toy_dataset
     from datadream.stages.adapt import adapt
@@ -83,8 +92,12 @@ def main() -> None:
     try:
         # init checks every model a run needs; this benchmark never trains the classifier.
         classifier = build_tiny_clip(work / "clip")
-        model = (build_tiny_stable_diffusion if args.tiny else build_random_sd21_base)(work / "sd")
-        resolution = TINY_RESOLUTION if args.tiny else 512
+        if args.tiny:
+            model = (BUILDERS.get(args.family) or build_tiny_stable_diffusion)(work / args.family)
+        else:
+            model = build_random_family(args.family, work / args.family)
+        family = FAMILIES[args.family]
+        resolution = args.resolution or (TINY_RESOLUTION if args.tiny else family.resolution)
         data = write_toy_dataset(work / "data", {"train": 2}, size=64,
                                  classes=tuple(f"class{i:03d}" for i in range(args.classes)))
         common = [f"data.train={data / 'train'}", "data.shots=2", f"generator.model={model}",
@@ -99,11 +112,12 @@ def main() -> None:
         total = args.classes * args.images
         per_image_gflop = args.steps * 2 * UNET_GFLOP + DECODE_GFLOP
         rows = []
-        out = work / "reference-images"
-        out.mkdir()
-        seconds = statistics.median(reference_way(model, adapters, prompts, args.images, args.steps, resolution,
-                                                  out, args.device) for _ in range(args.repeats))
-        rows.append(("reference (reload per class, fp16 on GPU, batch 10, inline PNG)", seconds))
+        if args.family == "sd":
+            out = work / "reference-images"
+            out.mkdir()
+            seconds = statistics.median(reference_way(model, adapters, prompts, args.images, args.steps, resolution,
+                                                      out, args.device) for _ in range(args.repeats))
+            rows.append(("reference (reload per class, fp16 on GPU, batch 10, inline PNG)", seconds))
         for batch in [int(b) for b in args.batch.split(",")]:
             times = []
             for repeat in range(args.repeats):
@@ -122,15 +136,20 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     baseline = rows[0][1]
-    lines = ["| configuration | images/s | est. FLOP utilisation | speed-up vs reference |", "| --- | ---: | ---: | ---: |"]
+    baseline_name = "reference" if args.family == "sd" else "first row"
+    lines = [f"| configuration | images/s | est. FLOP utilisation | speed-up vs {baseline_name} |",
+             "| --- | ---: | ---: | ---: |"]
     for name, sec in rows:
         rate = total / sec
-        utilisation = "n/a" if args.tiny else f"{100 * rate * per_image_gflop / (args.peak_tflops * 1000):.0f}%"
+        sd21 = not args.tiny and args.family == "sd"
+        utilisation = f"{100 * rate * per_image_gflop / (args.peak_tflops * 1000):.0f}%" if sd21 else "n/a"
         lines.append(f"| {name} | {rate:.2f} | {utilisation} | {baseline / sec:.2f}x |")
     table = "\n".join(lines)
     print("\n" + table)
     if not args.no_report:
-        what = (f"{'tiny random SD at 32 px (smoke test)' if args.tiny else 'full-size random SD 2.1-base at 512 px'}, {args.classes} classes x {args.images} images, {args.steps} steps,"
+        model_name = {"sd": "SD 2.1-base", "sdxl": "SDXL base 1.0", "sd3": "SD 3.5 Medium", "flux": "FLUX.1-dev"}
+        size = f"tiny random {family.title} (smoke test)" if args.tiny else f"full-size random {model_name[args.family]}"
+        what = (f"{size} at {resolution} px, {args.classes} classes x {args.images} images, {args.steps} steps,"
                 f" guidance 2.0, median of {args.repeats}; wall time including pipeline loading")
         append_report("Stage 2: synthesis throughput", what, table, device_description(args.device), versions(),
                       " ".join(["python", *sys.argv]))

@@ -18,12 +18,16 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
     ("adapt_throughput.py", ["--classes", "2", "--epochs", "1", "--groups", "2", "--repeats", "1"]),
     ("synthesize_throughput.py", ["--tiny", "--device", "cpu", "--classes", "2", "--images", "2", "--steps", "2",
                                   "--batch", "2", "--repeats", "1"]),
+    ("adapt_throughput.py", ["--family", "flux", "--classes", "2", "--epochs", "1", "--groups", "2", "--repeats", "1"]),
+    ("synthesize_throughput.py", ["--family", "sdxl", "--tiny", "--device", "cpu", "--classes", "2", "--images", "2",
+                                  "--steps", "2", "--batch", "2", "--repeats", "1"]),
 ])
 def test_benchmark_script_runs(script, args):
     result = subprocess.run([sys.executable, str(BENCHMARKS / script), *args, "--no-report"],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "speed-up vs reference" in result.stdout
+    assert ("speed-up vs reference" if "--family" not in args else "speed-up vs") in result.stdout
+    assert ("samples/s" if script.startswith("adapt") else "images/s") in result.stdout
 
 
 # --- benchmarks/scale_out.py ----------------------------------------------------------------------

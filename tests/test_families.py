@@ -171,3 +171,139 @@ def test_loading_a_family_folder_gives_its_own_pipeline(family_models):
         pipeline = load_generator(str(folder))
         assert type(pipeline).__name__ == PIPELINES[name]
         assert pipeline_family(pipeline).name == name
+
+
+def test_sdxl_adapters_export_to_kohya_and_reproduce_in_stock_diffusers(family_models, tiny_models, toy_data,
+                                                                       tmp_path):
+    """SDXL's kohya file (lora_unet_, lora_te1_, lora_te2_) loads with stock
+    StableDiffusionXLPipeline.load_lora_weights into the same weights as our diffusers file."""
+    import torch
+    from diffusers import StableDiffusionXLPipeline
+    from peft.utils import get_peft_model_state_dict
+    from safetensors import safe_open
+
+    from datadream.config import load_config
+    from datadream.export import export
+    from datadream.runs import init_run
+    from datadream.stages.adapt import adapt
+
+    models = {**tiny_models, "sd": family_models["sdxl"]}
+    config = write_config(tmp_path / "exp.yaml", tiny_config(models, toy_data / "train", adapt={"lr": 1e-2}))
+    run = init_run(load_config(config), tmp_path / "run").layout.root
+    adapt(run)
+    out = export(run, tmp_path / "export", "adapters")
+    unit = "000-circle"
+    kohya_file = out / "kohya" / f"{unit}.safetensors"
+    with safe_open(kohya_file, "pt") as handle:
+        prefixes = {key.split("_text_model_")[0] if "_text_model_" in key else key[:10] for key in handle.keys()}
+        assert handle.metadata()["ss_base_model_version"] == "sdxl_base_v1-0"
+    assert {"lora_te1", "lora_te2", "lora_unet_"} == prefixes
+
+    def loaded(adapter: Path):
+        pipe = StableDiffusionXLPipeline.from_pretrained(family_models["sdxl"])
+        pipe.load_lora_weights(str(adapter), adapter_name="x")
+        return pipe
+
+    ours, stock = loaded(out / "diffusers" / unit), loaded(kohya_file)
+    for part in ("unet", "text_encoder", "text_encoder_2"):
+        a = get_peft_model_state_dict(getattr(ours, part), adapter_name="x")
+        b = get_peft_model_state_dict(getattr(stock, part), adapter_name="x")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), part
+        assert (getattr(stock, part).peft_config["x"].r, getattr(stock, part).peft_config["x"].lora_alpha) == (4, 8)
+
+
+def test_transformer_family_export_writes_diffusers_files_only(family_models, tiny_models, toy_data, tmp_path):
+    from datadream.config import load_config
+    from datadream.export import export
+    from datadream.runs import init_run
+    from datadream.stages.adapt import adapt
+
+    models = {**tiny_models, "sd": family_models["sd3"]}
+    config = write_config(tmp_path / "exp.yaml", tiny_config(models, toy_data / "train",
+                                                             adapt={"mode": "dataset", "epochs": 1}))
+    run = init_run(load_config(config), tmp_path / "run").layout.root
+    adapt(run)
+    out = export(run, tmp_path / "export", "adapters")
+    assert sorted(p.name for p in out.iterdir()) == ["diffusers"]
+    assert (out / "diffusers" / "dataset" / LORA_WEIGHTS).is_file()
+
+
+class _Encoder:
+    """Stands in for a text encoder: records where it is moved and where it runs."""
+
+    def __init__(self, log: list, name: str):
+        self.log, self.name, self.device = log, name, "cpu"
+
+    def to(self, device):
+        self.device = str(device)
+        self.log.append((self.name, "to", self.device))
+        return self
+
+    def __call__(self, ids, **kwargs):
+        self.log.append((self.name, "runs on", self.device))
+        return (ids,)
+
+
+@pytest.mark.parametrize("train_text_encoder, offloaded", [
+    (True, {"text_encoder_3"}), (False, {"text_encoder", "text_encoder_2", "text_encoder_3"})])
+def test_offloaded_text_encoders_visit_the_device_only_to_encode(train_text_encoder, offloaded):
+    from types import SimpleNamespace
+
+    import torch
+
+    from datadream.components.families import FAMILIES
+    from datadream.components.family_models import family_model
+
+    log: list = []
+    names = ("text_encoder", "text_encoder_2", "text_encoder_3")
+    pipeline = SimpleNamespace(vae=SimpleNamespace(config=SimpleNamespace(block_out_channels=(1, 2))),
+                               **{name: _Encoder(log, name) for name in names})
+    model = family_model(pipeline, FAMILIES["sd3"], torch.device("cuda:0"), torch.float32)
+    model.place_encoders(offload=True, train_text_encoder=train_text_encoder)
+    assert model.offloaded == offloaded
+    assert {name: getattr(pipeline, name).device for name in names} == {
+        name: "cpu" if name in offloaded else "cuda:0" for name in names}
+    log.clear()
+    model.run_encoder("text_encoder_3", torch.zeros(1))
+    assert log == [("text_encoder_3", "to", "cuda:0"), ("text_encoder_3", "runs on", "cuda:0"),
+                   ("text_encoder_3", "to", "cpu")]
+
+
+def test_eight_bit_adam_without_bitsandbytes_is_one_line_before_any_work(tiny_models, toy_data, tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is not None:
+        pytest.skip("bitsandbytes is installed here")
+    config = write_config(tmp_path / "exp.yaml", tiny_config(tiny_models, toy_data / "train",
+                                                             adapt={"optimizer": "adamw8bit"}))
+    result = run_cli("run", config, tmp_path / "run")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "adapt.optimizer=adamw8bit needs bitsandbytes" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_single_file_checkpoint_with_another_familys_configs_is_refused(family_models, tmp_path):
+    from datadream.components.models import check_models_reachable, load_generator
+
+    checkpoint = tmp_path / "model.safetensors"
+    checkpoint.write_bytes(b"\0" * 16)
+    for call in (lambda: check_models_reachable(str(checkpoint), None, str(family_models["sdxl"])),
+                 lambda: load_generator(str(checkpoint), config=str(family_models["sdxl"]))):
+        with pytest.raises(UserError, match="is a model of the SDXL family; single-file checkpoints are read as SD 1.x/2.x only"):
+            call()
+
+
+@pytest.mark.parametrize("name, expected", [
+    # Millions of parameters of the published models (SDXL base 1.0, SD 3.5 Medium, FLUX.1-dev).
+    ("sdxl", {"unet": 2567.5, "text_encoder": 123.1, "text_encoder_2": 694.7}),
+    ("sd3", {"transformer": 2243.2, "text_encoder": 123.7, "text_encoder_2": 694.7, "text_encoder_3": 4762.3}),
+    ("flux", {"transformer": 11901.4, "text_encoder": 123.1, "text_encoder_2": 4762.3}),
+])
+def test_full_size_random_family_models_have_the_published_sizes(name, expected):
+    """The GPU benchmarks' random models are the published architectures (counted on the meta
+    device: nothing is allocated)."""
+    from datadream.components.random_models import random_family_pipeline
+
+    pipeline = random_family_pipeline(name, "meta")
+    counts = {part: round(sum(p.numel() for p in getattr(pipeline, part).parameters()) / 1e6, 1) for part in expected}
+    assert counts == expected

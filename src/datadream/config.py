@@ -105,9 +105,17 @@ class AdaptConfig:
         False, "APPROXIMATION, off in the paper: encode each image once at full size and crop its"
         " latents instead of encoding every random crop",
     )
-    gradient_checkpointing: bool = _field(False, "recompute UNet activations in the backward pass (less"
-                                          " memory, ~30% slower)", result=False)
-    compile: bool = _field(False, "torch.compile the UNet (recompiled for each group size)", result=False)
+    gradient_checkpointing: bool = _field(False, "recompute the denoiser's activations in the backward pass"
+                                          " (less memory, ~30% slower)", result=False)
+    offload_text_encoders: bool = _field(
+        False, "keep the frozen text encoders (T5; the CLIPs too when train_text_encoder=false) in CPU"
+        " memory, on the GPU only while they encode an adapter's prompts", result=False,
+    )
+    optimizer: str = _field(
+        "adamw", "adamw: torch's AdamW (published); adamw8bit: bitsandbytes' 8-bit AdamW (needs"
+        " bitsandbytes; less optimiser memory, slightly different results)", choices=("adamw", "adamw8bit"),
+    )
+    compile: bool = _field(False, "torch.compile the denoiser (recompiled for each group size)", result=False)
     checkpoint_every: int = _field(
         500, "save resumable training state every N steps of an adapter (0: never); results do"
         " not depend on it", min=0, result=False,

@@ -110,52 +110,73 @@ def export_classifier(run: Run, out: Path) -> None:
 
 # --- adapters -----------------------------------------------------------------------------------
 
+def adapter_parts(adapter: Path) -> set[str]:
+    """The pipeline components an adapter file holds LoRA for (unet, transformer, text_encoder...)."""
+    from safetensors import safe_open
+
+    with safe_open(adapter / LORA_WEIGHTS, "pt") as handle:
+        return {key.split(".", 1)[0] for key in handle.keys()}
+
+
 def kohya_state_dict(adapter: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """An adapter folder's LoRA in the kohya key format (`lora_unet_*`, `lora_te_*`, with
-    `.lora_down` / `.lora_up` / `.alpha`) that A1111, ComfyUI and diffusers read, and the file's
-    metadata (rank and alpha)."""
-    from diffusers import StableDiffusionPipeline
+    """An SD 1.x/2.x or SDXL adapter folder's LoRA in the kohya key format (`lora_unet_*`, and
+    `lora_te_*` for SD or `lora_te1_*` / `lora_te2_*` for SDXL, with `.lora_down` / `.lora_up` /
+    `.alpha`) that A1111, ComfyUI and diffusers read, and the file's metadata (rank and alpha)."""
+    from diffusers import StableDiffusionXLPipeline
     from diffusers.utils import convert_state_dict_to_kohya, convert_state_dict_to_peft, convert_unet_state_dict_to_peft
 
-    state, _, metadata = StableDiffusionPipeline.lora_state_dict(str(adapter), return_lora_metadata=True)
+    # The file reader is the same for both UNet families.
+    state, _, metadata = StableDiffusionXLPipeline.lora_state_dict(str(adapter), return_lora_metadata=True)
+    sdxl = any(k.startswith("text_encoder_2.") for k in state)
     peft_state: dict[str, torch.Tensor] = {}
-    # diffusers stores the two parts in different legacy spellings, each with its own converter.
-    for part, convert in (("unet", convert_unet_state_dict_to_peft), ("text_encoder", convert_state_dict_to_peft)):
+    # diffusers stores the parts in different legacy spellings, each with its own converter.
+    converters = (("unet", convert_unet_state_dict_to_peft), ("text_encoder", convert_state_dict_to_peft),
+                  ("text_encoder_2", convert_state_dict_to_peft))
+    for part, convert in converters:
         keys = {k[len(part) + 1:]: v for k, v in state.items() if k.startswith(part + ".")}
         if keys:
             peft_state.update({f"{part}.{k}": v for k, v in convert(keys).items()})
     if len(peft_state) != len(state):
-        raise RuntimeError(f"{adapter}: unexpected LoRA keys outside unet/text_encoder")
+        raise RuntimeError(f"{adapter}: unexpected LoRA keys outside unet/text_encoder/text_encoder_2")
     if not metadata:
         raise UserError(f"{adapter}: the adapter file records no rank and alpha; adapt it again with this version")
     alphas = {}
-    for part in ("unet", "text_encoder"):
+    for part, _ in converters:
         if any(k.startswith(part + ".") for k in peft_state):
             if metadata.get(f"{part}.alpha_pattern") or metadata.get(f"{part}.rank_pattern"):
                 raise UserError(f"{adapter}: per-module ranks or alphas have no kohya equivalent here")
             alphas[part] = float(metadata[f"{part}.lora_alpha"])
     kohya: dict[str, torch.Tensor] = {}
     for key, tensor in convert_state_dict_to_kohya(peft_state).items():
-        if key.startswith("lora_te1_"):
-            # The converter writes SDXL's first-text-encoder prefix; SD 1.x/2.x files use
-            # `lora_te_`. transformers 5 also dropped CLIPTextModel's `text_model.` level, which
-            # A1111 and ComfyUI expect in `lora_te_text_model_encoder_layers_N_...`.
-            rest = key[len("lora_te1_"):]
-            key = "lora_te_" + (rest if rest.startswith("text_model_") else "text_model_" + rest)
+        part = "unet"
+        for prefix, encoder in (("lora_te1_", "text_encoder"), ("lora_te2_", "text_encoder_2")):
+            if key.startswith(prefix):
+                # transformers 5 dropped CLIPTextModel's `text_model.` level, which A1111 and
+                # ComfyUI expect (`lora_te_text_model_encoder_layers_N_...`). The converter writes
+                # SDXL's `lora_te1_`; SD 1.x/2.x files use `lora_te_`.
+                rest = key[len(prefix):]
+                rest = rest if rest.startswith("text_model_") else "text_model_" + rest
+                key = (prefix if sdxl else "lora_te_") + rest
+                part = encoder
         if key.endswith(".alpha"):
             # The converter sets alpha = rank, right only when lora_alpha == r (ours: 16/16 for SD,
             # but any value can be configured).
-            tensor = torch.tensor(alphas["text_encoder" if key.startswith("lora_te_") else "unet"])
+            tensor = torch.tensor(alphas[part])
         kohya[key] = tensor.detach().float().contiguous()
     ranks = {part: int(metadata[f"{part}.r"]) for part in alphas}
     info = {"ss_network_module": "networks.lora", "ss_network_dim": str(ranks["unet"]),
             "ss_network_alpha": str(alphas["unet"]), "ss_output_name": adapter.name}
+    if sdxl:
+        info["ss_base_model_version"] = "sdxl_base_v1-0"
     return kohya, info
 
 
 def export_adapters(run: Run, out: Path) -> None:
-    """OUT/diffusers/<unit>/ (as in the run: `load_lora_weights(folder)`) and
-    OUT/kohya/<unit>.safetensors (drop into A1111's or ComfyUI's LoRA folder)."""
+    """OUT/diffusers/<unit>/ (as in the run: `load_lora_weights(folder)`) and, for the UNet
+    families (SD 1.x/2.x, SDXL), OUT/kohya/<unit>.safetensors (drop into A1111's or ComfyUI's LoRA
+    folder). SD 3 and FLUX adapters get no kohya file: that layout fuses the attention's q, k and
+    v into one projection, which per-projection adapters do not map onto without a conversion we
+    have not written and tested; their diffusers files are what diffusers-format loaders read."""
     from safetensors.torch import save_file
 
     from datadream.components.lora_weights import sort_safetensors_metadata
@@ -170,13 +191,20 @@ def export_adapters(run: Run, out: Path) -> None:
     if missing:
         raise UserError(f"{len(missing)} adapter(s) of {run.layout.root} are not finished (first: {missing[0]});"
                         " run `datadream adapt RUN` first")
-    (out / KOHYA_FOLDER).mkdir()
+    kohya = "unet" in adapter_parts(store.adapter(units[0].fingerprint))
+    if kohya:
+        (out / KOHYA_FOLDER).mkdir()
+    else:
+        log.info("export: %s adapters have no kohya layout here; writing the diffusers files only",
+                 run.config.generator.model)
     for unit in progress(units, desc="export adapters", unit="adapter"):
         source = store.adapter(unit.fingerprint)
         target = out / DIFFUSERS_FOLDER / unit.name
         target.mkdir(parents=True)
         for name in (LORA_WEIGHTS, UNIT_MARKER):
             shutil.copy2(source / name, target / name)
+        if not kohya:
+            continue
         weights, info = kohya_state_dict(source)
         info.update({"datadream_classes": json.dumps([c.name for c in unit.classes], ensure_ascii=False),
                      "datadream_prompts": json.dumps([c.prompt for c in unit.classes], ensure_ascii=False)})

@@ -74,6 +74,11 @@ def render(plan: Plan, title: str) -> str:
 
 def warnings(plan: Plan) -> list[str]:
     out = []
+    family = _generator_family(plan)
+    if family is not None and family.name != "sd":
+        out.append(f"adapt and synthesize are estimated with SD 2.1-base's costs scaled by image size; the"
+                   f" {family.title} model costs more per step (its own costs are not counted yet): read those"
+                   " figures as a lower bound")
     for stage in plan.stages:
         if stage.memory > plan.gpu.memory_gb * GB:
             fix = {"adapt": "set adapt.gradient_checkpointing=true or adapt.group_size=1",
@@ -82,6 +87,19 @@ def warnings(plan: Plan) -> list[str]:
             out.append(f"{stage.name} may not fit in {plan.gpu.memory_gb:g} GB (estimated peak"
                        f" {stage.memory / GB:.1f} GB): {fix}")
     return out
+
+
+def _generator_family(plan: Plan):
+    """The generator's family when the run uses it and its model_index.json can be read here."""
+    from datadream.components.families import family_of
+    from datadream.errors import UserError
+
+    if plan.config.classifier.train_on not in ("synthetic", "synthetic+real"):
+        return None
+    try:
+        return family_of(plan.config.generator.model)
+    except UserError:
+        return None
 
 
 def _hours(hours: float) -> str:

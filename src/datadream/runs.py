@@ -34,6 +34,12 @@ def init_run(config: Config, root: Path) -> Run:
     needs_generator = config.classifier.train_on in ("synthetic", "synthetic+real")
     check_models_reachable(config.generator.model if needs_generator else None, config.classifier.model,
                            config.generator.config)
+    if needs_generator and config.adapt.mode != "none" and config.adapt.optimizer == "adamw8bit":
+        import importlib.util
+
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise UserError("adapt.optimizer=adamw8bit needs bitsandbytes: `pip install bitsandbytes`, or set"
+                            " adapt.optimizer=adamw")
     if layout.config.exists():
         existing = read_config_file(layout.config)
         changes = describe_differences(existing, config, results_only=True)

@@ -76,6 +76,7 @@ class FamilyModel:
 
     def __init__(self, pipeline, family: Family, device: torch.device, dtype: torch.dtype, resolution: int = 0):
         self.pipeline, self.family, self.device, self.dtype = pipeline, family, device, dtype
+        self.offloaded: set[str] = set()  # text encoders kept in CPU memory between uses
         self.resolution = resolution  # the training crop size, in pixels
         self.latent_size = resolution // 2 ** (len(pipeline.vae.config.block_out_channels) - 1)
 
@@ -155,6 +156,29 @@ class FamilyModel:
             kwargs[f"{name}_lora_adapter_metadata"] = config
         getattr(diffusers, self.family.pipeline).save_lora_weights(directory, safe_serialization=True, **kwargs)
 
+    def place_encoders(self, offload: bool, train_text_encoder: bool) -> None:
+        """Move the text encoders to the device, or (`offload`) leave the frozen ones in CPU memory:
+        they run once per adapter, so moving them in for that call costs little next to training."""
+        for enc in self.family.text_encoders:
+            frozen = enc.kind == "t5" or not (train_text_encoder and enc.lora)
+            module = getattr(self.pipeline, enc.attribute)
+            if offload and frozen:
+                self.offloaded.add(enc.attribute)
+                module.to("cpu")
+            else:
+                module.to(self.device)
+
+    def run_encoder(self, name: str, ids: torch.Tensor, **kwargs):
+        """Text encoder `name` on `ids`, brought to the device for the call if it is offloaded."""
+        module = getattr(self.pipeline, name)
+        if name not in self.offloaded:
+            return module(ids, **kwargs)
+        module.to(self.device)
+        try:
+            return module(ids, **kwargs)
+        finally:
+            module.to("cpu")
+
     # -- prompts ------------------------------------------------------------------------------
     def _ids(self, tokenizer, prompts: list[str], length: int | None = None) -> torch.Tensor:
         return tokenizer(prompts, padding="max_length", truncation=True,
@@ -166,7 +190,7 @@ class FamilyModel:
     def encode(self, prompts: Prompts) -> Conditioning:
         """The conditioning of each prompt, through the encoders as they are (with or without
         their adapters, with or without gradients: the caller decides)."""
-        return Conditioning({"text": self.pipeline.text_encoder(prompts.ids["text_encoder"])[0]})
+        return Conditioning({"text": self.run_encoder("text_encoder", prompts.ids["text_encoder"])[0]})
 
     # -- training -----------------------------------------------------------------------------
     @property
@@ -222,8 +246,8 @@ class SDXLModel(FamilyModel):
     def encode(self, prompts: Prompts) -> Conditioning:
         # As StableDiffusionXLPipeline.encode_prompt: penultimate layers side by side, the pooled
         # (projected) embedding of the second encoder.
-        first = self.pipeline.text_encoder(prompts.ids["text_encoder"], output_hidden_states=True)
-        second = self.pipeline.text_encoder_2(prompts.ids["text_encoder_2"], output_hidden_states=True)
+        first = self.run_encoder("text_encoder", prompts.ids["text_encoder"], output_hidden_states=True)
+        second = self.run_encoder("text_encoder_2", prompts.ids["text_encoder_2"], output_hidden_states=True)
         text = torch.cat([first.hidden_states[-2], second.hidden_states[-2]], dim=-1)
         return Conditioning({"text": text, "pooled": second[0]})
 
@@ -253,7 +277,7 @@ class FlowModel(FamilyModel):
     def t5_features(self, texts: list[str]) -> torch.Tensor:
         tokenizer = getattr(self.pipeline, "tokenizer" + self.t5.removeprefix("text_encoder"))
         with torch.no_grad(), self.autocast():
-            return getattr(self.pipeline, self.t5)(self._ids(tokenizer, texts, self.t5_length()))[0]
+            return self.run_encoder(self.t5, self._ids(tokenizer, texts, self.t5_length()))[0]
 
     def draw_timesteps(self, count: int, generator: torch.Generator) -> torch.Tensor:
         """σ in (0, 1): a logit-normal draw, shifted as the family's sampler shifts its sigmas."""
@@ -288,8 +312,8 @@ class SD3Model(FlowModel):
     def encode(self, prompts: Prompts) -> Conditioning:
         # As StableDiffusion3Pipeline.encode_prompt: both CLIPs' penultimate layers side by side,
         # zero-padded to T5's width, then T5's tokens; both pooled embeddings side by side.
-        first = self.pipeline.text_encoder(prompts.ids["text_encoder"], output_hidden_states=True)
-        second = self.pipeline.text_encoder_2(prompts.ids["text_encoder_2"], output_hidden_states=True)
+        first = self.run_encoder("text_encoder", prompts.ids["text_encoder"], output_hidden_states=True)
+        second = self.run_encoder("text_encoder_2", prompts.ids["text_encoder_2"], output_hidden_states=True)
         clip = torch.cat([first.hidden_states[-2], second.hidden_states[-2]], dim=-1)
         t5 = prompts.fixed["t5"]
         clip = F.pad(clip, (0, t5.shape[-1] - clip.shape[-1]))
@@ -309,7 +333,7 @@ class FluxModel(FlowModel):
 
     def encode(self, prompts: Prompts) -> Conditioning:
         # As FluxPipeline.encode_prompt: CLIP's pooled output, T5's tokens.
-        pooled = self.pipeline.text_encoder(prompts.ids["text_encoder"], output_hidden_states=False).pooler_output
+        pooled = self.run_encoder("text_encoder", prompts.ids["text_encoder"], output_hidden_states=False).pooler_output
         t5 = prompts.fixed["t5"]
         return Conditioning({"text": t5.to(pooled.dtype), "pooled": pooled})
 

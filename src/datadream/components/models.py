@@ -179,11 +179,32 @@ def _load_single_file(path: Path, dtype: torch.dtype, config: str):
     else:
         with explained_loading(SINGLE_FILE_CONFIGS, source, "generator.config", "diffusers"):
             folder = hub.fetch_snapshot(source, CONFIG_PATTERNS)
+    require_sd_configs(folder, source)
     with explained_loading("Stable Diffusion", str(path), "generator.model", "diffusers"):
         return StableDiffusionPipeline.from_single_file(
             str(path), config=str(folder), dtype=dtype, local_files_only=True,
             safety_checker=None, requires_safety_checker=False,
         )
+
+
+def require_sd_configs(folder: Path, source: str) -> None:
+    """A single-file checkpoint is read as SD 1.x/2.x: configs of another family would build the
+    wrong pipeline (or fail deep inside diffusers)."""
+    try:
+        index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return  # diffusers' own loading says what is wrong with the folder
+    require_sd_class(index.get("_class_name", "") if isinstance(index, dict) else "", source)
+
+
+def require_sd_class(class_name: str, source: str) -> None:
+    from datadream.components.families import family_named
+
+    family = family_named(class_name, source)
+    if family.name != "sd":
+        raise UserError(f"generator.config: {source} is a model of the {family.title} family; single-file checkpoints"
+                        " are read as SD 1.x/2.x only: set generator.model to a diffusers folder or hub id of that"
+                        " model")
 
 
 def compile_module(module: torch.nn.Module) -> torch.nn.Module:
@@ -207,9 +228,12 @@ def check_models_reachable(generator: str | None, classifier: str | None, genera
             if not local.is_file():
                 raise UserError(f"generator.model: checkpoint file not found: {local}")
             source = generator_config or DEFAULT_GENERATOR
-            if not Path(source).expanduser().is_dir():
+            if Path(source).expanduser().is_dir():
+                require_sd_configs(Path(source).expanduser(), source)
+            else:
                 with explained_loading(SINGLE_FILE_CONFIGS, source, "generator.config", "diffusers"):
-                    DiffusionPipeline.load_config(source)
+                    index = DiffusionPipeline.load_config(source)
+                require_sd_class(index.get("_class_name", ""), source)
         else:
             with explained_loading("generator", generator, "generator.model", "diffusers"):
                 index = DiffusionPipeline.load_config(generator)

@@ -25,7 +25,7 @@ from datadream.progress import progress
 from datadream.components.grouped_lora import clip_grad_norm_per_group, make_grouped
 from datadream.components.seeds import derive_seed
 from datadream.errors import UserError
-from datadream.stages.lora_training import LoraTrainer, StepDraws, load_shots
+from datadream.stages.lora_training import LoraTrainer, StepDraws, load_shots, make_optimizer
 from datadream.units import AdapterSpec
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ class BatchedTrainer:
         seeds = [t.unit_seed(u) for u in units]
         generators = [torch.Generator().manual_seed(seed) for seed in seeds]
         params = make_grouped(t.lora_modules, groups, [derive_seed(seed, "init") for seed in seeds])
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay, eps=1e-8)
+        optimizer = make_optimizer(params, cfg)
         steps_per_epoch = math.ceil(len(samples[0]) / cfg.batch_size)
         total_steps = 1 if probe else cfg.epochs * steps_per_epoch
         schedule = get_scheduler("cosine", optimizer, num_warmup_steps=cfg.warmup_steps,

@@ -126,8 +126,7 @@ class LoraTrainer:
         pipeline = load_generator(cfg.generator.model, dtype=self.dtype, config=cfg.generator.config)
         self.model = family_model(pipeline, pipeline_family(pipeline), self.device, self.dtype, self.cfg.resolution)
         self.denoiser = self.model.denoiser.to(self.device)
-        for encoder in self.model.encoders().values():
-            encoder.to(self.device)
+        self.model.place_encoders(self.cfg.offload_text_encoders, self.cfg.train_text_encoder)
         self.vae = pipeline.vae.to(self.device).requires_grad_(False).eval()
         if self.dtype == torch.float16:
             self.vae.to(torch.float32)  # SD's VAE overflows in fp16; bf16 and fp32 are safe
@@ -234,8 +233,7 @@ class LoraTrainer:
         self.encoder.clear()
         self.params = make_single(self.lora_modules)
         reset_lora(self.lora_modules, derive_seed(seed, "init"))
-        optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, betas=(0.9, 0.999),
-                                      weight_decay=cfg.weight_decay, eps=1e-8)
+        optimizer = make_optimizer(self.params, cfg)
         steps_per_epoch = math.ceil(len(samples) / cfg.batch_size)
         total_steps = cfg.epochs * steps_per_epoch
         schedule = get_scheduler("cosine", optimizer, num_warmup_steps=cfg.warmup_steps,
@@ -300,6 +298,19 @@ class LoraTrainer:
                                 tensors={"losses": torch.tensor(losses, dtype=torch.float64)})
         bar.close()
         return losses
+
+
+def make_optimizer(params: list[torch.nn.Parameter], cfg: AdaptConfig) -> torch.optim.Optimizer:
+    """The adapters' AdamW (betas 0.9/0.999, eps 1e-8, as published), or bitsandbytes' 8-bit one."""
+    kwargs = dict(lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay, eps=1e-8)
+    if cfg.optimizer == "adamw8bit":
+        try:
+            import bitsandbytes
+        except ImportError:
+            raise UserError("adapt.optimizer=adamw8bit needs bitsandbytes: `pip install bitsandbytes`, or set"
+                            " adapt.optimizer=adamw") from None
+        return bitsandbytes.optim.AdamW8bit(params, **kwargs)
+    return torch.optim.AdamW(params, **kwargs)
 
 
 def _epoch_means(losses: list[float], steps_per_epoch: int) -> list[float]:
