@@ -86,17 +86,19 @@ def test_batched_adapters_resume_and_are_reused_by_sequential(tmp_path, tiny_mod
     assert (run / "adapters" / "000-circle" / LORA_WEIGHTS).stat().st_mtime_ns == before
 
 
-def test_compiled_unet_gives_the_same_adapters_and_images(tmp_path, tiny_models, toy_data, monkeypatch):
+@pytest.mark.parametrize("family", ["sd", "flux"])
+def test_compiled_denoiser_gives_the_same_adapters_and_images(tmp_path, generator_models, toy_data, monkeypatch,
+                                                              family):
     """torch.compile traced with the eager backend (no kernel generation, fast on a CPU): the
     compiled paths of adapt (batched) and synthesize (swapping adapters in place, switching them
-    off for the un-adapted previews) stay correct."""
+    off for the un-adapted previews) stay correct, for a UNet and for an MMDiT transformer."""
     import numpy as np
     from PIL import Image
 
     from datadream.stages.synthesize import synthesize
 
     monkeypatch.setenv("DATADREAM_COMPILE_BACKEND", "eager")
-    config = write_config(tmp_path / "exp.yaml", tiny_config(tiny_models, toy_data / "train",
+    config = write_config(tmp_path / "exp.yaml", tiny_config(generator_models, toy_data / "train",
                                                               synthesize={"images_per_class": 2},
                                                               adapt={"lr": 1e-2}))  # adapters that show
     runs = {}
@@ -121,7 +123,7 @@ def test_compiled_unet_gives_the_same_adapters_and_images(tmp_path, tiny_models,
         ours = np.asarray(Image.open(tmp_path / "compiled-store" / name), dtype=np.int16)
         assert np.abs(np.asarray(Image.open(plain), dtype=np.int16) - ours).max() <= 2
         adapted = tmp_path / "compiled-store" / "synthetic" / name.parent.name / name.name.removeprefix("unadapted-")
-        assert np.abs(np.asarray(Image.open(adapted), dtype=np.int16) - ours).mean() > 1, "the compiled UNet kept its adapter"
+        assert np.abs(np.asarray(Image.open(adapted), dtype=np.int16) - ours).mean() > 1, "the compiled denoiser kept its adapter"
 
 
 def test_bf16_paths_run_on_the_cpu(tmp_path, tiny_models, toy_data):
