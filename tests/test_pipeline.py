@@ -231,14 +231,16 @@ def test_open_run_reads_back_what_init_wrote(tmp_path, tiny_models, toy_data):
 
 
 @pytest.mark.slow
-def test_long_adapter_resumes_from_its_checkpoint(tmp_path, tiny_models, toy_data):
+@pytest.mark.parametrize("family", ["sd", "sd3"])
+def test_long_adapter_resumes_from_its_checkpoint(tmp_path, generator_models, toy_data, family):
     """Dataset-wise adaptation is one long unit: a kill mid-training resumes at the last
-    checkpoint and ends with the adapter an uninterrupted run trains."""
+    checkpoint and ends with the adapter an uninterrupted run trains (for a flow-matching family
+    too: its sigma draws come from the checkpointed generator)."""
     from safetensors.torch import load_file
 
     sections = {"adapt": {**STRONG, "mode": "dataset", "epochs": 12, "checkpoint_every": 5}}
-    run = make_run(tmp_path, tiny_models, toy_data / "train", name="a", **sections)
-    twin = make_run(tmp_path, tiny_models, toy_data / "train", name="b", **sections)
+    run = make_run(tmp_path, generator_models, toy_data / "train", name="a", **sections)
+    twin = make_run(tmp_path, generator_models, toy_data / "train", name="b", **sections)
     adapt(run)
     expected = load_file(run / "adapters" / "dataset" / LORA_WEIGHTS)
     expected_marker = json.loads((run / "adapters" / "dataset" / UNIT_MARKER).read_text())
