@@ -192,14 +192,18 @@ def test_two_processes_resume_a_one_process_checkpoint(tmp_path, tiny_models, on
     assert timings(resumed, "train")[-1] == {**timings(resumed, "train")[-1], "epochs": 2, "processes": 2}
 
 
-def test_two_processes_train_the_one_process_dataset_adapter(tmp_path, tiny_models, toy_data):
+@pytest.mark.parametrize("family", ["sd", "sdxl"])
+def test_two_processes_train_the_one_process_dataset_adapter(tmp_path, generator_models, toy_data, family):
+    """For SDXL too: each process builds the size/crop conditioning of its own share of the batch."""
     from datadream.stages.adapt import adapt
 
     # 12 shots at batch 5: global batches of 5, 5 and 2, shared 3 + 2, 3 + 2 and 1 + 1.
     sections = {"adapt": {"mode": "dataset", "batch_size": 5, "epochs": 2, "lr": 1e-3},
                 "classifier": {"train_on": "synthetic"}}
-    one = new_run(tmp_path, tiny_models, toy_data, "one", **sections, runtime={"store": str(tmp_path / "store-one")})
-    two = new_run(tmp_path, tiny_models, toy_data, "two", **sections, runtime={"store": str(tmp_path / "store-two")})
+    one = new_run(tmp_path, generator_models, toy_data, "one", **sections,
+                  runtime={"store": str(tmp_path / "store-one")})
+    two = new_run(tmp_path, generator_models, toy_data, "two", **sections,
+                  runtime={"store": str(tmp_path / "store-two")})
     (link,) = adapt(one)
     reference = link.resolve()
 

@@ -162,21 +162,28 @@ class Group:
     def sum_gradients(self, params: list[torch.nn.Parameter]) -> None:
         """Replace each parameter's gradient by its sum over the processes, in one all-reduce per
         dtype. A parameter without a gradient here (a process whose share of the batch was empty)
-        counts as zero and leaves with the summed gradient, like everywhere else."""
+        counts as zero and leaves with the summed gradient, like everywhere else; one without a
+        gradient in every process (outside the loss's graph, such as LoRA on a text encoder layer
+        after the one whose states the family reads) stays without, as in one process, so that
+        AdamW leaves it alone (no weight decay either)."""
         if self.size == 1:
             return
         buckets: dict[torch.dtype, list[torch.nn.Parameter]] = {}
         for param in params:
             buckets.setdefault(param.dtype, []).append(param)
         for members in buckets.values():
+            present = torch.tensor([float(p.grad is not None) for p in members], dtype=members[0].dtype)
             flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).detach().flatten()
-                              .to(self.device) for p in members])
+                              .to(self.device) for p in members] + [present.to(self.device)])
             torch.distributed.all_reduce(flat)
+            counts = flat[-len(members):].tolist()
             offset = 0
-            for param in members:
+            for param, count in zip(members, counts):
                 value = flat[offset:offset + param.numel()].view_as(param).to(param.device)
                 offset += param.numel()
-                if param.grad is None:
+                if count == 0:
+                    param.grad = None
+                elif param.grad is None:
                     param.grad = value.clone()
                 else:
                     param.grad.copy_(value)
