@@ -307,3 +307,13 @@ def test_full_size_random_family_models_have_the_published_sizes(name, expected)
     pipeline = random_family_pipeline(name, "meta")
     counts = {part: round(sum(p.numel() for p in getattr(pipeline, part).parameters()) / 1e6, 1) for part in expected}
     assert counts == expected
+
+
+def test_plan_says_another_familys_costs_are_a_lower_bound(family_models, tiny_models, toy_data, tmp_path):
+    config = write_config(tmp_path / "exp.yaml", tiny_config({**tiny_models, "sd": family_models["flux"]},
+                                                             toy_data / "train"))
+    result = run_cli("plan", config, "--gpu", "80")
+    assert result.returncode == 0, result.stderr
+    assert "the FLUX.1 model costs more per step" in result.stdout and "lower bound" in result.stdout
+    sd = write_config(tmp_path / "sd.yaml", tiny_config(tiny_models, toy_data / "train"))
+    assert "lower bound" not in run_cli("plan", sd, "--gpu", "80").stdout

@@ -32,7 +32,7 @@ FLUX_FEED_FORWARD_TARGETS = ("ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj
 class TextEncoder:
     attribute: str  # the pipeline's component name (text_encoder, text_encoder_2, ...)
     kind: str  # "clip" or "t5"
-    # T5-XXL (4.7 B parameters) stays frozen in every published recipe: LoRA there costs much
+    # T5-XXL (4.8 B parameters) stays frozen in every published recipe: LoRA there costs much
     # memory for little gain, and its embeddings can be computed once per prompt.
     lora: bool
 
