@@ -317,3 +317,68 @@ def test_plan_says_another_familys_costs_are_a_lower_bound(family_models, tiny_m
     assert "the FLUX.1 model costs more per step" in result.stdout and "lower bound" in result.stdout
     sd = write_config(tmp_path / "sd.yaml", tiny_config(tiny_models, toy_data / "train"))
     assert "lower bound" not in run_cli("plan", sd, "--gpu", "80").stdout
+
+
+@pytest.mark.parametrize("name, dynamic, shift", [("sd3", False, 3.0), ("flux", True, 3.0), ("flux", False, 1.0)])
+def test_training_sigmas_are_shifted_as_the_sampler_shifts_them(family_models, name, dynamic, shift):
+    """The flow families draw σ = shift(sigmoid(n)) with the very shift the scheduler applies to
+    its sampling sigmas (FLUX.1-dev: the resolution-dependent mu; SD 3: its fixed shift;
+    FLUX.1-schnell: shift 1, none), so training visits the noise levels sampling visits."""
+    import numpy as np
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from datadream.components.families import FAMILIES
+    from datadream.components.family_models import family_model
+    from datadream.components.models import load_generator
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+    pipeline = load_generator(str(family_models[name]))
+    pipeline.scheduler = FlowMatchEulerDiscreteScheduler.from_config(
+        pipeline.scheduler.config, use_dynamic_shifting=dynamic, shift=shift)
+    model = family_model(pipeline, FAMILIES[name], torch.device("cpu"), torch.float32, resolution=TINY)
+    steps = 8
+    unshifted = np.linspace(1.0, 1 / steps, steps)
+    if dynamic:
+        config = pipeline.scheduler.config
+        mu = calculate_shift(model.tokens_per_side() ** 2, config.base_image_seq_len, config.max_image_seq_len,
+                             config.base_shift, config.max_shift)
+        pipeline.scheduler.set_timesteps(sigmas=unshifted, mu=mu)
+    else:
+        pipeline.scheduler.set_timesteps(sigmas=unshifted)
+    sampling = pipeline.scheduler.sigmas[:-1].double()  # the last one is the final 0
+    ours = model.shift(torch.tensor(unshifted)).double()
+    assert torch.allclose(ours, sampling, atol=1e-5), (ours, sampling)
+    if shift == 1.0 and not dynamic:
+        assert torch.allclose(ours, torch.tensor(unshifted), atol=1e-6)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"adapt": {"resolution": 40}}, "adapt.resolution=40: SD 3/3.5 takes images whose sides are multiples of 16"),
+    ({"synthesize": {"resolution": 24}}, "synthesize.resolution=24: SD 3/3.5 takes images whose sides are multiples"),
+    ({"synthesize": {"sampler": "dpm++"}}, "synthesize.sampler=dpm++: SD 3/3.5 samples by flow matching"),
+])
+def test_settings_a_flow_family_cannot_take_stop_the_run_before_any_work(family_models, tiny_models, toy_data,
+                                                                         tmp_path, overrides, message):
+    config = write_config(tmp_path / "exp.yaml", tiny_config({**tiny_models, "sd": family_models["sd3"]},
+                                                             toy_data / "train", **overrides))
+    result = run_cli("run", config, tmp_path / "run")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert message in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_sd3_folder_without_t5_is_one_line(family_models, tmp_path):
+    """SD 3 saved without T5 (its pipeline can feed zeros instead): datadream loads every text
+    encoder of a family, and stock from_pretrained refuses the folder; that is one line."""
+    from diffusers import StableDiffusion3Pipeline
+
+    from datadream.components.models import load_generator
+
+    pipeline = StableDiffusion3Pipeline.from_pretrained(family_models["sd3"])
+    pipeline.text_encoder_3 = pipeline.tokenizer_3 = None
+    pipeline.register_modules(text_encoder_3=None, tokenizer_3=None)
+    pipeline.save_pretrained(tmp_path / "no-t5")
+    with pytest.raises(UserError, match=r"cannot load SD 3/3.5 model .*text_encoder_3.*complete diffusers model") as err:
+        load_generator(str(tmp_path / "no-t5"))
+    assert "\n" not in str(err.value)

@@ -118,16 +118,18 @@ def adapter_parts(adapter: Path) -> set[str]:
         return {key.split(".", 1)[0] for key in handle.keys()}
 
 
-def kohya_state_dict(adapter: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def kohya_state_dict(adapter: Path, sdxl: bool | None = None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """An SD 1.x/2.x or SDXL adapter folder's LoRA in the kohya key format (`lora_unet_*`, and
     `lora_te_*` for SD or `lora_te1_*` / `lora_te2_*` for SDXL, with `.lora_down` / `.lora_up` /
-    `.alpha`) that A1111, ComfyUI and diffusers read, and the file's metadata (rank and alpha)."""
+    `.alpha`) that A1111, ComfyUI and diffusers read, and the file's metadata (rank and alpha).
+    `sdxl`: the generator's family when known (a UNet-only SDXL adapter looks like an SD one)."""
     from diffusers import StableDiffusionXLPipeline
     from diffusers.utils import convert_state_dict_to_kohya, convert_state_dict_to_peft, convert_unet_state_dict_to_peft
 
     # The file reader is the same for both UNet families.
     state, _, metadata = StableDiffusionXLPipeline.lora_state_dict(str(adapter), return_lora_metadata=True)
-    sdxl = any(k.startswith("text_encoder_2.") for k in state)
+    if sdxl is None:
+        sdxl = any(k.startswith("text_encoder_2.") for k in state)
     peft_state: dict[str, torch.Tensor] = {}
     # diffusers stores the parts in different legacy spellings, each with its own converter.
     converters = (("unet", convert_unet_state_dict_to_peft), ("text_encoder", convert_state_dict_to_peft),
@@ -171,6 +173,16 @@ def kohya_state_dict(adapter: Path) -> tuple[dict[str, torch.Tensor], dict[str, 
     return kohya, info
 
 
+def _is_sdxl(model: str) -> bool | None:
+    """Whether the run's generator is SDXL (None when its model_index.json cannot be read here)."""
+    from datadream.components.families import family_of
+
+    try:
+        return family_of(model).name == "sdxl"
+    except UserError:
+        return None
+
+
 def export_adapters(run: Run, out: Path) -> None:
     """OUT/diffusers/<unit>/ (as in the run: `load_lora_weights(folder)`) and, for the UNet
     families (SD 1.x/2.x, SDXL), OUT/kohya/<unit>.safetensors (drop into A1111's or ComfyUI's LoRA
@@ -192,6 +204,7 @@ def export_adapters(run: Run, out: Path) -> None:
         raise UserError(f"{len(missing)} adapter(s) of {run.layout.root} are not finished (first: {missing[0]});"
                         " run `datadream adapt RUN` first")
     kohya = "unet" in adapter_parts(store.adapter(units[0].fingerprint))
+    sdxl = _is_sdxl(run.config.generator.model)
     if kohya:
         (out / KOHYA_FOLDER).mkdir()
     else:
@@ -205,7 +218,7 @@ def export_adapters(run: Run, out: Path) -> None:
             shutil.copy2(source / name, target / name)
         if not kohya:
             continue
-        weights, info = kohya_state_dict(source)
+        weights, info = kohya_state_dict(source, sdxl)
         info.update({"datadream_classes": json.dumps([c.name for c in unit.classes], ensure_ascii=False),
                      "datadream_prompts": json.dumps([c.prompt for c in unit.classes], ensure_ascii=False)})
         save_file(weights, out / KOHYA_FOLDER / f"{unit.name}.safetensors", metadata=info)

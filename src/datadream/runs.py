@@ -34,6 +34,11 @@ def init_run(config: Config, root: Path) -> Run:
     needs_generator = config.classifier.train_on in ("synthetic", "synthetic+real")
     check_models_reachable(config.generator.model if needs_generator else None, config.classifier.model,
                            config.generator.config)
+    if needs_generator:
+        from datadream.components.families import check_settings, family_of
+
+        check_settings(family_of(config.generator.model), config.adapt.resolution, config.synthesize.resolution,
+                       config.synthesize.sampler, adapted=config.adapt.mode != "none")
     if needs_generator and config.adapt.mode != "none" and config.adapt.optimizer == "adamw8bit":
         import importlib.util
 

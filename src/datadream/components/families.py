@@ -85,8 +85,9 @@ FAMILIES: dict[str, Family] = {
                            TextEncoder("text_encoder_3", "t5", False)),
             objective="flow_matching",
             # The SD3 paper's rf/lognorm(0.00, 1.00): t = sigmoid(n), n ~ N(0, 1); the default of
-            # diffusers' train_dreambooth_lora_sd3.py (weighting_scheme=logit_normal).
-            timestep_sampling="logit-normal (mean 0, std 1)",
+            # diffusers' train_dreambooth_lora_sd3.py (weighting_scheme=logit_normal), which also
+            # draws it on the scheduler's shifted schedule.
+            timestep_sampling="logit-normal (mean 0, std 1), shifted by the scheduler's shift",
             resolution=1024, guidance=7.0, steps=28,
             conditioning="pooled text embeddings of both CLIP encoders",
         ),
@@ -95,16 +96,31 @@ FAMILIES: dict[str, Family] = {
             denoiser_targets=MMDIT_ATTENTION_TARGETS + FLUX_FEED_FORWARD_TARGETS,
             text_encoders=(TextEncoder("text_encoder", "clip", True), TextEncoder("text_encoder_2", "t5", False)),
             objective="flow_matching",
-            # FLUX samples with sigmas shifted towards noise by a resolution-dependent mu
-            # (scheduler base_shift/max_shift); training draws t the same way: a sigmoid of a
-            # normal, shifted by that mu.
-            timestep_sampling="shifted sigmoid (logit-normal shifted by the resolution-dependent mu)",
+            # FLUX.1-dev samples with sigmas shifted towards noise by a resolution-dependent mu
+            # (scheduler use_dynamic_shifting, base_shift/max_shift), schnell unshifted; training
+            # draws t the same way: a sigmoid of a normal, shifted as the scheduler shifts.
+            timestep_sampling="logit-normal, shifted as the scheduler config says (dev: the resolution-dependent mu)",
             resolution=1024, guidance=3.5, steps=28,
             conditioning="pooled CLIP embedding, packed 2x2 latents with position ids, embedded guidance (dev)",
         ),
     )
 }
 BY_PIPELINE = {family.pipeline: family for family in FAMILIES.values()}
+def check_settings(family: Family, adapt_resolution: int, synthesize_resolution: int, sampler: str,
+                   adapted: bool) -> None:
+    """Settings a family cannot take, refused before any work rather than hours into a run."""
+    if family.objective == "flow_matching":
+        # 8x VAE downsampling, then 2x2 patches (SD 3) or 2x2 packing (FLUX).
+        for key, value in (("adapt.resolution", adapt_resolution if adapted else 0),
+                           ("synthesize.resolution", synthesize_resolution)):
+            if value % 16:
+                raise UserError(f"{key}={value}: {family.title} takes images whose sides are multiples of 16;"
+                                f" use {value // 16 * 16 or 16} or {value // 16 * 16 + 16}")
+        if sampler == "dpm++":
+            raise UserError(f"synthesize.sampler=dpm++: {family.title} samples by flow matching with its own"
+                            " Euler sampler; set synthesize.sampler=default")
+
+
 def family_named(class_name: str, model: str) -> Family:
     """The family of a pipeline class name, or one line listing the supported ones."""
     family = BY_PIPELINE.get(class_name)

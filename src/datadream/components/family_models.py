@@ -17,8 +17,9 @@ each family (targets, objective, timestep sampling) are the records of component
 
 Rectified flow (sd3, flux): x_t = (1 - σ) x_0 + σ ε, the model predicts ε - x_0, and the loss is
 its plain MSE. σ = sigmoid(n), n ~ N(0, 1) (the SD3 paper's logit-normal sampling), shifted the
-way the family's scheduler shifts its sampling sigmas: by the scheduler's fixed `shift` (sd3),
-or by FLUX's resolution-dependent mu (flux), so training sees the noise levels sampling visits.
+way the model's scheduler config shifts its sampling sigmas: by its fixed `shift` (SD 3's 3.0;
+FLUX.1-schnell's 1.0, no shift), or, with `use_dynamic_shifting` (FLUX.1-dev), by the mu that
+grows with the image's token count, so training sees the noise levels sampling visits.
 T5 stays frozen (families.py says why): its features are computed once per prompt.
 """
 
@@ -280,11 +281,24 @@ class FlowModel(FamilyModel):
             return self.run_encoder(self.t5, self._ids(tokenizer, texts, self.t5_length()))[0]
 
     def draw_timesteps(self, count: int, generator: torch.Generator) -> torch.Tensor:
-        """σ in (0, 1): a logit-normal draw, shifted as the family's sampler shifts its sigmas."""
+        """σ in (0, 1): a logit-normal draw, shifted as the scheduler shifts its sampling sigmas."""
         return self.shift(torch.sigmoid(torch.randn(count, generator=generator)))
 
+    # Image tokens per side of the latent: FLUX packs 2x2 latents, SD 3 patches them.
+    def tokens_per_side(self) -> int:
+        return self.latent_size // self.denoiser.config.patch_size
+
     def shift(self, sigma: torch.Tensor) -> torch.Tensor:
-        shift = self.scheduler.config.shift
+        config = self.scheduler.config
+        if config.get("use_dynamic_shifting"):
+            # The pipelines' mu for this many image tokens, applied as their scheduler applies it.
+            from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+            mu = calculate_shift(self.tokens_per_side() ** 2, config.get("base_image_seq_len", 256),
+                                 config.get("max_image_seq_len", 4096), config.get("base_shift", 0.5),
+                                 config.get("max_shift", 1.15))
+            return self.scheduler.time_shift(mu, 1.0, sigma)
+        shift = config.shift
         return shift * sigma / (1 + (shift - 1) * sigma)
 
     def denoising_loss(self, forward, latents, noise, timesteps, text, shots, offsets) -> torch.Tensor:
@@ -321,7 +335,9 @@ class SD3Model(FlowModel):
                              "pooled": torch.cat([first[0], second[0]], dim=-1)})
 
     def predict(self, forward, noisy, sigma, text):
-        return forward(hidden_states=noisy, timestep=sigma * 1000, encoder_hidden_states=text["text"],
+        # The pipeline's t: σ on the scheduler's training-step scale.
+        timestep = sigma * self.scheduler.config.num_train_timesteps
+        return forward(hidden_states=noisy, timestep=timestep, encoder_hidden_states=text["text"],
                        pooled_projections=text["pooled"], return_dict=False)[0]
 
 
@@ -337,15 +353,8 @@ class FluxModel(FlowModel):
         t5 = prompts.fixed["t5"]
         return Conditioning({"text": t5.to(pooled.dtype), "pooled": pooled})
 
-    def shift(self, sigma: torch.Tensor) -> torch.Tensor:
-        # FluxPipeline's mu for this many image tokens, applied as its scheduler applies it.
-        from diffusers.pipelines.flux.pipeline_flux import calculate_shift
-
-        config = self.scheduler.config
-        tokens = (self.latent_size // 2) ** 2
-        mu = calculate_shift(tokens, config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096),
-                             config.get("base_shift", 0.5), config.get("max_shift", 1.15))
-        return self.scheduler.time_shift(mu, 1.0, sigma)
+    def tokens_per_side(self) -> int:
+        return self.latent_size // 2
 
     def layout(self, latents: torch.Tensor) -> torch.Tensor:
         from diffusers import FluxPipeline
@@ -360,7 +369,9 @@ class FluxModel(FlowModel):
         image_ids = FluxPipeline._prepare_latent_image_ids(batch, height // 2, width // 2, self.device, noisy.dtype)
         text_ids = torch.zeros(text["text"].shape[1], 3, device=self.device, dtype=noisy.dtype)
         guidance = None
-        if self.denoiser.config.guidance_embeds:  # FLUX.1-dev: trained with the guidance it samples with
+        if self.denoiser.config.guidance_embeds:
+            # FLUX.1-dev's distilled guidance is an input: training feeds the family's published
+            # 3.5, as diffusers' FLUX LoRA script does (sampling feeds synthesize.guidance).
             guidance = torch.full((batch,), self.guidance, device=self.device, dtype=torch.float32)
         return forward(hidden_states=self.layout(noisy), timestep=sigma, guidance=guidance,
                        pooled_projections=text["pooled"], encoder_hidden_states=text["text"],

@@ -150,7 +150,7 @@ def _trainer(run: Run, store: StoreLayout) -> LoraTrainer:
     key = stable_hash([cfg.generator.model, cfg.generator.config, cfg.runtime.device, cfg.runtime.precision,
                        cfg.adapt.rank, cfg.adapt.alpha, cfg.adapt.train_text_encoder, cfg.adapt.resolution,
                        cfg.adapt.gradient_checkpointing, cfg.adapt.compile, cfg.adapt.reuse_vae_moments,
-                       cfg.adapt.cache_latents])
+                       cfg.adapt.cache_latents, cfg.adapt.offload_text_encoders])
     trainer = _TRAINERS.get(key)
     if trainer is None:
         _TRAINERS.clear()  # one base model resident at a time

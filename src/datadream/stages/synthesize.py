@@ -44,6 +44,7 @@ import torch
 from datadream import atomic, locks
 from datadream.artifacts import adapter_is_complete, index_text, link_adapters, preview_records, shard_records
 from datadream.components.lora_swap import AdapterSwapper
+from datadream.components.families import check_settings
 from datadream.components.family_models import family_model
 from datadream.components.models import (compile_module, load_generator, pipeline_family, resolve_device,
                                          resolve_dtype)
@@ -226,9 +227,8 @@ class Generator:
         self.pipeline = load_generator(run.config.generator.model, dtype=dtype,
                                        config=run.config.generator.config).to(self.device)
         self.model = family_model(self.pipeline, pipeline_family(self.pipeline), self.device, dtype)
-        if self.cfg.sampler == "dpm++" and self.model.family.objective == "flow_matching":
-            raise UserError(f"synthesize.sampler=dpm++: {self.model.family.title} samples by flow matching with its"
-                            " own Euler sampler; set synthesize.sampler=default")
+        check_settings(self.model.family, run.config.adapt.resolution, self.cfg.resolution, self.cfg.sampler,
+                       adapted=False)  # a run made before the check, or a config edited since
         if self.cfg.sampler == "dpm++":
             from diffusers import DPMSolverMultistepScheduler
 
