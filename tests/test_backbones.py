@@ -12,7 +12,7 @@ import torch
 
 from conftest import TINY, tiny_config, write_config
 from datadream.components import clip as clip_ops
-from datadream.components.augment import center_crop, normalize, to_uint8_tensor
+from datadream.components.augment import center_crop, normalize
 from datadream.data.images import load_rgb
 from datadream.errors import UserError
 
