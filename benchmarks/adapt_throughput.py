@@ -60,7 +60,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from datadream.components.families import FAMILIES
-    from datadream.components.random_models import build_random_family
+    from datadream.components.random_models import FULL_SIZE_NAMES, build_random_family
     from datadream.components.tiny import build_tiny_clip, build_tiny_stable_diffusion
     from datadream.components.tiny_families import BUILDERS
     from datadream.config import load_config
@@ -114,8 +114,7 @@ def main() -> None:
              "| --- | ---: | ---: | ---: |" + (" ---: |" if reference else "") + " ---: |"]
     lines += [f"| {name} | {sec:.1f} | {sps:.1f} | {spc:.2f} |" + (f" {reference / sec:.2f}x |" if reference else "")
               + f" {sequential / sec:.2f}x |" for name, sec, sps, spc in rows]
-    model_name = {"sd": "SD 2.1-base", "sdxl": "SDXL base 1.0", "sd3": "SD 3.5 Medium", "flux": "FLUX.1-dev"}
-    size = f"full-size random {model_name[args.family]}" if args.full else f"tiny random {family.title}"
+    size = f"full-size random {FULL_SIZE_NAMES[args.family]}" if args.full else f"tiny random {family.title}"
     what = (f"{size} at {resolution} px{''.join(' ' + o for o in args.set)}, "
             f"{args.classes} classes x 16 shots, {args.epochs} epochs at batch 8, median of {args.repeats}; "
             "wall time of `adapt` including model loading")

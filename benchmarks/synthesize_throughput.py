@@ -79,7 +79,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from datadream.components.families import FAMILIES
-    from datadream.components.random_models import build_random_family
+    from datadream.components.random_models import FULL_SIZE_NAMES, build_random_family
     from datadream.components.tiny import TINY_RESOLUTION, build_tiny_clip, build_tiny_stable_diffusion
     from datadream.components.tiny_families import BUILDERS
     from datadream.config import load_config
@@ -147,8 +147,8 @@ def main() -> None:
     table = "\n".join(lines)
     print("\n" + table)
     if not args.no_report:
-        model_name = {"sd": "SD 2.1-base", "sdxl": "SDXL base 1.0", "sd3": "SD 3.5 Medium", "flux": "FLUX.1-dev"}
-        size = f"tiny random {family.title} (smoke test)" if args.tiny else f"full-size random {model_name[args.family]}"
+        size = (f"tiny random {family.title} (smoke test)" if args.tiny
+                else f"full-size random {FULL_SIZE_NAMES[args.family]}")
         what = (f"{size} at {resolution} px, {args.classes} classes x {args.images} images, {args.steps} steps,"
                 f" guidance 2.0, median of {args.repeats}; wall time including pipeline loading")
         append_report("Stage 2: synthesis throughput", what, table, device_description(args.device), versions(),

@@ -198,6 +198,11 @@ def test_sdxl_adapters_export_to_kohya_and_reproduce_in_stock_diffusers(family_m
         prefixes = {key.split("_text_model_")[0] if "_text_model_" in key else key[:10] for key in handle.keys()}
         assert handle.metadata()["ss_base_model_version"] == "sdxl_base_v1-0"
     assert {"lora_te1", "lora_te2", "lora_unet_"} == prefixes
+    # The SDXL marker comes from the run's family, so a UNet-only adapter gets it too.
+    from datadream.export import _is_sdxl
+
+    assert _is_sdxl(str(family_models["sdxl"])) is True and _is_sdxl(str(tiny_models["sd"])) is False
+    assert _is_sdxl("no-such-org/uncached-model") is None
 
     def loaded(adapter: Path):
         pipe = StableDiffusionXLPipeline.from_pretrained(family_models["sdxl"])
@@ -382,3 +387,21 @@ def test_sd3_folder_without_t5_is_one_line(family_models, tmp_path):
     with pytest.raises(UserError, match=r"cannot load SD 3/3.5 model .*text_encoder_3.*complete diffusers model") as err:
         load_generator(str(tmp_path / "no-t5"))
     assert "\n" not in str(err.value)
+
+
+def test_hub_downloads_fetch_sharded_weights_and_the_t5_tokenizer():
+    """SD 3's and FLUX's transformers and T5 come in shards, T5's tokenizer as spiece.model; the
+    original single files at the repository root are not fetched."""
+    from fnmatch import fnmatch
+
+    from datadream.components.hub import NEEDED_PATTERNS
+
+    def fetched(path: str) -> bool:
+        return any(fnmatch(path, pattern) for pattern in NEEDED_PATTERNS)
+
+    for path in ("transformer/diffusion_pytorch_model-00001-of-00003.safetensors",
+                 "text_encoder_3/model-00002-of-00002.safetensors", "tokenizer_3/spiece.model",
+                 "transformer/diffusion_pytorch_model.safetensors.index.json", "unet/diffusion_pytorch_model.safetensors"):
+        assert fetched(path), path
+    for path in ("sd3.5_medium.safetensors", "flux1-dev.safetensors", "unet/diffusion_pytorch_model.fp16.safetensors"):
+        assert not fetched(path), path

@@ -76,6 +76,11 @@ class GeneratorConfig:
     )
 
 
+# Said at init (before any work) and, for a run resumed where the package is missing, at adapt.
+NEEDS_BITSANDBYTES = ("adapt.optimizer=adamw8bit needs bitsandbytes: `pip install bitsandbytes`, or set"
+                      " adapt.optimizer=adamw")
+
+
 @dataclass
 class AdaptConfig:
     mode: str = _field("class", "class: one LoRA per class; dataset: one LoRA for all classes;"

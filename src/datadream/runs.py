@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from datadream import atomic
-from datadream.config import Config, describe_differences, read_config_file
+from datadream.config import NEEDS_BITSANDBYTES, Config, describe_differences, read_config_file
 from datadream.data.fewshot import FewShotManifest, build_manifest, read_manifest
 from datadream.data.leaks import check_no_leaks
 from datadream.data.sources import load_view
@@ -43,8 +43,7 @@ def init_run(config: Config, root: Path) -> Run:
         import importlib.util
 
         if importlib.util.find_spec("bitsandbytes") is None:
-            raise UserError("adapt.optimizer=adamw8bit needs bitsandbytes: `pip install bitsandbytes`, or set"
-                            " adapt.optimizer=adamw")
+            raise UserError(NEEDS_BITSANDBYTES)
     if layout.config.exists():
         existing = read_config_file(layout.config)
         changes = describe_differences(existing, config, results_only=True)

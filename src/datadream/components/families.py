@@ -121,6 +121,15 @@ def check_settings(family: Family, adapt_resolution: int, synthesize_resolution:
                             " Euler sampler; set synthesize.sampler=default")
 
 
+def require_sd(family: Family, source: str) -> None:
+    """A single-file checkpoint is read as SD 1.x/2.x: configs of another family would build the
+    wrong pipeline (or fail deep inside diffusers)."""
+    if family.name != "sd":
+        raise UserError(f"generator.config: {source} is a model of the {family.title} family; single-file checkpoints"
+                        " are read as SD 1.x/2.x only: set generator.model to a diffusers folder or hub id of that"
+                        " model")
+
+
 def family_named(class_name: str, model: str) -> Family:
     """The family of a pipeline class name, or one line listing the supported ones."""
     family = BY_PIPELINE.get(class_name)
@@ -141,13 +150,22 @@ def family_of(model: str) -> Family:
     if local.is_file() or model.endswith((".safetensors", ".ckpt", ".bin", ".pt", ".pth")):
         return FAMILIES["sd"]
     if is_hub_id(model):
-        index = _hub_index(model)
-    else:
-        path = local / "model_index.json"
-        if not path.is_file():
-            raise UserError(f"generator.model: {local} is not a diffusers folder (no model_index.json);"
-                            " point it at a folder saved with save_pretrained, a .safetensors checkpoint or a hub id")
-        index = path.read_text(encoding="utf-8")
+        return family_from_index(_hub_index(model), model)
+    return folder_family(local, model)
+
+
+def folder_family(folder: Path, model: str) -> Family:
+    """The family of the local diffusers folder `folder` (`model`: how the user named it, a hub id
+    for a downloaded snapshot)."""
+    path = folder / "model_index.json"
+    if not path.is_file():
+        raise UserError(f"generator.model: {folder} is not a diffusers folder (no model_index.json);"
+                        " point it at a folder saved with save_pretrained, a .safetensors checkpoint or a hub id")
+    return family_from_index(path.read_text(encoding="utf-8"), model)
+
+
+def family_from_index(index: str, model: str) -> Family:
+    """The family named by the text of a model_index.json."""
     try:
         class_name = json.loads(index).get("_class_name", "")
     except (json.JSONDecodeError, AttributeError):

@@ -33,8 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from datadream.components.families import CLIP_TEXT_TARGETS, FAMILIES, Family
-
-ADAPTER = "default"
+from datadream.components.lora_weights import ADAPTER
 # Prompt length of the T5 encoder, in training and sampling alike (the stock pipelines' defaults;
 # a tokenizer that takes fewer, such as the tiny test models', caps it).
 T5_TOKENS = {"sd3": 256, "flux": 512}
@@ -271,14 +270,17 @@ class FlowModel(FamilyModel):
     def scheduler(self):
         return self.pipeline.scheduler
 
+    @property
+    def t5_tokenizer(self):
+        # text_encoder_3 -> tokenizer_3, text_encoder_2 -> tokenizer_2
+        return getattr(self.pipeline, "tokenizer" + self.t5.removeprefix("text_encoder"))
+
     def t5_length(self) -> int:
-        tokenizer = getattr(self.pipeline, "tokenizer" + self.t5.removeprefix("text_encoder"))
-        return min(T5_TOKENS[self.family.name], tokenizer.model_max_length)
+        return min(T5_TOKENS[self.family.name], self.t5_tokenizer.model_max_length)
 
     def t5_features(self, texts: list[str]) -> torch.Tensor:
-        tokenizer = getattr(self.pipeline, "tokenizer" + self.t5.removeprefix("text_encoder"))
         with torch.no_grad(), self.autocast():
-            return self.run_encoder(self.t5, self._ids(tokenizer, texts, self.t5_length()))[0]
+            return self.run_encoder(self.t5, self._ids(self.t5_tokenizer, texts, self.t5_length()))[0]
 
     def draw_timesteps(self, count: int, generator: torch.Generator) -> torch.Tensor:
         """σ in (0, 1): a logit-normal draw, shifted as the scheduler shifts its sampling sigmas."""

@@ -9,7 +9,6 @@ UserError line that says what to set instead, never a hub traceback.
 
 from __future__ import annotations
 
-import json
 import logging
 from contextlib import contextmanager
 from pathlib import Path
@@ -109,29 +108,18 @@ def _diffusers_folder(model: str, local: Path):
     """The local folder of a diffusers model (fetching a hub id's needed files first), its
     weights checked against the official hashes when it is a known model, and its family."""
     from datadream.components import hub, weights
-    from datadream.components.families import family_named
+    from datadream.components.families import folder_family
     from datadream.components.hub import NEEDED_PATTERNS, is_hub_id
 
     if is_hub_id(model):
         with explained_loading("generator", model, "generator.model", "diffusers"):
             folder = hub.fetch_snapshot(model, NEEDED_PATTERNS)
-        known = weights.known_by_repo(model)
     else:
         folder = local
-        if not (folder / "model_index.json").is_file():
-            raise UserError(
-                f"generator.model: {local} is not a diffusers folder (no model_index.json); point it at a"
-                " folder saved with save_pretrained, a .safetensors checkpoint or a hub id"
-            )
-        known = weights.identify(str(folder))
     # The family decides which pipeline class loads the folder: StableDiffusionPipeline would
     # load an SDXL folder without a word, dropping its second text encoder.
-    try:
-        class_name = json.loads((folder / "model_index.json").read_text(encoding="utf-8")).get("_class_name", "")
-    except (OSError, json.JSONDecodeError, AttributeError):
-        raise UserError(f"generator.model: {folder / 'model_index.json'} is missing or not a JSON object;"
-                        " the folder is incomplete") from None
-    family = family_named(class_name, model)
+    family = folder_family(folder, model)
+    known = weights.known_by_repo(model) if is_hub_id(model) else weights.identify(str(folder))
     refuse_pickled_weights(folder, "generator.model")
     if known is not None:
         weights.warn_if_not_official(weights.check_folder(folder, known), known, f"generator.model={model}")
@@ -158,6 +146,7 @@ def _load_single_file(path: Path, dtype: torch.dtype, config: str):
     from diffusers import StableDiffusionPipeline
 
     from datadream.components import hub, weights
+    from datadream.components.families import folder_family, require_sd
     from datadream.components.hub import CONFIG_PATTERNS
 
     if path.suffix != ".safetensors":
@@ -179,32 +168,12 @@ def _load_single_file(path: Path, dtype: torch.dtype, config: str):
     else:
         with explained_loading(SINGLE_FILE_CONFIGS, source, "generator.config", "diffusers"):
             folder = hub.fetch_snapshot(source, CONFIG_PATTERNS)
-    require_sd_configs(folder, source)
+    require_sd(folder_family(folder, source), source)
     with explained_loading("Stable Diffusion", str(path), "generator.model", "diffusers"):
         return StableDiffusionPipeline.from_single_file(
             str(path), config=str(folder), dtype=dtype, local_files_only=True,
             safety_checker=None, requires_safety_checker=False,
         )
-
-
-def require_sd_configs(folder: Path, source: str) -> None:
-    """A single-file checkpoint is read as SD 1.x/2.x: configs of another family would build the
-    wrong pipeline (or fail deep inside diffusers)."""
-    try:
-        index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return  # diffusers' own loading says what is wrong with the folder
-    require_sd_class(index.get("_class_name", "") if isinstance(index, dict) else "", source)
-
-
-def require_sd_class(class_name: str, source: str) -> None:
-    from datadream.components.families import family_named
-
-    family = family_named(class_name, source)
-    if family.name != "sd":
-        raise UserError(f"generator.config: {source} is a model of the {family.title} family; single-file checkpoints"
-                        " are read as SD 1.x/2.x only: set generator.model to a diffusers folder or hub id of that"
-                        " model")
 
 
 def compile_module(module: torch.nn.Module) -> torch.nn.Module:
@@ -221,19 +190,20 @@ def check_models_reachable(generator: str | None, classifier: str | None, genera
     if generator is not None:
         from diffusers import DiffusionPipeline
 
-        from datadream.components.families import family_named
+        from datadream.components.families import family_named, folder_family, require_sd
 
         local = Path(generator).expanduser()
         if local.suffix == ".safetensors" or local.is_file():
             if not local.is_file():
                 raise UserError(f"generator.model: checkpoint file not found: {local}")
             source = generator_config or DEFAULT_GENERATOR
-            if Path(source).expanduser().is_dir():
-                require_sd_configs(Path(source).expanduser(), source)
-            else:
+            folder = Path(source).expanduser()
+            if (folder / "model_index.json").is_file():
+                require_sd(folder_family(folder, source), source)
+            elif not folder.is_dir():
                 with explained_loading(SINGLE_FILE_CONFIGS, source, "generator.config", "diffusers"):
                     index = DiffusionPipeline.load_config(source)
-                require_sd_class(index.get("_class_name", ""), source)
+                require_sd(family_named(index.get("_class_name", ""), source), source)
         else:
             with explained_loading("generator", generator, "generator.model", "diffusers"):
                 index = DiffusionPipeline.load_config(generator)

@@ -52,6 +52,9 @@ def build_random_sd21_base(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
+# What each family's full-size random model reproduces, by family.
+FULL_SIZE_NAMES = {"sd": "SD 2.1-base", "sdxl": "SDXL base 1.0", "sd3": "SD 3.5 Medium", "flux": "FLUX.1-dev"}
+
 # The published architectures of the other families (their config.json files), for speed and
 # memory benchmarks with random weights. Parameter counts are checked in tests/test_families.py.
 SDXL_BASE_UNET = dict(

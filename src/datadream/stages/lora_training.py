@@ -26,7 +26,7 @@ from datadream.components.models import (compile_module, load_generator, pipelin
                                          resolve_dtype)
 from datadream.components.lora_weights import reset_lora, sort_safetensors_metadata
 from datadream.components.seeds import derive_seed
-from datadream.config import AdaptConfig
+from datadream.config import NEEDS_BITSANDBYTES, AdaptConfig
 from datadream.data.fewshot import FewShotClass
 from datadream.data.images import load_rgb
 from datadream.errors import UserError
@@ -307,8 +307,7 @@ def make_optimizer(params: list[torch.nn.Parameter], cfg: AdaptConfig) -> torch.
         try:
             import bitsandbytes
         except ImportError:
-            raise UserError("adapt.optimizer=adamw8bit needs bitsandbytes: `pip install bitsandbytes`, or set"
-                            " adapt.optimizer=adamw") from None
+            raise UserError(NEEDS_BITSANDBYTES) from None
         return bitsandbytes.optim.AdamW8bit(params, **kwargs)
     return torch.optim.AdamW(params, **kwargs)
 
