@@ -32,7 +32,7 @@ examples:
   datadream status runs/pets                          # units complete / running / pending
   datadream compare runs/pets runs/pets-lr3 -o runs/compare   # which run is best, and where
   datadream run configs/example.yaml runs/pets --runner ray   # Ray tasks on every GPU
-  datadream store gc runs/datadream-store --dry-run   # what no run uses any more
+  datadream store gc runs/datadream-store --dry-run   # what no run uses any more (--yes: remove it)
 
 Every stage resumes: run the same command again after an interruption.
 """
@@ -110,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("action", choices=["gc"], help="gc: remove what no run uses")
     sub.add_argument("target", type=Path, help="a store folder, or a run folder (its store)")
     sub.add_argument("--dry-run", action="store_true", help="list what would be removed; remove nothing")
+    sub.add_argument("--yes", action="store_true", help="remove without asking (needed when not on a terminal)")
 
     sub = add("plan", "what a run would do and cost (GPU-hours, memory, disk): estimates, no model loaded")
     sub.add_argument("config", type=Path, nargs="?", help="experiment YAML, or a run folder to count what it holds")
@@ -317,7 +318,7 @@ def run_command(args: argparse.Namespace) -> int:
     if args.command == "store":
         from datadream.status import gc_text
 
-        print(gc_text(args.target, args.dry_run), end="")
+        print(gc_text(args.target, args.dry_run, None if args.yes else _ask), end="")
         return 0
     if args.command == "report":
         from datadream.report import write_report
@@ -349,6 +350,17 @@ def run_command(args: argparse.Namespace) -> int:
 
         return run_demo(args.dir)
     raise AssertionError(args.command)
+
+
+def _ask(question: str) -> bool:
+    if not sys.stdin.isatty():
+        raise UserError("store gc removes files and asks first, but there is no terminal to answer on: run"
+                        " it with --dry-run to see what it would remove, then with --yes to remove it")
+    print(question, end="", flush=True)
+    try:
+        return input().strip().lower() in ("y", "yes")
+    except EOFError:
+        return False
 
 
 def plan_command(args: argparse.Namespace) -> int:

@@ -21,7 +21,9 @@
     STORE/previews/<fingerprint>/         the same class's first seeds sampled with its adapter off
                                           (unadapted-<i>.png, preview.json): the report's grid, not data
     STORE/locks/<unit>.lock               one lock per unit of work, naming its owner
-    STORE/runs/<hash>.json                the runs that use this store (what `store gc` keeps)
+    STORE/runs/<hash>.json                the runs that use this store (what `store gc` keeps), by their path
+                                          relative to the store and absolute (right after `mv` or `cp -a`)
+    STORE/.datadream-store                the store's own marker: `store gc` acts on no folder without it
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ PROMPTS = "prompts.json"
 METRICS = "metrics.json"
 PREDICTIONS = "predictions.csv"
 STORE_FOLDER = "datadream-store"  # the default store, beside the run folder
+STORE_MARKER = ".datadream-store"
 
 
 def slugify(name: str) -> str:
@@ -63,6 +66,13 @@ _SAFE_COMPONENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 def is_safe_component(name: object) -> bool:
     return isinstance(name, str) and bool(_SAFE_COMPONENT.fullmatch(name)) and ".." not in name
+
+
+_FINGERPRINT = re.compile(r"[0-9a-f]{16}")  # config.stable_hash: how the store names its entries
+
+
+def is_fingerprint(name: str) -> bool:
+    return bool(_FINGERPRINT.fullmatch(name))
 
 
 def checked_component(name: object, where: str) -> str:
@@ -198,6 +208,10 @@ class StoreLayout:
     @property
     def runs(self) -> Path:
         return self.root / "runs"
+
+    @property
+    def marker(self) -> Path:
+        return self.root / STORE_MARKER
 
 
 def shard_marker(start: int, total: int) -> str:

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from typing import Callable
 
 from datadream.errors import UserError
 from datadream.layout import RunLayout, StoreLayout
 from datadream.locks import is_locked
 from datadream.runs import open_run
-from datadream.store import collect_garbage, open_store
+from datadream.store import Garbage, check_is_store, collect_garbage, recorded_runs
 from datadream.units import STAGES, adapter_specs, plan_work, store_of, synthetic_specs
 
 
@@ -59,14 +60,17 @@ def _owner(run, store: StoreLayout, unit) -> str:
     return ""
 
 
-def referenced(run_root: Path) -> list[Path]:
+def referenced(run_root: Path, store_root: Path) -> list[Path] | None:
     """The store entries a run needs: its adapters and synthetic classes (planned or linked; a
-    class's preview goes with the class, see store.collect_garbage)."""
+    class's preview goes with the class, see store.collect_garbage). None when `run_root` is not a
+    run, or a run of another store (the original of a copied run and store names the original's)."""
     try:
         run = open_run(run_root)
     except UserError:
-        return []
+        return None
     store = store_of(run)
+    if store.root.resolve() != store_root.resolve():
+        return None
     paths = [store.adapter(s.fingerprint) for s in adapter_specs(run)]
     paths += [store.adapter_checkpoint(s.fingerprint) for s in adapter_specs(run)]
     paths += [store.synthetic_class(s.fingerprint) for s in synthetic_specs(run)]
@@ -76,24 +80,51 @@ def referenced(run_root: Path) -> list[Path]:
     return paths
 
 
-def gc_text(target: Path, dry_run: bool) -> str:
-    """`target` is a store, or a run whose store is meant."""
+def gc_store(target: Path) -> StoreLayout:
+    """The store `target` means (a store, or a run whose store is meant), once it is shown to be
+    a datadream store: `store gc` deletes, so a folder that merely looks like one is refused."""
     target = target.resolve()
     if RunLayout(target).config.is_file():
         store = store_of(open_run(target))
-    else:
-        store = open_store(str(target), target)
-        if not (store.adapters.is_dir() or store.synthetic.is_dir()):
-            raise UserError(f"{target} is neither a datadream store nor a run folder")
-    garbage = collect_garbage(store, referenced, remove=not dry_run)
-    verb = "would remove" if dry_run else "removed"
+        check_is_store(store, proven=True)
+        return store
+    if not target.is_dir():
+        raise UserError(f"{target} is neither a datadream store nor a run folder")
+    store = StoreLayout(target)
+    records = sorted(store.runs.glob("*.json")) if store.runs.is_dir() else []
+    check_is_store(store, proven=any(referenced(place, store.root) is not None
+                                     for record in records for place in recorded_runs(store, record)))
+    return store
+
+
+def gc_listing(store: StoreLayout, garbage: Garbage, removed: bool) -> str:
+    verb = "removed" if removed else "would remove"
     lines = [f"store: {store.root}", f"runs using it: {len(garbage.runs)}"
              + (f" ({len(garbage.gone_runs)} registered run folder(s) no longer exist"
-                + (", forgotten)" if not dry_run else ")") if garbage.gone_runs else "")]
+                + (", forgotten)" if removed else ")") if garbage.gone_runs else "")]
     lines += [f"  {verb}: {p.relative_to(store.root)}" for p in garbage.removable[:20]]
     if len(garbage.removable) > 20:
         lines.append(f"  ... and {len(garbage.removable) - 20} more")
+    if garbage.foreign:
+        lines.append(f"  left alone: {len(garbage.foreign)} entr{'y' if len(garbage.foreign) == 1 else 'ies'} the"
+                     f" store did not write (first: {garbage.foreign[0]})")
     lines.append(f"{verb} {len(garbage.removable)} unreferenced entr{'y' if len(garbage.removable) == 1 else 'ies'}"
                  f" ({garbage.bytes / 2**20:.1f} MiB); kept {len(garbage.kept)} in use"
                  + (f", {len(garbage.busy)} being written" if garbage.busy else ""))
     return "\n".join(lines) + "\n"
+
+
+def gc_text(target: Path, dry_run: bool, confirm: Callable[[str], bool] | None = None) -> str:
+    """List what no run uses; unless `dry_run`, remove it once `confirm(question)` says yes (no
+    `confirm`: yes). Only what was listed is removed, even if more became garbage meanwhile."""
+    store = gc_store(target)
+    garbage = collect_garbage(store, referenced, remove=False)
+    if dry_run or not (garbage.removable or garbage.gone_runs):
+        return gc_listing(store, garbage, removed=not dry_run)
+    if confirm is not None:
+        question = (f"{gc_listing(store, garbage, removed=False)}remove these {len(garbage.removable)} entries"
+                    f" ({garbage.bytes / 2**20:.1f} MiB)? [y/N] ")
+        if not confirm(question):
+            return "store gc: nothing removed\n"
+    garbage = collect_garbage(store, referenced, remove=True, only=set(garbage.removable))
+    return gc_listing(store, garbage, removed=True)

@@ -21,14 +21,16 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from datadream import atomic
 from datadream.errors import UserError
-from datadream.layout import STORE_FOLDER, RunLayout, StoreLayout, is_safe_component
+from datadream.layout import STORE_FOLDER, StoreLayout, is_fingerprint
 from datadream.locks import is_locked
 
 log = logging.getLogger(__name__)
@@ -46,12 +48,50 @@ def open_store(setting: str, run_root: Path) -> StoreLayout:
 
 
 def register_run(store: StoreLayout, run_root: Path) -> None:
-    """Record that `run_root` uses the store, so that gc keeps what it references."""
+    """Record that `run_root` uses the store, so that gc keeps what it references. The record
+    names the run by its path relative to the store as well as by its absolute path: moving or
+    copying a run together with its store keeps the relative one right, and a copy (a run of its
+    own, with a store of its own) finds itself through it."""
+    atomic.check_writable(store.root, "runtime.store")
+    if not store.marker.is_file():
+        atomic.write_json(store.marker, {"datadream": "store", "version": 1})
     run_root = run_root.resolve()
-    record = store.runs / f"{hashlib.sha256(str(run_root).encode()).hexdigest()[:16]}.json"
-    if not record.is_file():
-        atomic.check_writable(store.root, "runtime.store")
-        atomic.write_json(record, {"run": str(run_root)})
+    relative = os.path.relpath(run_root, store.root)
+    record = store.runs / f"{hashlib.sha256(relative.encode()).hexdigest()[:16]}.json"
+    wanted = {"run": str(run_root), "relative": relative}
+    try:
+        current = json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        current = None
+    if current != wanted:
+        atomic.write_json(record, wanted)
+
+
+def recorded_runs(store: StoreLayout, record: Path) -> list[Path]:
+    """Where the run that `record` names may be now: relative to the store first (right after the
+    two moved or were copied together), then the absolute path it was registered under. Empty
+    when the record is not one datadream wrote."""
+    try:
+        raw = json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    if not isinstance(raw, dict) or not isinstance(raw.get("run"), str):
+        return []
+    places = [Path(os.path.normpath(store.root / raw["relative"]))] if isinstance(raw.get("relative"), str) else []
+    return list(dict.fromkeys([*places, Path(raw["run"])]))
+
+
+def check_is_store(store: StoreLayout, proven: bool = False) -> None:
+    """`store gc` deletes: it acts only on a folder that datadream made its store. A store made
+    before the marker existed is accepted when a run is known to use it (`proven`), and marked."""
+    if store.marker.is_file():
+        return
+    if proven and store.runs.is_dir():
+        atomic.write_json(store.marker, {"datadream": "store", "version": 1})
+        return
+    raise UserError(f"{store.root} is not a datadream store (it has no {store.marker.name}); `store gc` removes"
+                    " files only from a store: give the store folder a run uses (runtime.store, or"
+                    " datadream-store beside the run), or the run folder itself")
 
 
 VIEW_MARKER = ".datadream-view"  # names a folder of the run as our view of a store entry
@@ -137,50 +177,91 @@ class Garbage:
     kept: list[Path]
     removable: list[Path]
     busy: list[Path]
+    foreign: list[Path]  # entries the store did not write: never touched
     runs: list[Path]  # runs that use the store
-    gone_runs: list[Path]  # registered runs whose folder no longer exists
+    gone_runs: list[Path]  # registered runs whose folder no longer exists (or no longer uses this store)
     bytes: int = 0  # of the removable entries
 
 
-def collect_garbage(store: StoreLayout, referenced_by, remove: bool) -> Garbage:
+# What the store writes into each kind of entry (besides temporaries of killed writes): an entry
+# holding anything else is not the store's and gc leaves it alone.
+_ENTRY_FILES = {
+    "adapter": re.compile(r"[A-Za-z0-9_.-]+\.(safetensors|json)"),
+    "synthetic": re.compile(r"\d+\.png|\.shard-\d+\.json|\.datadream\.json"),
+    "preview": re.compile(r"unadapted-\d+\.png|preview\.json"),
+}
+
+
+def _is_entry_of_store(entry: Path, kind: str) -> bool:
+    """A folder named by a fingerprint, holding only files the store writes there."""
+    if entry.is_symlink() or not entry.is_dir() or not is_fingerprint(entry.name.removeprefix(".partial-")):
+        return False
+    if entry.name.startswith(".partial-") and kind != "adapter":
+        return False
+    for item in entry.iterdir():
+        if item.name.startswith(atomic.TMP_PREFIX) and not item.is_symlink():
+            continue
+        if item.is_symlink() or not item.is_file() or not _ENTRY_FILES[kind].fullmatch(item.name):
+            return False
+    return True
+
+
+def collect_garbage(store: StoreLayout, referenced_by: Callable[[Path, Path], list[Path] | None], remove: bool,
+                    only: set[Path] | None = None) -> Garbage:
     """Entries (adapters, synthetic classes and their previews, unfinished checkpoints) that no
-    registered run references. `referenced_by(run_root)` returns the store paths a run needs (its
-    plan and its links). An entry whose lock is held is being written and is left alone."""
-    runs, gone = [], []
+    registered run references. `referenced_by(run_root, store_root)` returns the store paths a run
+    needs (its plan and its links), or None when `run_root` is not a run that uses this store. An
+    entry whose lock is held is being written and is left alone, and so is anything the store did
+    not write. With `only`, nothing outside it is removed (what the user was shown)."""
+    runs: dict[Path, None] = {}
+    gone: list[Path] = []
     needed: set[Path] = set()
     for record in sorted(store.runs.glob("*.json")) if store.runs.is_dir() else []:
-        try:
-            run_root = Path(json.loads(record.read_text(encoding="utf-8"))["run"])
-        except (OSError, ValueError, KeyError, TypeError):
+        places = recorded_runs(store, record)
+        if not places:
             log.warning("store gc: %s is damaged; ignoring it", record)
             continue
-        if RunLayout(run_root).config.is_file():
-            runs.append(run_root)
-            needed.update(p.resolve() for p in referenced_by(run_root))
+        users = []
+        for place in places:
+            paths = referenced_by(place, store.root)
+            if paths is not None:
+                users.append(place.resolve())
+                needed.update(p.resolve() for p in paths)
+        if users:
+            runs.update(dict.fromkeys(users))
         else:
-            gone.append(run_root)
+            gone.append(places[0])
             if remove:
                 record.unlink(missing_ok=True)
-    result = Garbage([], [], [], runs, gone)
+    result = Garbage([], [], [], [], list(runs), gone)
     # A class's preview lives and dies with its synthetic entry (same name, written under the lock
     # of the class's first shard): kept, busy or removed exactly when that entry is.
-    for folder, kind, owner in ((store.adapters, "adapter", store.adapters),
-                                (store.synthetic, "synthetic", store.synthetic),
-                                (store.previews, "synthetic", store.synthetic)):
-        if not folder.is_dir():
+    for folder, kind, lock_kind, owner in ((store.adapters, "adapter", "adapter", store.adapters),
+                                           (store.synthetic, "synthetic", "synthetic", store.synthetic),
+                                           (store.previews, "preview", "synthetic", store.synthetic)):
+        if not folder.is_dir() or folder.is_symlink():
             continue
         for entry in sorted(folder.iterdir()):
-            name = entry.name.removeprefix(".partial-")
-            if not is_safe_component(name) or entry.name.startswith(atomic.TMP_PREFIX):
+            if entry.name.startswith(f"{atomic.TMP_PREFIX}gc-") and entry.is_dir() and not entry.is_symlink():
+                if remove:  # the bin of a killed gc: what it holds was garbage already
+                    shutil.rmtree(entry, ignore_errors=True)
                 continue
+            if entry.name.startswith(atomic.TMP_PREFIX):
+                continue  # a unit's own temporaries: its writer clears them under the unit's lock
+            if not _is_entry_of_store(entry, kind):
+                result.foreign.append(entry)
+                continue
+            name = entry.name.removeprefix(".partial-")
             if entry.resolve() in needed or (owner / name).resolve() in needed:
                 result.kept.append(entry)
                 continue
             # Writers take the unit's lock (an adapter's, or each shard's of a class) and register
             # their run before they write, so an entry that is unreferenced and unlocked here is
             # garbage; a run started during the sweep registers first and is read next time.
-            if any(is_locked(path) for path in store.locks.glob(f"{kind}-{name}*.lock")):
+            if any(is_locked(path) for path in store.locks.glob(f"{lock_kind}-{name}*.lock")):
                 result.busy.append(entry)
+                continue
+            if only is not None and entry not in only:
                 continue
             result.removable.append(entry)
             result.bytes += _size(entry)
@@ -191,7 +272,7 @@ def collect_garbage(store: StoreLayout, referenced_by, remove: bool) -> Garbage:
 
 def _remove(entry: Path) -> None:
     # Renamed away first, so that a reader never sees a half-deleted unit as complete.
-    bin_ = Path(tempfile.mkdtemp(prefix=f"{atomic.TMP_PREFIX}gc-", dir=entry.parent))
+    bin_ = Path(tempfile.mkdtemp(prefix=f"{atomic.TMP_PREFIX}gc-", dir=entry.parent))  # cleared by the next gc if killed
     try:
         os.replace(entry, bin_ / entry.name)
     except OSError as err:
