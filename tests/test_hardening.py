@@ -111,6 +111,67 @@ def test_lock_that_is_a_link_is_refused_and_its_target_untouched(tmp_path, confi
     assert target.read_text() == "precious"
 
 
+def test_lock_folders_that_are_links_are_refused_and_their_targets_untouched(tmp_path, trained_run):
+    run = copy_run(trained_run, tmp_path)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for name in ("evaluate.lock", "index.lock"):
+        (outside / name).write_text("precious")
+    if (run / ".locks").exists():
+        shutil.rmtree(run / ".locks")
+    os.symlink(outside, run / ".locks", target_is_directory=True)
+    assert_one_line_error(run_cli("evaluate", run), ".locks is a symbolic link", "remove the link")
+    store_locks = tmp_path / "datadream-store" / "locks"
+    shutil.rmtree(store_locks)
+    os.symlink(outside, store_locks, target_is_directory=True)
+    next((tmp_path / "datadream-store" / "synthetic").glob("*/00001.png")).unlink()  # work under a store lock
+    (run / ".locks").unlink()
+    assert_one_line_error(run_cli("synthesize", run), "locks is a symbolic link", "remove the link")
+    assert {p.name: p.read_text() for p in outside.iterdir()} == {"evaluate.lock": "precious", "index.lock": "precious"}
+
+
+@pytest.mark.parametrize("folder", ["report", "report/thumbs"])
+def test_report_folder_that_is_a_link_is_not_written_through(tmp_path, trained_run, folder):
+    run = copy_run(trained_run, tmp_path)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "index.html").write_text("precious")
+    if (run / folder).exists():
+        shutil.rmtree(run / folder)
+    (run / folder).parent.mkdir(parents=True, exist_ok=True)
+    os.symlink(outside, run / folder, target_is_directory=True)
+    assert_one_line_error(run_cli("report", run), f"{folder} is a symbolic link")
+    assert [p.name for p in outside.iterdir()] == ["index.html"] and (outside / "index.html").read_text() == "precious"
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_temporaries_of_killed_commands_are_removed_by_the_next_that_owns_the_folder(tmp_path, trained_run):
+    import socket
+
+    run = copy_run(trained_run, tmp_path)
+    host, dead = socket.gethostname(), _dead_pid()
+    out = tmp_path / "exported"
+    leftovers = [tmp_path / f".tmp-exported-{dead}@{host}-abcd1234", run / "report" / f".tmp-index.html-{dead}@{host}-x1y2",
+                 run / "report" / "thumbs" / f".tmp-a.jpg-{dead}@{host}-zz9"]
+    alive = [tmp_path / f".tmp-exported-{os.getpid()}@{host}-abcd1234",  # a live process's export in progress
+             tmp_path / f".tmp-exported-{dead}@another-host-abcd1234",  # cannot be told from here
+             tmp_path / ".tmp-exported-abcd1234"]  # an older datadream's: no owner named
+    for path in leftovers + alive:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.mkdir() if path.name.startswith(".tmp-exported") else path.write_bytes(b"half")
+    assert run_cli("export", run, out, "--what", "dataset").returncode == 0
+    assert run_cli("report", run).returncode == 0
+    assert not any(p.exists() for p in leftovers) and all(p.exists() for p in alive)
+
+
 # 3. The synthetic set is what synthesize wrote -------------------------------------------------------
 
 def test_edited_index_is_not_trained_on(tmp_path, trained_run):
@@ -178,6 +239,30 @@ def test_truncated_synthetic_image_is_generated_again(tmp_path, trained_run):
     image.write_bytes(original[:10])
     assert run_cli("synthesize", run).returncode == 0
     assert image.read_bytes() == original
+
+
+def test_same_size_change_of_a_synthetic_image_is_found_and_generated_again(tmp_path, trained_run):
+    """A byte flipped in place keeps the size: the image's time, later than its marker's, gives it
+    away, and its hash confirms it."""
+    run = copy_run(trained_run, tmp_path)
+    image = sorted((run / "synthetic").glob("002-*/*.png"))[1]
+    original = image.read_bytes()
+    flipped = bytearray(original)
+    flipped[len(flipped) // 2] ^= 0xFF
+    image.write_bytes(bytes(flipped))
+    line = assert_one_line_error(run_cli("inspect", run), image.name, "differs from what synthesize recorded",
+                                 "datadream synthesize")
+    assert "unreadable" not in line
+    assert _pending_shards(run) == "1"
+    assert run_cli("synthesize", run).returncode == 0
+    assert image.read_bytes() == original
+    os.utime(image)  # touched, not changed: its hash clears it
+    assert _pending_shards(run) == "0"
+
+
+def _pending_shards(run: Path) -> str:
+    status = run_cli("status", run).stdout
+    return next(row for row in status.splitlines() if row.startswith("synthesize")).split()[-1]
 
 
 def test_classifier_without_its_weights_is_not_reported_as_trained(tmp_path, trained_run):

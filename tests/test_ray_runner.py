@@ -224,6 +224,20 @@ def test_gpu_request_sizes():
     assert gpu_request(0, GPU_BYTES, cluster_gpus=2) == 0.0  # CPU unit
 
 
+def test_task_threads_default_to_the_drivers_cores_within_the_smallest_node(monkeypatch):
+    from datadream import threads
+    from datadream.errors import UserError
+    from datadream.runners.ray_runner import task_threads
+
+    monkeypatch.setattr(threads, "local_default", lambda: 8)
+    assert task_threads(0, [16.0, 4.0]) == 4  # every node can run it
+    assert task_threads(0, [32.0]) == 8  # what a local run on the driver would use
+    assert task_threads(0, []) == 8
+    assert task_threads(6, [4.0, 8.0]) == 6
+    with pytest.raises(UserError, match="runtime.threads=12, but the largest node of the Ray cluster has 8 CPUs"):
+        task_threads(12, [4.0, 8.0])
+
+
 def test_tasks_follow_dependencies_and_merge_shared_keys(tmp_path):
     plans = make_runs(tmp_path)
     # Run b lists its units backwards: the order must still put dependencies first.
@@ -271,9 +285,10 @@ def test_ray_run_makes_the_same_files_as_the_local_runner(ray_cluster, tmp_path,
     result = run_ray([ray_run])
     assert result.ok and result.done == 1 + 8 + 4  # an adapter group, 8 shards; index, inspect, train, evaluate
     assert run_ray([ray_run]).submitted == 0  # a rerun finds everything done
-    # A Ray task of 1 CPU runs torch with one thread (Ray sets OMP_NUM_THREADS); CPU float
-    # reductions depend on the thread count, so the local reference uses one thread too.
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    # Default settings on both sides: every unit sets the same torch thread count whoever runs it
+    # (datadream.threads), although Ray starts its workers with OMP_NUM_THREADS=1.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env.pop("OMP_NUM_THREADS", None)
     local = subprocess.run([sys.executable, "-m", "datadream", "run", str(config), str(tmp_path / "local" / "run")],
                            capture_output=True, text=True, env=env, timeout=600)
     assert local.returncode == 0, local.stderr

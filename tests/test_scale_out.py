@@ -347,3 +347,23 @@ def test_looking_compares_sizes_and_using_compares_hashes(tmp_path):
     assert damaged_file(tmp_path, records) == str(tmp_path / "w.safetensors")
     (tmp_path / "w.safetensors").write_bytes(b"abc")
     assert damaged_file(tmp_path, records, hashes=False) == str(tmp_path / "w.safetensors")
+
+
+# --- threads ------------------------------------------------------------------------------------
+
+def test_unit_thread_count_is_the_setting_then_the_runners_then_the_environment(monkeypatch):
+    torch = pytest.importorskip("torch")
+    from datadream import threads
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(threads, "available_cores", lambda: 3)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    try:
+        assert threads.use_threads(0) == 3 and torch.get_num_threads() == 3
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")  # Ray's workers have 1 here, torchrun's ranks too
+        assert threads.resolve(0) == 2
+        threads.given(1)  # a runner reserved one core for the unit
+        assert threads.resolve(0) == 1 and threads.resolve(5) == 5
+    finally:
+        threads.given(None)
+        torch.set_num_threads(before)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
 
 from datadream.data.samples import SYNTHETIC, Sample
@@ -17,7 +18,7 @@ from datadream.errors import UserError
 from datadream.layout import (CLASS_MARKER, PREVIEW_MARKER, UNIT_MARKER, StoreLayout, image_name, is_safe_component,
                               shard_marker)
 from datadream.locks import is_locked
-from datadream.markers import damaged_file, read_marker
+from datadream.markers import damaged_file, file_record, read_marker
 from datadream.runs import Run
 from datadream.store import link
 from datadream.units import (AdapterSpec, SyntheticSpec, WorkUnit, adapter_specs, classifier_fingerprint,
@@ -54,20 +55,39 @@ def link_adapters(run: Run, store: StoreLayout) -> None:
 # --- synthetic classes --------------------------------------------------------------------------
 
 
+def stored_image_is_intact(path: Path, record: object, vouched_ns: int) -> bool:
+    """Whether a stored image is still what its marker recorded: a plain file of the recorded size
+    and, when it was modified after the marker (whose time is `vouched_ns`) vouched for it, of the
+    recorded sha256. Images are written before their marker and never after, so the stat catches
+    a same-size change at the cost of one hash of the changed file only."""
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return False
+    if not isinstance(record, dict) or stat.S_ISLNK(info.st_mode) or info.st_size != record.get("size"):
+        return False
+    return info.st_mtime_ns <= vouched_ns or file_record(path)["sha256"] == record.get("sha256")
+
+
+def marker_time(path: Path) -> int:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return -1
+
+
 def shard_records(folder: Path, shard: range, total: int) -> dict | None:
-    """The image records of a finished shard, None unless every image is there at its recorded
-    size (one stat per image: cheap enough to run before every stage)."""
-    marker = read_marker(folder / shard_marker(shard.start, total))
+    """The image records of a finished shard, None unless every image is there as recorded (one
+    stat per image, see stored_image_is_intact: cheap enough to run before every stage)."""
+    marker_path = folder / shard_marker(shard.start, total)
+    marker = read_marker(marker_path)
     images = (marker or {}).get("images")
     if not isinstance(images, dict):
         return None
+    vouched = marker_time(marker_path)
     for index in shard:
-        record = images.get(image_name(index, total))
-        path = folder / image_name(index, total)
-        try:
-            if not isinstance(record, dict) or os.lstat(path).st_size != record.get("size") or path.is_symlink():
-                return None
-        except OSError:
+        name = image_name(index, total)
+        if not stored_image_is_intact(folder / name, images.get(name), vouched):
             return None
     return images
 
@@ -82,17 +102,14 @@ def preview_records(folder: Path, seeds: list[int] | None = None) -> dict | None
     except UserError:
         return None
     images, recorded = (marker or {}).get("images"), (marker or {}).get("seeds")
+    vouched = marker_time(folder / PREVIEW_MARKER)
     if not (isinstance(images, list) and isinstance(recorded, list) and images and len(images) == len(recorded)
             and all(isinstance(seed, int) for seed in recorded) and isinstance(marker.get("prompt"), str)):
         return None
     for record in images:
         if not (isinstance(record, dict) and is_safe_component(record.get("file"))):
             return None
-        path = folder / record["file"]
-        try:
-            if os.lstat(path).st_size != record.get("size") or path.is_symlink():
-                return None
-        except OSError:
+        if not stored_image_is_intact(folder / record["file"], record, vouched):
             return None
     if seeds is not None and recorded != seeds:
         return None
@@ -141,10 +158,11 @@ def completed_synthetic_set(run: Run) -> tuple[list[Sample], str]:
         if marker is None or marker.get("fingerprint") != spec.fingerprint or not class_is_complete(folder, total):
             raise UserError(f"the synthetic set of {run.layout.root} is not complete (first: class {spec.cls.slug},"
                             f" {folder}); {redo} first")
+        vouched = marker_time(folder / CLASS_MARKER)
         for index in range(total):
             name = image_name(index, total)
             path, record = folder / name, marker["images"].get(name)
-            if not isinstance(record, dict) or path.is_symlink() or path.stat().st_size != record.get("size"):
+            if not stored_image_is_intact(path, record, vouched):
                 raise UserError(f"synthetic image {path} is damaged (it differs from what synthesize recorded);"
                                 f" {redo} to generate it again")
             samples.append(Sample(str(path), spec.cls.label, SYNTHETIC, sha256=str(record.get("sha256"))))

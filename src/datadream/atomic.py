@@ -11,7 +11,9 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
+import socket
 import stat
 import tempfile
 from contextlib import contextmanager
@@ -21,6 +23,10 @@ from typing import Any, Iterator
 from datadream.errors import UserError
 
 TMP_PREFIX = ".tmp-"
+# Every temporary names the process that made it (pid@host), so that a later command can tell the
+# leftovers of a killed one from the work in progress of a live one, without a lock.
+_HOST = socket.gethostname()
+_OWNER_IN_NAME = re.compile(r"-(\d+)@(.+)-[a-z0-9_]+$")
 # mkstemp/mkdtemp create private (0600/0700) entries; finished outputs get the usual permissions.
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -57,7 +63,7 @@ def write_bytes(path: Path, data: bytes, sync_directory: bool = True) -> None:
     (a synthetic image's is made durable by its class marker, written beside it when the class
     completes): one directory fsync per class instead of one per image."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{path.name}-", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{path.name}-{os.getpid()}@{_HOST}-", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -85,7 +91,7 @@ def staged_directory(final: Path) -> Iterator[Path]:
     """Yield an empty temporary folder beside `final`; on success it replaces `final` in one
     rename. On failure it is removed and `final` is untouched."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{final.name}-", dir=final.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{final.name}-{os.getpid()}@{_HOST}-", dir=final.parent))
     try:
         yield staging
         os.chmod(staging, 0o777 & ~_UMASK)
@@ -94,7 +100,7 @@ def staged_directory(final: Path) -> Iterator[Path]:
         # new) or, between the two renames only, the old one under a temporary name.
         retired = None
         if final.is_symlink() or final.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}old-{final.name}-", dir=final.parent))
+            retired = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}old-{final.name}-{os.getpid()}@{_HOST}-", dir=final.parent))
             os.replace(final, retired / final.name)
         os.replace(staging, final)
         fsync_directory(final.parent)
@@ -115,6 +121,43 @@ def remove_stale_temporaries(folder: Path, name: str) -> None:
     for entry in folder.iterdir():
         if entry.name.startswith(prefixes):
             shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink(missing_ok=True)
+
+
+def own_folder(path: Path) -> Path:
+    """`path` as a folder to write in, made if missing. A symbolic link there is refused: it would
+    send our writes (and the clean-ups that go with them) into a folder that is not ours."""
+    if path.is_symlink():
+        raise UserError(f"{path} is a symbolic link; datadream writes only into folders of its own: remove the"
+                        " link and run the command again")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def remove_dead_temporaries(folder: Path, name: str | None = None) -> None:
+    """Leftovers of killed writes in `folder` (of `name` only, when given): the temporaries whose
+    process, on this machine, is gone. Safe without a lock; those of another machine, or of an
+    older datadream (no owner in the name), are left alone."""
+    if not folder.is_dir() or folder.is_symlink():
+        return
+    prefixes = (f"{TMP_PREFIX}{name}-", f"{TMP_PREFIX}old-{name}-") if name is not None else (TMP_PREFIX,)
+    for entry in folder.iterdir():
+        owner = _OWNER_IN_NAME.search(entry.name) if entry.name.startswith(prefixes) else None
+        if owner is None or owner[2] != _HOST or _process_exists(int(owner[1])):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another user's process: it exists
+    return True
 
 
 def check_writable(folder: Path, setting: str = "") -> None:

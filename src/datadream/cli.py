@@ -235,6 +235,12 @@ def run_command(args: argparse.Namespace) -> int:
                         " start this command as one process")
     if args.command in ("predict", "export"):
         return use_command(args)
+    if args.command in ("adapt", "synthesize", "train", "evaluate", "inspect"):
+        # A stage run by hand does the run's units: the same thread count as any runner uses.
+        from datadream.runs import open_run
+        from datadream.threads import use_threads
+
+        use_threads(open_run(args.run).config.runtime.threads)
     if args.command == "config":
         from datadream.config import field_help, load_config, reference_markdown
 

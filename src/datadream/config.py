@@ -210,6 +210,10 @@ class RuntimeConfig:
                          " of a Ray cluster (pip install 'datadream[ray]')", choices=("local", "ray"), result=False)
     ray_address: str = _field("", "Ray cluster to join (e.g. auto or ray://head:10001); empty: start a local"
                               " Ray cluster with every visible GPU", result=False)
+    threads: int = _field(0, "torch CPU threads of every unit of work (0: the cores the unit was given: under Ray the"
+                          " CPUs the driver has, at most the smallest node's, asked of Ray for CPU units; locally"
+                          " OMP_NUM_THREADS or the CPUs the process may use); results are the same bytes for the"
+                          " same count on the same kind of machine, whichever runner made them", min=0, result=False)
     wait_for_locks: bool = _field(True, "wait for a unit another process is working on (false: stop with a"
                                   " line naming that process)", result=False)
     wandb_project: str = _field("", "Weights & Biases project for the classifier's curves (empty: off;"

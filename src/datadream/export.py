@@ -45,6 +45,7 @@ def export(run_dir: Path, out: Path, what: str) -> Path:
     if out == run.layout.root or run.layout.root in out.parents:
         raise UserError(f"{out} is inside the run {run.layout.root}; export to a folder outside it")
     writer = {"classifier": export_classifier, "adapters": export_adapters, "dataset": export_dataset}[what]
+    atomic.remove_dead_temporaries(out.parent, out.name)  # an export to `out` that was killed
     with atomic.staged_directory(out) as staging:
         writer(run, staging)
     log.info("export: %s of %s written to %s", what, run.layout.root, out)

@@ -136,7 +136,7 @@ class HeldLock:
 
 def try_lock(path: Path) -> HeldLock:
     """Take the lock at once, or raise Busy naming the live owner."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic.own_folder(path.parent)
     fd = atomic.open_lock_file(path)
     try:
         if fcntl is not None:

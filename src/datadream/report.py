@@ -51,8 +51,9 @@ def write_report(root: Path) -> Path:
     run = open_run(root)
     layout = run.layout
     out = layout.report
-    thumbs = out.parent / "thumbs"
-    thumbs.mkdir(parents=True, exist_ok=True)
+    thumbs = atomic.own_folder(atomic.own_folder(out.parent) / "thumbs")
+    for folder in (out.parent, thumbs):  # what a killed report left
+        atomic.remove_dead_temporaries(folder)
     metrics = _read_json(layout.metrics)
     trained = _read_json(layout.classifier_marker)
     index = _read_index(layout.synthetic_index)

@@ -39,4 +39,4 @@ class EvalImages(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         sample = self.samples[i]
-        return to_uint8_tensor(center_crop(load_rgb(Path(sample.path)), self.size)), sample.label
+        return to_uint8_tensor(center_crop(load_rgb(Path(sample.path), sha256=sample.sha256), self.size)), sample.label

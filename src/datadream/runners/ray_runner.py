@@ -241,11 +241,16 @@ def _configure_worker_logging(level: int) -> None:
         package.propagate = False
 
 
-def _run_units(execute: Callable[[Any], None], units: tuple, log_level: int, *dependencies: Any) -> dict:
-    """The body of every task. `dependencies` are the results of the tasks this one waits for:
-    Ray resolves ObjectRefs given as arguments before it starts the task, which is all the
-    ordering there is; their values are not used."""
+def _run_units(execute: Callable[[Any], None], units: tuple, log_level: int, threads: int,
+               *dependencies: Any) -> dict:
+    """The body of every task. `threads` is the torch thread count the driver chose for the task
+    (datadream.threads). `dependencies` are the results of the tasks this one waits for: Ray
+    resolves ObjectRefs given as arguments before it starts the task, which is all the ordering
+    there is; their values are not used."""
+    from datadream import threads as unit_threads
+
     _configure_worker_logging(log_level)
+    unit_threads.given(threads)
     started = time.monotonic()
     try:
         # Every run's unit of the key: the first does the work, the others find it complete
@@ -352,6 +357,31 @@ def run_ray_or_fail(runs: Iterable[Path], address: str = "") -> RayResult:
     return result
 
 
+def _run_threads_setting(run: Path) -> int:
+    """runtime.threads of a run folder (0 where there is no config to read)."""
+    from datadream.config import read_config_file
+    from datadream.layout import RunLayout
+
+    config = RunLayout(run).config
+    return read_config_file(config).runtime.threads if config.is_file() else 0
+
+
+def task_threads(setting: int, node_cpus: list[float]) -> int:
+    """The torch threads of a task: runtime.threads, or by default the cores a local run on the
+    driver would use, at most the smallest node's CPUs (so that every node can run the task).
+    An explicit count no node has is refused: Ray would wait for such a node forever."""
+    from datadream import threads
+
+    largest = int(max(node_cpus, default=0))
+    if setting > 0:
+        if largest and setting > largest:
+            raise UserError(f"runtime.threads={setting}, but the largest node of the Ray cluster has {largest}"
+                            f" CPUs; set runtime.threads to at most {largest} (0: choose)")
+        return setting
+    smallest = int(min(node_cpus, default=0))
+    return max(1, min(threads.local_default(), smallest) if smallest else threads.local_default())
+
+
 def _submit_and_wait(ray: Any, tasks: list[_Task], folders: list[Path], result: RayResult,
                      say: Callable[[str], None], gpu_memory_bytes: float | None, max_retries: int,
                      keep_workers: bool, execute: Callable[[Any], None]) -> None:
@@ -371,17 +401,27 @@ def _submit_and_wait(ray: Any, tasks: list[_Task], folders: list[Path], result: 
     # keep_workers=False (max_calls=1) trades that for a fresh process per unit, for code that
     # leaks GPU memory. Ray does not count an idle worker's GPU memory against later requests.
     remote = ray.remote(max_calls=0 if keep_workers else 1)(_run_units)
+    node_cpus = [float(node.get("Resources", {}).get("CPU", 0)) for node in ray.nodes() if node.get("Alive")]
+    node_cpus = [cpus for cpus in node_cpus if cpus > 0]
+    settings = {run: _run_threads_setting(run) for run in folders}
+    threads_of = {task.key: task_threads(settings.get(Path(task.units[0].run).resolve(), 0), node_cpus)
+                  for task in tasks}  # checked before anything is submitted
     log_level = logging.getLogger("datadream").getEffectiveLevel()
     multi_run = len(folders) > 1
     refs: dict[str, Any] = {}
     task_of: dict[Any, tuple[int, _Task]] = {}
     for index, task in enumerate(tasks):
+        gpus = gpu_request(task.gpu_memory, gpu_memory_bytes, cluster_gpus)
+        threads = threads_of[task.key]
         ref = remote.options(
-            num_gpus=gpu_request(task.gpu_memory, gpu_memory_bytes, cluster_gpus),
+            num_gpus=gpus,
+            # A CPU unit computes on the cores it asks for; a GPU unit's work is on the GPU, and
+            # asking for more than one core would stop Ray packing several units on one GPU.
+            num_cpus=threads if gpus == 0 else 1,
             max_retries=max_retries,  # also covers a worker that died (killed, OOM, lost node)
             retry_exceptions=[UnitError],  # ordinary errors only: see UnitError
             name=task.label,  # names the task in Ray's logs and dashboard
-        ).remote(execute, tuple(task.units), log_level, *(refs[dep] for dep in sorted(task.deps)))
+        ).remote(execute, tuple(task.units), log_level, threads, *(refs[dep] for dep in sorted(task.deps)))
         refs[task.key] = ref
         task_of[ref] = (index, task)
 

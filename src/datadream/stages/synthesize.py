@@ -42,7 +42,8 @@ from pathlib import Path
 import torch
 
 from datadream import atomic, locks
-from datadream.artifacts import adapter_is_complete, index_text, link_adapters, preview_records, shard_records
+from datadream.artifacts import (adapter_is_complete, index_text, link_adapters, marker_time, preview_records,
+                                 shard_records, stored_image_is_intact)
 from datadream.components.lora_swap import AdapterSwapper
 from datadream.components.families import check_settings
 from datadream.components.family_models import family_model
@@ -136,6 +137,8 @@ def write_index(run_dir: Path) -> Path:
     store = store_of(run)
     specs = synthetic_specs(run)
     with locks.unit_lock(run.layout.lock("index"), f"the index of {run.layout.root}", run.config.runtime.wait_for_locks):
+        for folder in (run.layout.synthetic, run.layout.adapters):  # views a killed index unit left half made
+            atomic.remove_dead_temporaries(folder)
         for spec in specs:
             folder = store.synthetic_class(spec.fingerprint)
             if not finish_class(spec, folder, run):
@@ -174,15 +177,12 @@ def _prepare(shard: Shard, total: int, batch_size: int) -> list[range]:
     marker_path = shard.folder / shard_marker(shard.images.start, total)
     recorded = (read_marker(marker_path) or {}).get("images") or {}
     if recorded:
+        vouched = marker_time(marker_path)
         for name, record in recorded.items():
             path = shard.folder / name
-            try:
-                size = os.lstat(path).st_size
-            except OSError:
-                continue
-            if not isinstance(record, dict) or size != record.get("size"):
-                log.warning("synthesize: %s is damaged (size %d, recorded %s); generating it again", path, size,
-                            record.get("size") if isinstance(record, dict) else "?")
+            if path.is_file() and not stored_image_is_intact(path, record, vouched):
+                log.warning("synthesize: %s differs from what its shard's marker recorded (damaged or edited since);"
+                            " generating it again", path)
                 path.unlink()
         marker_path.unlink(missing_ok=True)
         (shard.folder / CLASS_MARKER).unlink(missing_ok=True)
