@@ -418,6 +418,9 @@ def _submit_and_wait(ray: Any, tasks: list[_Task], folders: list[Path], result: 
             # A CPU unit computes on the cores it asks for; a GPU unit's work is on the GPU, and
             # asking for more than one core would stop Ray packing several units on one GPU.
             num_cpus=threads if gpus == 0 else 1,
+            # Ray would set OMP_NUM_THREADS to the CPUs asked for, which sizes numpy's BLAS pool
+            # (inspect's statistics): the unit's thread count, as in a local process.
+            runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads)}},
             max_retries=max_retries,  # also covers a worker that died (killed, OOM, lost node)
             retry_exceptions=[UnitError],  # ordinary errors only: see UnitError
             name=task.label,  # names the task in Ray's logs and dashboard
