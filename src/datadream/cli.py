@@ -93,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--dry-run", action="store_true",
                      help="print the plan (units, skipped units, estimated cost) and exit; writes nothing")
     sub.add_argument("--gpu", help="with --dry-run: GPU to estimate for (16, 24, 40, 80 or a name)")
+    sub.add_argument("--until", metavar="STAGE", help="stop after this stage: adapt or synthesize (no classifier"
+                     " model needed); the same command without it continues (runtime.until)")
     add_runner(sub)
 
     sub = add("inspect", "data-quality figures of the synthetic set against the real shots (and held-out images):"
@@ -166,6 +168,7 @@ def add_runner(sub: argparse.ArgumentParser) -> None:
 def runner_overrides(args: argparse.Namespace) -> list[str]:
     extra = [f"runtime.runner={args.runner}"] if getattr(args, "runner", None) else []
     extra += [f"runtime.ray_address={args.ray_address}"] if getattr(args, "ray_address", None) else []
+    extra += [f"runtime.until={args.until}"] if getattr(args, "until", None) else []
     return list(args.overrides) + extra
 
 
@@ -376,7 +379,7 @@ def plan_command(args: argparse.Namespace) -> int:
         print(hardware_markdown(Path.cwd()), end="")
         return 0
     run = args.run if args.command == "run" else None
-    print(plan_text(args.config, args.overrides, run, args.gpu, getattr(args, "classes", None)), end="")
+    print(plan_text(args.config, runner_overrides(args), run, args.gpu, getattr(args, "classes", None)), end="")
     return 0
 
 

@@ -197,6 +197,9 @@ class ClassifierConfig:
 SUCCESSOR_EPOCHS, SUCCESSOR_BATCH = 60, 256
 
 
+UNTIL = ("adapt", "synthesize", "evaluate")  # where `run` may stop (runtime.until)
+
+
 @dataclass
 class RuntimeConfig:
     device: str = _field("auto", "auto, cpu, cuda, cuda:N or mps", result=False)
@@ -206,6 +209,9 @@ class RuntimeConfig:
     store: str = _field("", "folder of the content-addressed store that keeps adapters and synthetic images"
                         " for every run that needs them (empty: datadream-store beside the run folder; on a"
                         " cluster, a path on the shared file system)", result=False, path=True)
+    until: str = _field("evaluate", "the last stage `run` does: adapt (only the adapters), synthesize (the synthetic"
+                        " set, no classifier model needed) or evaluate (everything); a later `run` without it"
+                        " continues in the same folder", choices=UNTIL, result=False)
     runner: str = _field("local", "local: this process works through the units; ray: Ray tasks on every GPU"
                          " of a Ray cluster (pip install 'datadream[ray]')", choices=("local", "ray"), result=False)
     ray_address: str = _field("", "Ray cluster to join (e.g. auto or ray://head:10001); empty: start a local"
@@ -282,7 +288,22 @@ def config_from_raw(raw: dict[str, Any], origin: str, base: Path, overrides: lis
         # The raw string goes to the field's type: YAML would strip the trailing space of a
         # domain word such as "satellite ".
         _apply_section(config, section, {name: value}, origin="--set", base=Path.cwd())
+    check_until(config)
     return _resolve_catalog(config)
+
+
+def check_until(config: Config) -> None:
+    """A stop the config's method does not have is a mistake, not a run that silently does all."""
+    until, train_on = config.runtime.until, config.classifier.train_on
+    if until == "evaluate":
+        return
+    if train_on not in ("synthetic", "synthetic+real"):
+        raise UserError(f"runtime.until={until} (--until): classifier.train_on={train_on} uses no synthetic images,"
+                        " so there is nothing to adapt or synthesize; set classifier.train_on=synthetic for a"
+                        " generation-only run")
+    if until == "adapt" and config.adapt.mode == "none":
+        raise UserError("runtime.until=adapt (--until): adapt.mode=none trains no adapter; use --until synthesize,"
+                        " or set adapt.mode to class or dataset")
 
 
 def _resolve_catalog(config: Config) -> Config:

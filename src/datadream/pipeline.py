@@ -23,6 +23,7 @@ class Summary:
     classifier: Path
     metrics: dict | None
     report: Path
+    until: str = "evaluate"  # the last stage done (runtime.until)
 
 
 def run_all(config: Config, root: Path) -> Summary:
@@ -49,16 +50,24 @@ def run_all(config: Config, root: Path) -> Summary:
         run_local(root)
     report = write_report(root)
     log.info("run: wall time %s", format_duration(time.monotonic() - started))
-    index = run.layout.synthetic_index if needs_generator(run) else None
+    index = run.layout.synthetic_index if needs_generator(run) and config.runtime.until != "adapt" else None
     return Summary(root, config.classifier.train_on, len(adapter_specs(run)), index, run.layout.classifier,
-                   read_marker(run.layout.metrics), report)
+                   read_marker(run.layout.metrics), report, config.runtime.until)
 
 
 def print_summary(summary: Summary) -> None:
     print(f"run:          {summary.run}")
-    if summary.synthetic_index:
+    if summary.synthetic_index or summary.until == "adapt":
         print(f"adapters:     {summary.adapters} in {RunLayout(summary.run).adapters}")
+    if summary.synthetic_index:
         print(f"synthetic:    {summary.synthetic_index}")
+    if summary.until != "evaluate":
+        if summary.synthetic_index:
+            print(f"export:       datadream export {summary.run} OUT --what dataset   (an image folder with class names)")
+        print(f"stopped after {summary.until} (--until); the same `datadream run` without --until continues with"
+              " the classifier, reusing everything above")
+        print(f"report:       {summary.report}")
+        return
     print(f"classifier:   {summary.classifier} (trained on: {summary.train_on})")
     if summary.metrics:
         m = summary.metrics

@@ -130,12 +130,15 @@ def make_plan(config: Config, run: Path | None = None, gpu: str | None = None,
     precision = device.precision if config.runtime.precision == "auto" else config.runtime.precision
     plan = Plan(config, data, device, precision)
     layout = RunLayout(run) if run is not None else None
+    until = config.runtime.until  # the stages `run` does: units.stages_until
     if config.classifier.train_on in ("synthetic", "synthetic+real"):
         plan.stages.append(_adapt(plan, layout))
-        plan.stages.append(_synthesize(plan, layout))
-    plan.stages.append(_train(plan, layout))
-    if data.test:
-        plan.stages.append(_evaluate(plan, layout))
+        if until != "adapt":
+            plan.stages.append(_synthesize(plan, layout))
+    if until == "evaluate":
+        plan.stages.append(_train(plan, layout))
+        if data.test:
+            plan.stages.append(_evaluate(plan, layout))
     return plan
 
 

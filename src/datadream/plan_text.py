@@ -68,6 +68,9 @@ def render(plan: Plan, title: str) -> str:
             lines.append(f"{'':<11} disk: {plan.disk / GB:.1f} GB of PNG to write (estimate: ~400 KiB per 512 px"
                          " image, measured on one natural photograph)")
     lines.append(f"{'total':<11} estimate: {_hours(total)} GPU-hours on one {gpu.name}")
+    if plan.config.runtime.until != "evaluate":
+        lines.append(f"stops after {plan.config.runtime.until} (--until): no classifier is trained, and its model is"
+                     " not needed")
     lines += [f"warning: {text}" for text in warnings(plan)]
     return "\n".join(lines) + "\n"
 

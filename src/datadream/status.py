@@ -38,7 +38,10 @@ def status_text(root: Path) -> str:
     if len(running) > 10:
         lines.append(f"  ... and {len(running) - 10} more running")
     pending = [u for u in units if states[u.id] != "complete"]
-    lines += ["", "complete" if not pending else
+    until = run.config.runtime.until
+    lines += ["", ("complete" if until == "evaluate" else
+                   f"complete up to {until} (runtime.until); `datadream run CONFIG {run.layout.root}` without --until"
+                   " continues with the classifier") if not pending else
               f"next: `datadream run CONFIG {run.layout.root}` (or a runner) does the {len(pending)} unit(s) left"]
     return "\n".join(lines) + "\n"
 

@@ -239,7 +239,14 @@ def plan_work(run: Run | Path) -> list[WorkUnit]:
     if _has_test_split(run):
         units.append(WorkUnit(root, "evaluate", "evaluate", f"evaluate:{root}", ("train",), (),
                               costs.evaluate_memory(cfg.classifier.eval_batch_size)))
-    return units
+    stages = stages_until(cfg.runtime.until)
+    return [unit for unit in units if unit.stage in stages]
+
+
+def stages_until(until: str) -> tuple[str, ...]:
+    """The stages `run` does when it stops after `until` (runtime.until). Inspect and the
+    classifier need the classifier's model: a generation-only run never loads it."""
+    return {"adapt": ("adapt",), "synthesize": ("adapt", "synthesize", "index")}.get(until, STAGES)
 
 
 def _has_test_split(run: Run) -> bool:
