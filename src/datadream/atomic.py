@@ -142,7 +142,7 @@ def remove_dead_temporaries(folder: Path, name: str | None = None) -> None:
     prefixes = (f"{TMP_PREFIX}{name}-", f"{TMP_PREFIX}old-{name}-") if name is not None else (TMP_PREFIX,)
     for entry in folder.iterdir():
         owner = _OWNER_IN_NAME.search(entry.name) if entry.name.startswith(prefixes) else None
-        if owner is None or owner[2] != _HOST or _process_exists(int(owner[1])):
+        if owner is None or owner[2] != _HOST or process_exists(int(owner[1])):
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)
@@ -150,7 +150,8 @@ def remove_dead_temporaries(folder: Path, name: str | None = None) -> None:
             entry.unlink(missing_ok=True)
 
 
-def _process_exists(pid: int) -> bool:
+def process_exists(pid: int) -> bool:
+    """Whether a process `pid` runs on this machine (maybe a newer one that reuses the number)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

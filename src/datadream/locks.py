@@ -55,13 +55,7 @@ def _process_start(pid: int) -> str | None:
 
 
 def _alive(pid: int, started: str | None) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # someone else's process: it exists
-    return started is None or _process_start(pid) in (None, started)
+    return atomic.process_exists(pid) and (started is None or _process_start(pid) in (None, started))
 
 
 @dataclass(frozen=True)

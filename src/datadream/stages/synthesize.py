@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import shutil
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
