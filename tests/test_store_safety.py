@@ -142,3 +142,26 @@ def test_gc_asks_before_it_removes(tmp_path, finished_run):
     accepted = gc(store, answer="y")
     assert accepted.returncode == 0 and "removed 12 unreferenced entries" in accepted.stdout
     assert _store_entries(store) == set()
+
+
+def test_gc_that_cannot_tell_what_a_run_needs_removes_nothing(tmp_path):
+    """A damaged record, or a registered run whose files cannot be read: its entries might be in use."""
+    from datadream.layout import StoreLayout
+
+    store = StoreLayout(tmp_path / "store")
+    from datadream.store import register_run
+
+    register_run(store, tmp_path / "run")
+    entry = store.adapters / "0123456789abcdef"
+    entry.mkdir(parents=True)
+    (entry / "unit.json").write_text("{}")
+    record = next(store.runs.glob("*.json"))
+    record.write_text("{not json")
+    result = gc(store.root, "--yes")
+    assert result.returncode == 2 and "is damaged, so which run it names is unknown" in result.stderr
+    register_run(store, tmp_path / "run")  # mended by the run's next stage
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text("adapt: [unreadable")
+    result = gc(store.root, "--yes")
+    assert result.returncode == 2 and "a run that uses this store, cannot be read" in result.stderr
+    assert result.stderr.count("\n") == 1 and entry.is_dir()

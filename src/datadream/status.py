@@ -67,11 +67,14 @@ def referenced(run_root: Path, store_root: Path) -> list[Path] | None:
     """The store entries a run needs: its adapters and synthetic classes (planned or linked; a
     class's preview goes with the class, see store.collect_garbage). None when `run_root` is not a
     run, or a run of another store (the original of a copied run and store names the original's)."""
+    if not RunLayout(run_root).config.is_file():
+        return None
     try:
         run = open_run(run_root)
-    except UserError:
-        return None
-    store = store_of(run)
+        store = store_of(run)
+    except UserError as err:  # what it needs is unknown: nothing may be removed on a guess
+        raise UserError(f"store gc: {run_root}, a run that uses this store, cannot be read ({err}); mend it or"
+                        " move it away, then run gc again") from None
     if store.root.resolve() != store_root.resolve():
         return None
     paths = [store.adapter(s.fingerprint) for s in adapter_specs(run)]

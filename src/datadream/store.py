@@ -218,9 +218,10 @@ def collect_garbage(store: StoreLayout, referenced_by: Callable[[Path, Path], li
     needed: set[Path] = set()
     for record in sorted(store.runs.glob("*.json")) if store.runs.is_dir() else []:
         places = recorded_runs(store, record)
-        if not places:
-            log.warning("store gc: %s is damaged; ignoring it", record)
-            continue
+        if not places:  # the run it named is unknown, and so is what must be kept
+            raise UserError(f"store gc: {record} is damaged, so which run it names is unknown; delete it if no"
+                            " run of this store is lost (a run registers again with its next stage), then run gc"
+                            " again")
         users = []
         for place in places:
             paths = referenced_by(place, store.root)
