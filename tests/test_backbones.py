@@ -49,6 +49,22 @@ def test_siglip_loads_with_its_own_normalisation_and_tokenisation(siglip):
     assert torch.allclose(normalize(white, *clip_ops.normalisation(model)), torch.ones(1, 3, 4, 4))
 
 
+def test_siglip2_reads_prompts_lower_cased_and_other_towers_as_written(siglip):
+    """SigLIP 2 is a SigLIP model with Gemma's tokenizer, trained on lower-cased text."""
+    model, tokenizer = clip_ops.load_clip(str(siglip))
+    prompts = ["a aircraft photo of a Boeing 737-800", "a photo of a F/A-18"]
+    assert clip_ops.model_text(model, tokenizer, prompts) == prompts
+
+    class GemmaTokenizerFast:  # stands for SigLIP 2's tokenizer; records what it is given
+        def __call__(self, texts, **options):
+            self.seen = texts
+            return tokenizer(texts, **options)
+
+    gemma = GemmaTokenizerFast()
+    clip_ops.tokenize(model, gemma, prompts)
+    assert gemma.seen == ["a aircraft photo of a boeing 737-800", "a photo of a f/a-18"]
+
+
 def test_siglip_logits_are_its_own_forward(siglip):
     model, tokenizer = clip_ops.load_clip(str(siglip))
     model.eval()

@@ -98,7 +98,7 @@ def export_classifier(run: Run, out: Path) -> None:
     atomic.write_json(out / CLASSES_FILE, {
         "labels": list(range(len(names))),
         "class_names": names,
-        "prompts": prompts,
+        "prompts": clip_ops.model_text(model, tokenizer, prompts),  # as the text tower reads them
         "logit_scale": logit_scale,
         **bias,
         "train_on": marker["train_on"],

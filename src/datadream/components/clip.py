@@ -88,7 +88,17 @@ def load_lora(clip, folder: Path):
     return PeftModel.from_pretrained(clip, folder)
 
 
+def model_text(clip, tokenizer, prompts: list[str]) -> list[str]:
+    """The prompts as the text tower reads them. SigLIP 2 (a SigLIP model with Gemma's tokenizer)
+    was trained on lower-cased text (transformers' SigLIP 2 documentation), so "Boeing 737" would
+    reach it as text it never saw: lower-cased here, for training, scoring and export alike."""
+    if clip.config.model_type == "siglip" and type(tokenizer).__name__.startswith("Gemma"):
+        return [prompt.lower() for prompt in prompts]
+    return list(prompts)
+
+
 def tokenize(clip, tokenizer, prompts: list[str]) -> dict[str, torch.Tensor]:
+    prompts = model_text(clip, tokenizer, prompts)
     if clip.config.model_type == "siglip":
         # Trained without an attention mask over the padding: input_ids only.
         tokens = tokenizer(prompts, padding="max_length", max_length=SIGLIP_TEXT_LENGTH, truncation=True,
