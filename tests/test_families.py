@@ -358,6 +358,26 @@ def test_training_sigmas_are_shifted_as_the_sampler_shifts_them(family_models, n
         assert torch.allclose(ours, torch.tensor(unshifted), atol=1e-6)
 
 
+@pytest.mark.parametrize("name, guidance_embeds, tokens", [("flux", True, 512), ("flux", False, 256),
+                                                          ("sd3", None, 256)])
+def test_t5_reads_the_published_prompt_length(family_models, name, guidance_embeds, tokens):
+    """FLUX.1-dev reads 512 T5 tokens, FLUX.1-schnell (no guidance embedding) 256, SD 3 256; the
+    tiny models' tokenizers take fewer, so their limit is lifted here to see the published one."""
+    import torch
+
+    from datadream.components.families import FAMILIES
+    from datadream.components.family_models import family_model
+    from datadream.components.models import load_generator
+
+    pipeline = load_generator(str(family_models[name]))
+    if guidance_embeds is not None:
+        pipeline.transformer.register_to_config(guidance_embeds=guidance_embeds)
+    model = family_model(pipeline, FAMILIES[name], torch.device("cpu"), torch.float32, resolution=TINY)
+    model.t5_tokenizer.model_max_length = 10_000
+    assert model.t5_length() == tokens
+    assert model.sample_kwargs()["max_sequence_length"] == tokens
+
+
 @pytest.mark.parametrize("overrides, message", [
     ({"adapt": {"resolution": 40}}, "adapt.resolution=40: SD 3/3.5 takes images whose sides are multiples of 16"),
     ({"synthesize": {"resolution": 24}}, "synthesize.resolution=24: SD 3/3.5 takes images whose sides are multiples"),

@@ -37,6 +37,9 @@ from datadream.components.lora_weights import ADAPTER
 # Prompt length of the T5 encoder, in training and sampling alike (the stock pipelines' defaults;
 # a tokenizer that takes fewer, such as the tiny test models', caps it).
 T5_TOKENS = {"sd3": 256, "flux": 512}
+# FLUX.1-schnell (no guidance embedding) reads 256 T5 tokens in Black Forest Labs' reference code,
+# FLUX.1-dev 512.
+FLUX_SCHNELL_T5_TOKENS = 256
 
 
 @dataclass
@@ -276,7 +279,10 @@ class FlowModel(FamilyModel):
         return getattr(self.pipeline, "tokenizer" + self.t5.removeprefix("text_encoder"))
 
     def t5_length(self) -> int:
-        return min(T5_TOKENS[self.family.name], self.t5_tokenizer.model_max_length)
+        published = T5_TOKENS[self.family.name]
+        if self.family.name == "flux" and not self.denoiser.config.get("guidance_embeds", True):
+            published = FLUX_SCHNELL_T5_TOKENS
+        return min(published, self.t5_tokenizer.model_max_length)
 
     def t5_features(self, texts: list[str]) -> torch.Tensor:
         with torch.no_grad(), self.autocast():
