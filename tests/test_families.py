@@ -358,6 +358,37 @@ def test_training_sigmas_are_shifted_as_the_sampler_shifts_them(family_models, n
         assert torch.allclose(ours, torch.tensor(unshifted), atol=1e-6)
 
 
+@pytest.mark.parametrize("name", ["sd", "sdxl", "sd3", "flux"])
+def test_training_conditioning_is_the_stock_pipelines_encode_prompt(family_models, tiny_models, name):
+    """What the denoiser is trained on is, bit for bit, what the stock pipeline feeds it at sampling."""
+    import torch
+
+    from datadream.components.families import FAMILIES
+    from datadream.components.family_models import family_model
+    from datadream.components.models import load_generator
+
+    pipeline = load_generator(str(tiny_models["sd"] if name == "sd" else family_models[name]))
+    model = family_model(pipeline, FAMILIES[name], torch.device("cpu"), torch.float32, resolution=TINY)
+    prompts = ["a photo of a circle", "a pet photo of a Maine Coon"]
+    with torch.no_grad():
+        ours = model.encode(model.prompts(prompts))
+        if name == "sd":
+            stock = {"text": pipeline.encode_prompt(prompts, "cpu", 1, False)[0]}
+        elif name == "sdxl":
+            text, _, pooled, _ = pipeline.encode_prompt(prompts, device="cpu", do_classifier_free_guidance=False)
+            stock = {"text": text, "pooled": pooled}
+        elif name == "sd3":
+            text, _, pooled, _ = pipeline.encode_prompt(prompts, None, None, device="cpu", do_classifier_free_guidance=False,
+                                                        max_sequence_length=model.t5_length())
+            stock = {"text": text, "pooled": pooled}
+        else:
+            text, pooled, _ = pipeline.encode_prompt(prompts, device="cpu", max_sequence_length=model.t5_length())
+            stock = {"text": text, "pooled": pooled}
+    assert set(ours.tensors) == set(stock)
+    for key, value in stock.items():
+        assert torch.equal(ours[key], value), key
+
+
 @pytest.mark.parametrize("name, guidance_embeds, tokens", [("flux", True, 512), ("flux", False, 256),
                                                           ("sd3", None, 256)])
 def test_t5_reads_the_published_prompt_length(family_models, name, guidance_embeds, tokens):
