@@ -192,9 +192,31 @@ def test_two_processes_resume_a_one_process_checkpoint(tmp_path, tiny_models, on
     assert timings(resumed, "train")[-1] == {**timings(resumed, "train")[-1], "epochs": 2, "processes": 2}
 
 
-@pytest.mark.parametrize("family", ["sd", "sdxl"])
+def test_two_processes_train_the_one_process_classifier_on_synthetic_and_real(tmp_path, tiny_models, toy_data):
+    """End to end with both origins: the 0.8/0.2 weighting of real and synthetic losses, and
+    Mixup/CutMix within each part, over shares of a batch that mixes them."""
+    from datadream.pipeline import run_all
+    from datadream.stages.train import train
+
+    classifier = {**CLASSIFIER, "train_on": "synthetic+real", "batch_size": 7}
+    sections = {"synthesize": {"images_per_class": 4}, "classifier": classifier,
+                "runtime": {"store": str(tmp_path / "store")}}
+    config = write_config(tmp_path / "exp.yaml", tiny_config(
+        tiny_models, toy_data / "train", data={"val": str(toy_data / "val"), "test": str(toy_data / "test")},
+        **sections))
+    one = run_all(load_config(config, ["runtime.until=synthesize"]), tmp_path / "one").run
+    two = run_all(load_config(config, ["runtime.until=synthesize"]), tmp_path / "two").run  # the same store
+    train(one)
+    torchrun(2, "-q", "train", two)
+    assert_same_classifier(two, one)
+    marker = json.loads((two / "classifier" / "train.json").read_text())
+    assert marker["train_on"] == "synthetic+real"
+
+
+@pytest.mark.parametrize("family", ["sd", "sdxl", "sd3"])
 def test_two_processes_train_the_one_process_dataset_adapter(tmp_path, generator_models, toy_data, family):
-    """For SDXL too: each process builds the size/crop conditioning of its own share of the batch."""
+    """For SDXL too: each process builds the size/crop conditioning of its own share of the batch;
+    and for a flow-matching family (SD 3), whose σ draws are split the same way."""
     from datadream.stages.adapt import adapt
 
     # 12 shots at batch 5: global batches of 5, 5 and 2, shared 3 + 2, 3 + 2 and 1 + 1.
