@@ -456,3 +456,85 @@ def test_hub_downloads_fetch_sharded_weights_and_the_t5_tokenizer():
         assert fetched(path), path
     for path in ("sd3.5_medium.safetensors", "flux1-dev.safetensors", "unet/diffusion_pytorch_model.fp16.safetensors"):
         assert not fetched(path), path
+
+
+def _config_without(models, toy_data, tmp_path, drop: dict[str, list[str]], **sections):
+    """A tiny config whose listed keys are left unset (as a user who never wrote them)."""
+    from conftest import tiny_config, write_config
+    from datadream.config import load_config
+
+    raw = tiny_config(models, toy_data / "train", **sections)
+    for section, keys in drop.items():
+        for key in keys:
+            raw[section].pop(key, None)
+    return load_config(write_config(tmp_path / "exp.yaml", raw))
+
+
+UNSET = {"adapt": ["resolution"], "synthesize": ["resolution", "steps", "guidance"]}
+
+
+def test_unset_settings_follow_the_generator_family_and_are_recorded(family_models, tiny_models, toy_data, tmp_path):
+    from datadream.config import read_config_file
+    from datadream.runs import init_run
+
+    config = _config_without({**tiny_models, "sd": family_models["sdxl"]}, toy_data, tmp_path, UNSET)
+    run = init_run(config, tmp_path / "run")
+    recorded = read_config_file(run.layout.config)
+    assert recorded.generator.family == "sdxl"
+    assert (recorded.adapt.resolution, recorded.synthesize.resolution) == (32, 32)  # the tiny UNet's native size
+    assert (recorded.synthesize.steps, recorded.synthesize.guidance) == (50, 5.0)  # SDXL's, not SD 2.1's
+    # The method's family keeps the method's guidance and steps.
+    config = _config_without(tiny_models, toy_data, tmp_path, UNSET)
+    sd = read_config_file(init_run(config, tmp_path / "sd-run").layout.config)
+    assert (sd.generator.family, sd.synthesize.steps, sd.synthesize.guidance) == ("sd", 50, 2.0)
+
+
+def test_set_settings_that_differ_from_the_family_are_kept_with_one_warning(family_models, tiny_models, toy_data,
+                                                                             tmp_path, caplog):
+    import logging
+
+    from datadream.runs import init_run
+
+    config = _config_without({**tiny_models, "sd": family_models["sdxl"]}, toy_data, tmp_path, {},
+                             synthesize={"guidance": 2.0})
+    with caplog.at_level(logging.WARNING, logger="datadream"):
+        run = init_run(config, tmp_path / "run")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "synthesize.guidance=2 (trained: 5)" in warnings[0] and "SDXL" in warnings[0]
+    assert run.config.synthesize.guidance == 2.0
+
+
+def test_native_resolution_is_read_from_the_denoiser_and_vae_configs(tmp_path):
+    """SD 2.1 (768-v) is trained at 768 px: 96 latent pixels x 8."""
+    import json
+
+    from datadream.components.families import FAMILIES, native_resolution
+
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "vae").mkdir()
+    (tmp_path / "unet" / "config.json").write_text(json.dumps({"sample_size": 96}))
+    (tmp_path / "vae" / "config.json").write_text(json.dumps({"block_out_channels": [128, 256, 512, 512]}))
+    assert native_resolution(str(tmp_path), FAMILIES["sd"]) == 768
+    (tmp_path / "unet" / "config.json").unlink()  # unreadable: the family's usual size
+    assert native_resolution(str(tmp_path), FAMILIES["sdxl"]) == 1024
+
+
+def test_flux_trains_and_samples_with_one_guidance(family_models, tiny_models, toy_data, tmp_path):
+    """FLUX.1-dev's embedded guidance is synthesize.guidance in training too: it is part of the
+    adapter's fingerprint there, and only there."""
+    from datadream.runs import init_run
+    from datadream.units import adapter_specs
+
+    def fingerprints(models, name, guidance):
+        config = _config_without(models, toy_data, tmp_path, {}, synthesize={"guidance": guidance})
+        return [s.fingerprint for s in adapter_specs(init_run(config, tmp_path / name))]
+
+    flux = {**tiny_models, "sd": family_models["flux"]}
+    assert fingerprints(flux, "flux-a", 3.5) != fingerprints(flux, "flux-b", 2.0)
+    assert fingerprints(tiny_models, "sd-a", 3.5) == fingerprints(tiny_models, "sd-b", 2.0)
+    from datadream.runs import open_run
+    from datadream.stages.adapt import _trainer
+    from datadream.units import store_of
+
+    run = open_run(tmp_path / "flux-b")
+    assert _trainer(run, store_of(run)).model.guidance == 2.0  # what the transformer's guidance input gets

@@ -74,6 +74,10 @@ class GeneratorConfig:
         " configs) come from: a local diffusers folder or a hub id; empty: the default generator's",
         model=True,
     )
+    family: str = _field(
+        "", "recorded, not set: the family (sd, sdxl, sd3, flux) read from generator.model's model_index.json"
+        " when the run is created", result=False,
+    )
 
 
 # Said at init (before any work) and, for a run resumed where the package is missing, at adapt.
@@ -234,6 +238,11 @@ class Config:
     synthesize: SynthesizeConfig = field(default_factory=SynthesizeConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def __post_init__(self) -> None:
+        # "section.key" given by a YAML file or --set (not a dataclass field: never written out).
+        # What nobody set may take the generator family's trained value (runs.apply_family_defaults).
+        self.explicit: set[str] = set()
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)
@@ -457,6 +466,7 @@ def _apply_section(config: Config, section: str, values: Any, origin: str, base:
         coerced = _coerce(value, hints[name], key, origin)
         _check(coerced, fields[name].metadata, key, origin)
         setattr(target, name, _resolve_path(coerced, fields[name].metadata, base))
+        config.explicit.add(key)
 
 
 def _coerce(value: Any, annotation: Any, key: str, origin: str) -> Any:

@@ -41,6 +41,7 @@ def plan_text(config_path: Path | None, overrides: list[str], run: Path | None =
         config = read_config_file(RunLayout(run).config)
     else:
         config = load_config(config_path, overrides)
+        _with_family_defaults(config)
         if run is not None and RunLayout(run).config.is_file():
             changes = describe_differences(read_config_file(RunLayout(run).config), config, results_only=True)
             if changes:
@@ -90,6 +91,21 @@ def warnings(plan: Plan) -> list[str]:
             out.append(f"{stage.name} may not fit in {plan.gpu.memory_gb:g} GB (estimated peak"
                        f" {stage.memory / GB:.1f} GB): {fix}")
     return out
+
+
+def _with_family_defaults(config) -> None:
+    """The settings `init` would give the generator's family (priced as the run would do them),
+    where its model_index.json can be read here; otherwise the config's own values."""
+    from datadream.components.families import family_of
+    from datadream.errors import UserError
+    from datadream.runs import apply_family_defaults
+
+    if config.classifier.train_on not in ("synthetic", "synthetic+real"):
+        return
+    try:
+        apply_family_defaults(config, family_of(config.generator.model))
+    except UserError:
+        return
 
 
 def _generator_family(plan: Plan):

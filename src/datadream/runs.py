@@ -39,7 +39,9 @@ def init_run(config: Config, root: Path) -> Run:
     if needs_generator:
         from datadream.components.families import check_settings, family_of
 
-        check_settings(family_of(config.generator.model), config.adapt.resolution, config.synthesize.resolution,
+        family = family_of(config.generator.model)
+        apply_family_defaults(config, family)
+        check_settings(family, config.adapt.resolution, config.synthesize.resolution,
                        config.synthesize.sampler, adapted=config.adapt.mode != "none")
     if needs_generator and config.adapt.mode != "none" and config.adapt.optimizer == "adamw8bit":
         import importlib.util
@@ -73,6 +75,30 @@ def init_run(config: Config, root: Path) -> Run:
     atomic.write_text(layout.fewshot, manifest.to_json())
     log.info("initialised %s: %d classes, %d shots each", layout.root, len(manifest.classes), manifest.shots)
     return Run(layout, config, manifest)
+
+
+def apply_family_defaults(config: Config, family) -> None:
+    """Record the generator's family, and give the settings nobody set (components.families.
+    FAMILY_SETTINGS) the values its model was trained with; a set value that differs is kept, with
+    one warning: a FLUX model sampled at SD's 512 px, or SDXL with SD's guidance, is a choice to
+    make knowingly, not by default."""
+    from datadream.components.families import native_resolution, trained_settings
+
+    if config.generator.family not in ("", family.name):
+        raise UserError(f"generator.family={config.generator.family!r}, but {config.generator.model} is a"
+                        f" {family.name} model; leave generator.family unset (it is read from the model)")
+    config.generator.family = family.name
+    trained = trained_settings(family, native_resolution(config.generator.model, family))
+    differing = []
+    for key, value in trained.items():
+        section, name = key.split(".")
+        current = getattr(getattr(config, section), name)
+        if key not in config.explicit:
+            setattr(getattr(config, section), name, value)
+        elif current != value:
+            differing.append(f"{key}={current:g} (trained: {value:g})")
+    if differing:
+        log.warning("generator %s is %s: %s; kept as set", config.generator.model, family.title, ", ".join(differing))
 
 
 def check_listed_files_exist(view) -> None:

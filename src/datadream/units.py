@@ -94,6 +94,8 @@ def adapter_specs(run: Run) -> list[AdapterSpec]:
             "precision": cfg.runtime.precision,
             "classes": [(c.prompt, [s.sha256 for s in c.images]) for c in classes],
         }
+        if cfg.generator.family == "flux":  # FLUX.1-dev trains with the guidance it samples with
+            inputs["guidance"] = cfg.synthesize.guidance
         specs.append(AdapterSpec(name, seed_key, classes, stable_hash(inputs)))
     return specs
 

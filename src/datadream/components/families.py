@@ -106,6 +106,54 @@ FAMILIES: dict[str, Family] = {
     )
 }
 BY_PIPELINE = {family.pipeline: family for family in FAMILIES.values()}
+# Settings that follow the generator's family unless the config sets them: the method's own
+# (synthesize.guidance 2.0, 50 steps) were chosen for SD 2.1-base, and a model trained at 1024 px
+# makes poor images at 512.
+FAMILY_SETTINGS = ("adapt.resolution", "synthesize.resolution", "synthesize.steps", "synthesize.guidance")
+
+
+def trained_settings(family: Family, native_resolution: int) -> dict[str, float | int]:
+    """What the family's model was trained (and is usually sampled) with, for FAMILY_SETTINGS. SD
+    keeps the method's guidance and steps: the method's values are SD's."""
+    values: dict[str, float | int] = {"adapt.resolution": native_resolution,
+                                      "synthesize.resolution": native_resolution}
+    if family.name != "sd":
+        values.update({"synthesize.steps": family.steps, "synthesize.guidance": family.guidance})
+    return values
+
+
+def native_resolution(model: str, family: Family) -> int:
+    """The image size the generator was trained at: its denoiser's latent sample_size times the
+    VAE's downsampling (SD 2.1-base 512, SD 2.1 768, SDXL 1024), read from the model's configs;
+    the family's usual size where they do not say (FLUX has no sample_size) or cannot be read."""
+    local = Path(model).expanduser()
+    if local.is_file() or model.endswith((".safetensors", ".ckpt")):
+        return family.resolution  # a single file's configs come from an SD folder (generator.config)
+    denoiser, vae = _config_json(model, f"{family.denoiser}/config.json"), _config_json(model, "vae/config.json")
+    sample = denoiser.get("sample_size") if denoiser else None
+    if not isinstance(sample, int) or sample <= 0:
+        return family.resolution
+    blocks = (vae or {}).get("block_out_channels")
+    scale = 2 ** (len(blocks) - 1) if isinstance(blocks, list) and blocks else 8
+    return sample * scale
+
+
+def _config_json(model: str, name: str) -> dict | None:
+    from datadream.components.hub import is_hub_id, offline_mode
+
+    try:
+        if is_hub_id(model):
+            from huggingface_hub import hf_hub_download
+
+            path = Path(hf_hub_download(model, name, local_files_only=offline_mode()))
+        else:
+            path = Path(model).expanduser() / name
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except Exception:  # unreadable or not there: the caller falls back to the family's usual value
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def check_settings(family: Family, adapt_resolution: int, synthesize_resolution: int, sampler: str,
                    adapted: bool) -> None:
     """Settings a family cannot take, refused before any work rather than hours into a run."""

@@ -378,14 +378,16 @@ class FluxModel(FlowModel):
         text_ids = torch.zeros(text["text"].shape[1], 3, device=self.device, dtype=noisy.dtype)
         guidance = None
         if self.denoiser.config.guidance_embeds:
-            # FLUX.1-dev's distilled guidance is an input: training feeds the family's published
-            # 3.5, as diffusers' FLUX LoRA script does (sampling feeds synthesize.guidance).
+            # FLUX.1-dev's distilled guidance is an input. One setting, synthesize.guidance, feeds
+            # training and sampling alike (its default for FLUX is the published 3.5, which
+            # diffusers' FLUX LoRA script trains with), so the adapter learns the guidance it is
+            # sampled with.
             guidance = torch.full((batch,), self.guidance, device=self.device, dtype=torch.float32)
         return forward(hidden_states=self.layout(noisy), timestep=sigma, guidance=guidance,
                        pooled_projections=text["pooled"], encoder_hidden_states=text["text"],
                        txt_ids=text_ids, img_ids=image_ids, return_dict=False)[0]
 
-    guidance = FAMILIES["flux"].guidance
+    guidance = FAMILIES["flux"].guidance  # the trainer sets synthesize.guidance
 
 
 MODELS = {"sd": FamilyModel, "sdxl": SDXLModel, "sd3": SD3Model, "flux": FluxModel}

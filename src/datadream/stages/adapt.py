@@ -156,6 +156,7 @@ def _trainer(run: Run, store: StoreLayout) -> LoraTrainer:
         _TRAINERS.clear()  # one base model resident at a time
         trainer = _TRAINERS[key] = LoraTrainer(run, store)
     trainer.run, trainer.store, trainer.cfg, trainer.seed = run, store, cfg.adapt, cfg.runtime.seed
+    trainer.model.guidance = cfg.synthesize.guidance  # FLUX.1-dev's embedded guidance: the one it samples with
     return trainer
 
 
