@@ -2,6 +2,7 @@
 
     python benchmarks/cost_constants.py            # CPU, about 2-4 minutes and ~8 GB of RAM
     python benchmarks/cost_constants.py --check    # and compare with src/datadream/costs.py
+    python benchmarks/cost_constants.py --families [--check]   # FAMILY_FLOPS, on the meta device (~40 s)
 
 Builds SD 2.1-base (UNet, VAE, OpenCLIP ViT-H text encoder) and CLIP ViT-B/16 at full size with
 random weights (FLOPs and activation sizes do not depend on the weight values), then counts with
@@ -197,8 +198,14 @@ def main() -> None:
     check = "--check" in sys.argv[1:]
     torch.manual_seed(0)
     started = time.time()
+    if "--families" in sys.argv[1:]:
+        return families(check)
+    # The generator's FLOPs and parameters are counted on the meta device (--families), which
+    # counts attention too; this CPU pass gives the figures the meta device cannot (bytes) and CLIP's.
+    counted_elsewhere = {f"sd_{part}_{kind}" for part in ("unet", "text") for kind in ("fwd_flops", "lora_train_flops",
+                                                                                      "params")} | {"sd_lora_params"}
     constants = {**measure_clip(), **measure_sd()}
-    constants = {k: int(v) for k, v in sorted(constants.items())}
+    constants = {k: int(v) for k, v in sorted(constants.items()) if k not in counted_elsewhere}
     print(json.dumps(constants, indent=4))
     print(f"# {time.time() - started:.0f}s on {torch.get_num_threads()} CPU threads, torch {torch.__version__}",
           file=sys.stderr)
@@ -211,6 +218,21 @@ def main() -> None:
         if stale:
             sys.exit(f"src/datadream/costs.py is stale for: {', '.join(stale)}; paste the dictionary above")
         print("src/datadream/costs.py matches")
+
+
+def families(check: bool) -> None:
+    """FAMILY_FLOPS of src/datadream/costs.py: every family counted on the meta device (seconds)."""
+    from datadream.components.random_models import count_family_flops
+    from datadream.costs import FAMILY_FLOPS
+
+    counted = {family: count_family_flops(family) for family in FAMILY_FLOPS}
+    print(json.dumps(counted, indent=4))
+    if check:
+        stale = [f"{family}.{k}" for family, values in counted.items() for k, v in values.items()
+                 if v != FAMILY_FLOPS[family].get(k)]
+        if stale:
+            sys.exit(f"src/datadream/costs.py FAMILY_FLOPS is stale for: {', '.join(stale)}; paste the dictionary above")
+        print("src/datadream/costs.py FAMILY_FLOPS matches")
 
 
 if __name__ == "__main__":

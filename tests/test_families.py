@@ -314,14 +314,30 @@ def test_full_size_random_family_models_have_the_published_sizes(name, expected)
     assert counts == expected
 
 
-def test_plan_says_another_familys_costs_are_a_lower_bound(family_models, tiny_models, toy_data, tmp_path):
-    config = write_config(tmp_path / "exp.yaml", tiny_config({**tiny_models, "sd": family_models["flux"]},
-                                                             toy_data / "train"))
-    result = run_cli("plan", config, "--gpu", "80")
-    assert result.returncode == 0, result.stderr
-    assert "the FLUX.1 model costs more per step" in result.stdout and "lower bound" in result.stdout
-    sd = write_config(tmp_path / "sd.yaml", tiny_config(tiny_models, toy_data / "train"))
-    assert "lower bound" not in run_cli("plan", sd, "--gpu", "80").stdout
+def test_plan_prices_each_family_with_its_own_counted_costs(family_models, tiny_models, toy_data, tmp_path):
+    """FLUX's step is priced from FLUX's count, not SD 2.1's; a family that cannot be read here is
+    priced as SD 2.1 and said to be."""
+    from datadream import costs
+    from datadream.config import load_config
+    from datadream.plan import make_plan
+    from datadream.plan_text import _with_family_defaults
+
+    def adapt_flops(models, **overrides):
+        config = load_config(write_config(tmp_path / "exp.yaml", tiny_config(models, toy_data / "train", **overrides)))
+        _with_family_defaults(config)
+        return config, make_plan(config, gpu="80").stage("adapt").flops
+
+    flux_config, flux = adapt_flops({**tiny_models, "sd": family_models["flux"]}, adapt={"train_text_encoder": False})
+    sd_config, sd = adapt_flops(tiny_models, adapt={"train_text_encoder": False})
+    assert (flux_config.generator.family, sd_config.generator.family) == ("flux", "sd")
+    # Same shots, steps and crop size: the ratio is the denoisers' at that size (VAE aside).
+    vae = costs.value("sd_vae_encode_flops") * (32 / 512) ** 2
+    ratio = ((costs.family_value("flux", "denoiser_lora_train_flops") * (32 / 1024) ** 2 + vae)
+             / (costs.family_value("sd", "denoiser_lora_train_flops") * (32 / 512) ** 2 + vae))
+    assert flux / sd == pytest.approx(ratio, rel=1e-9)
+    result = run_cli("plan", write_config(tmp_path / "gone.yaml", tiny_config(
+        {**tiny_models, "sd": tmp_path / "no-such-model"}, toy_data / "train")), "--gpu", "80")
+    assert "could not be read here" in result.stdout and "priced as SD 2.1-base" in result.stdout
 
 
 @pytest.mark.parametrize("name, dynamic, shift", [("sd3", False, 3.0), ("flux", True, 3.0), ("flux", False, 1.0)])

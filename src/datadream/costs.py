@@ -1,9 +1,12 @@
 """What one sample costs on a GPU: FLOPs, memory and disk, as ESTIMATES for `datadream plan`.
 
-Torch-free: the constants below were counted once with `python benchmarks/cost_constants.py`
-(torch FlopCounterMode and saved-tensor sizes on full-size random-weight models, on a CPU); a
-GPU's time is FLOPs / (its dense bf16/fp16 tensor peak x an assumed utilisation). No figure here
-was measured on a GPU: docs/benchmarks.md holds no GPU measurement yet.
+Torch-free. The generator families' FLOPs (FAMILY_FLOPS) are counted through the very code adapt
+and synthesize run, on each family's full-size published architecture, by torch's
+FlopCounterMode on the meta device (`python benchmarks/cost_constants.py --families`;
+tests/test_costs.py counts again and compares). The other figures (MEASURED) were counted once
+with `python benchmarks/cost_constants.py` on full-size random-weight models on a CPU. A GPU's time
+is FLOPs / (its dense bf16/fp16 tensor peak x an assumed utilisation). No figure here was measured
+on a GPU: docs/benchmarks.md holds no GPU measurement yet.
 """
 
 from __future__ import annotations
@@ -21,21 +24,57 @@ MEASURED: dict[str, int] = {
     "clip_text_fwd_flops": 1510473728,
     "clip_text_lora_train_flops": 3036020736,
     "clip_text_train_activation_bytes": 5611920,
-    "sd_lora_params": 6334464,
-    "sd_text_fwd_flops": 44568674304,
-    "sd_text_lora_train_flops": 90038108160,
-    "sd_text_params": 340387840,
     "sd_text_train_activation_bytes": 57063336,
-    "sd_unet_fwd_flops": 678205194240,
     "sd_unet_infer_peak_bytes": 68351104,
-    "sd_unet_lora_train_flops": 1347395866624,
-    "sd_unet_params": 865910724,
     "sd_unet_train_activation_bytes": 861468416,
     "sd_vae_decode_flops": 2480159195136,
     "sd_vae_decode_peak_bytes": 402685952,
     "sd_vae_encode_flops": 1082298728448,
     "sd_vae_params": 83653863,
 }
+
+# Per sample at the family's native resolution (NATIVE_RESOLUTION), LoRA rank 16 on every published
+# target (components/random_models.py count_family_flops): one denoiser training step (forward and
+# backward, base frozen), one denoiser evaluation (a sampling step of one image; classifier-free
+# guidance evaluates two), one prompt through the trained CLIP encoders; parameters of the
+# denoiser, of every text encoder (T5 included) and of the LoRA. The meta device counts attention,
+# which the CPU kernels of the first count left out (SD 2.1's UNet: 19% more than that count).
+# Counted with torch 2.13.0, diffusers 0.42.1, transformers 5.23.0.
+FAMILY_FLOPS: dict[str, dict[str, int]] = {
+    "sd": {
+        "denoiser_params": 865910724,
+        "text_params": 340387840,
+        "lora_params": 6334464,
+        "denoiser_lora_train_flops": 1725552676864,
+        "text_lora_train_flops": 91713785856,
+        "denoiser_fwd_flops": 808835182592,
+    },
+    "sdxl": {
+        "denoiser_params": 2567463684,
+        "text_params": 817720320,
+        "lora_params": 29646848,
+        "denoiser_lora_train_flops": 14187923292160,
+        "text_lora_train_flops": 224279123968,
+        "denoiser_fwd_flops": 6802618204160,
+    },
+    "sd3": {
+        "denoiser_params": 2243171520,
+        "text_params": 5580620800,
+        "lora_params": 15810560,
+        "denoiser_lora_train_flops": 25052388065280,
+        "text_lora_train_flops": 225438183424,
+        "denoiser_fwd_flops": 10706352390144,
+    },
+    "flux": {
+        "denoiser_params": 11901408320,
+        "text_params": 4885371136,
+        "lora_params": 46006272,
+        "denoiser_lora_train_flops": 142862744813568,
+        "text_lora_train_flops": 27082395648,
+        "denoiser_fwd_flops": 65470006296576,
+    },
+}
+NATIVE_RESOLUTION = {"sd": 512, "sdxl": 1024, "sd3": 1024, "flux": 1024}
 
 CLIP_FP32_BYTES = 4  # the classifier keeps CLIP's weights in fp32 and autocasts
 LORA_STATE_BYTES = 16  # fp32 weight, gradient, and AdamW's two moments per trainable parameter
@@ -104,25 +143,48 @@ def dtype_bytes(precision: str) -> int:
 GB = 1024 ** 3
 
 
+def family_value(family: str, name: str) -> float:
+    """A FAMILY_FLOPS figure; an unknown family ("" when the model could not be read) is priced
+    as SD 2.1-base (plan says so)."""
+    return float(FAMILY_FLOPS.get(family, FAMILY_FLOPS["sd"])[name])
+
+
+def pixels(family: str, resolution: int) -> float:
+    """`resolution`'s pixel count relative to the family's native one (where its costs were
+    counted). Costs scale linearly with it: exact for convolutions and MLPs, an underestimate above
+    the native size where attention, which grows with its square, is a large share."""
+    return (resolution / NATIVE_RESOLUTION.get(family, 512)) ** 2
+
+
+def _activation_scale(family: str, flops_name: str) -> float:
+    """Activations were measured on SD 2.1-base only: another family's are assumed to grow with
+    its FLOPs (an assumption, not a measurement)."""
+    return family_value(family, flops_name) / family_value("sd", flops_name)
+
+
+def _generator_weights(family: str, precision: str) -> float:
+    weights = (family_value(family, "denoiser_params") + family_value(family, "text_params")) * dtype_bytes(precision)
+    return weights + value("sd_vae_params") * (4 if precision == "fp16" else dtype_bytes(precision))  # fp16: VAE in fp32
+
+
 def adapt_memory(precision: str, group: int, batch: int, prompts_per_step: int, text_lora: bool,
-                 gradient_checkpointing: bool = False, pixels: float = 1.0) -> float:
+                 gradient_checkpointing: bool = False, pixels: float = 1.0, family: str = "sd") -> float:
     """Peak bytes of stage 1 training `group` adapters at once (1: the sequential engine)."""
-    weights = (value("sd_unet_params") + value("sd_text_params")) * dtype_bytes(precision)
-    weights += value("sd_vae_params") * (4 if precision == "fp16" else dtype_bytes(precision))  # fp16: VAE in fp32
-    return weights + CUDA_OVERHEAD_GB * GB + group * adapt_memory_per_adapter(
-        precision, batch, prompts_per_step, text_lora, gradient_checkpointing, pixels)
+    return _generator_weights(family, precision) + CUDA_OVERHEAD_GB * GB + group * adapt_memory_per_adapter(
+        precision, batch, prompts_per_step, text_lora, gradient_checkpointing, pixels, family)
 
 
 def adapt_memory_per_adapter(precision: str, batch: int, prompts_per_step: int, text_lora: bool,
-                              gradient_checkpointing: bool = False, pixels: float = 1.0) -> float:
-    """`pixels`: the crop's pixel count relative to 512 x 512 (UNet activations scale with it)."""
+                              gradient_checkpointing: bool = False, pixels: float = 1.0, family: str = "sd") -> float:
+    """`pixels`: the crop's pixel count relative to the family's native size (see `pixels`)."""
     scale = dtype_bytes(precision) / 2  # the activations were measured in bf16
-    unet = value("sd_unet_train_activation_bytes") * batch * scale * pixels
+    denoiser = (value("sd_unet_train_activation_bytes") * _activation_scale(family, "denoiser_lora_train_flops")
+                * batch * scale * pixels)
     if gradient_checkpointing:
-        unet *= CHECKPOINTED_FRACTION
-    text = value("sd_text_train_activation_bytes") * prompts_per_step * scale if text_lora else 0.0
-    lora = value("sd_lora_params") * LORA_STATE_BYTES
-    return unet + text + lora
+        denoiser *= CHECKPOINTED_FRACTION
+    text = (value("sd_text_train_activation_bytes") * _activation_scale(family, "text_lora_train_flops")
+            * prompts_per_step * scale if text_lora else 0.0)
+    return denoiser + text + family_value(family, "lora_params") * LORA_STATE_BYTES
 
 
 # Recomputing each UNet block in the backward keeps roughly its inputs only: a common rule of
@@ -131,20 +193,21 @@ CHECKPOINTED_FRACTION = 0.3
 
 
 def largest_group(gpu: Gpu, precision: str, batch: int, prompts_per_step: int, text_lora: bool,
-                  gradient_checkpointing: bool = False, pixels: float = 1.0) -> int:
+                  gradient_checkpointing: bool = False, pixels: float = 1.0, family: str = "sd") -> int:
     """Classes per batched group that fit in the usable part of the GPU (0: not even one)."""
-    base = adapt_memory(precision, 0, batch, prompts_per_step, text_lora, gradient_checkpointing)
-    per = adapt_memory_per_adapter(precision, batch, prompts_per_step, text_lora, gradient_checkpointing, pixels)
+    base = adapt_memory(precision, 0, batch, prompts_per_step, text_lora, gradient_checkpointing, family=family)
+    per = adapt_memory_per_adapter(precision, batch, prompts_per_step, text_lora, gradient_checkpointing, pixels,
+                                   family)
     return max(0, int((USABLE_FRACTION * gpu.memory_gb * GB - base) // per))
 
 
-def synthesize_memory(precision: str, batch: int, cfg_factor: int, pixels: float = 1.0) -> float:
-    weights = (value("sd_unet_params") + value("sd_text_params")) * dtype_bytes(precision)
-    weights += value("sd_vae_params") * (4 if precision == "fp16" else dtype_bytes(precision))
+def synthesize_memory(precision: str, batch: int, cfg_factor: int, pixels: float = 1.0, family: str = "sd") -> float:
     scale = dtype_bytes(precision) / 2
-    sampling = value("sd_unet_infer_peak_bytes") * batch * cfg_factor * scale * pixels
-    decoding = value("sd_vae_decode_peak_bytes") * batch * scale * pixels
-    return weights + CUDA_OVERHEAD_GB * GB + max(sampling, decoding)
+    sampling = (value("sd_unet_infer_peak_bytes") * _activation_scale(family, "denoiser_fwd_flops")
+                * batch * cfg_factor * scale * pixels)
+    # The VAE decodes at the image's pixel count, whatever the family's native size.
+    decoding = value("sd_vae_decode_peak_bytes") * batch * scale * pixels * (NATIVE_RESOLUTION.get(family, 512) / 512) ** 2
+    return _generator_weights(family, precision) + CUDA_OVERHEAD_GB * GB + max(sampling, decoding)
 
 
 def classifier_memory(batch: int, prompts: int, precision: str) -> float:

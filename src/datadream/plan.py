@@ -173,21 +173,23 @@ def _adapt(plan: Plan, layout: RunLayout | None) -> Stage:
         return Stage("adapt", "adapt.mode=none: no adapter (the un-adapted generator)", "nothing", 0, 0, "-")
     prompts = 1 if cfg.mode == "class" else min(cfg.batch_size, data.classes)
     samples = {name: cfg.epochs * n for name, n in zip([u for u, _ in units], _unit_shots(plan))}
-    pixels = _pixels(cfg.resolution)
+    family = _family(plan)
+    pixels = costs.pixels(family, cfg.resolution)
+    per_sample = (costs.family_value(family, "denoiser_lora_train_flops") * pixels
+                  + costs.value("sd_vae_encode_flops") * _pixels(cfg.resolution))
     flops = 0.0
     for name, unit_steps in pending:
-        per_sample = costs.value("sd_unet_lora_train_flops") + costs.value("sd_vae_encode_flops")
-        flops += samples[name] * pixels * per_sample
+        flops += samples[name] * per_sample
         if cfg.train_text_encoder:
-            flops += unit_steps * prompts * costs.value("sd_text_lora_train_flops")
+            flops += unit_steps * prompts * costs.family_value(family, "text_lora_train_flops")
     engine = adapt_engine(plan.config, plan.precision)
     group = 1
     if engine == "batched":
         fits = costs.largest_group(plan.gpu, plan.precision, cfg.batch_size, 1, cfg.train_text_encoder,
-                                   cfg.gradient_checkpointing, pixels)
+                                   cfg.gradient_checkpointing, pixels, family)
         group = cfg.group_size or max(1, min(fits, len(units)))
     memory = costs.adapt_memory(plan.precision, group, min(cfg.batch_size, max(_unit_shots(plan))), prompts,
-                                cfg.train_text_encoder, cfg.gradient_checkpointing, pixels)
+                                cfg.train_text_encoder, cfg.gradient_checkpointing, pixels, family)
     kind = "class-wise" if cfg.mode == "class" else f"dataset-wise on {sum(data.shots)} shots"
     shots = _unit_shots(plan)
     per = (f"{units[0][1]:,} steps each ({cfg.epochs} epochs x ceil({shots[0]}/{cfg.batch_size}))"
@@ -217,11 +219,16 @@ def _adapters_done(layout: RunLayout) -> set[str]:
 
 
 def unet_evaluations(config: Config) -> int:
-    """UNet calls per image: PNDM (the default sampler) takes one more than `steps`, and
-    classifier-free guidance (scale > 1, as diffusers decides) doubles each call's batch."""
-    cfg = config.synthesize
-    steps = cfg.steps + (costs.PNDM_EXTRA_STEP if cfg.sampler == "default" else 0)
-    return steps * (2 if cfg.guidance > 1 else 1)
+    """Denoiser calls per image: SD 2.1's PNDM (its default sampler) takes one more than `steps`
+    (the other families' Euler samplers take `steps`), and classifier-free guidance (scale > 1, as
+    diffusers decides) doubles each call's batch, except for FLUX, whose guidance is an input."""
+    cfg, family = config.synthesize, config.generator.family or "sd"
+    steps = cfg.steps + (costs.PNDM_EXTRA_STEP if cfg.sampler == "default" and family == "sd" else 0)
+    return steps * guidance_factor(config)
+
+
+def guidance_factor(config: Config) -> int:
+    return 2 if config.synthesize.guidance > 1 and config.generator.family != "flux" else 1
 
 
 def _synthesize(plan: Plan, layout: RunLayout | None) -> Stage:
@@ -234,10 +241,12 @@ def _synthesize(plan: Plan, layout: RunLayout | None) -> Stage:
     pending = total - skipped
     evals = unet_evaluations(plan.config)
     plan.counts.update(images=total, images_skipped=skipped, unet_evaluations=total * evals)
-    flops = pending * (evals * costs.value("sd_unet_fwd_flops") * _pixels(cfg.resolution)
+    family = _family(plan)
+    flops = pending * (evals * costs.family_value(family, "denoiser_fwd_flops") * costs.pixels(family, cfg.resolution)
                        + costs.value("sd_vae_decode_flops") * _pixels(cfg.resolution))
-    cfg_factor = 2 if cfg.guidance > 1 else 1
-    memory = costs.synthesize_memory(plan.precision, cfg.batch_size, cfg_factor, _pixels(cfg.resolution))
+    cfg_factor = guidance_factor(plan.config)
+    memory = costs.synthesize_memory(plan.precision, cfg.batch_size, cfg_factor, costs.pixels(family, cfg.resolution),
+                                     family)
     plan.disk = pending * costs.PNG_BYTES_512 * _pixels(cfg.resolution)
     guidance = f"x 2 (guidance {cfg.guidance:g})" if cfg_factor == 2 else f"(guidance {cfg.guidance:g}: no CFG)"
     sampler = "PNDM" if cfg.sampler == "default" else "DPM-Solver++"
@@ -249,7 +258,13 @@ def _synthesize(plan: Plan, layout: RunLayout | None) -> Stage:
 
 
 def _pixels(resolution: int) -> float:
+    """The VAE's pixel count relative to 512 x 512, where its costs were counted."""
     return (resolution / 512) ** 2
+
+
+def _family(plan: Plan) -> str:
+    """The generator family the config records (`init` and `plan` read it from the model), or sd."""
+    return plan.config.generator.family or "sd"
 
 
 def _synthetic_folders(layout: RunLayout) -> list[Path]:

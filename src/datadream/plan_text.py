@@ -25,9 +25,10 @@ DOC_GPUS = ("16", "24", "80")
 
 def assumption(gpu: costs.Gpu) -> str:
     return (f"ESTIMATES, not measured: GPU time = FLOPs / ({gpu.tflops:g} TFLOP/s dense {gpu.precision} peak"
-            f" x {costs.UTILISATION:.0%} assumed utilisation); FLOPs and activation sizes were counted on"
-            " full-size random-weight SD 2.1-base and CLIP ViT-B/16 by benchmarks/cost_constants.py (other"
-            " model sizes are not recognised). No GPU throughput has been measured yet (docs/benchmarks.md).")
+            f" x {costs.UTILISATION:.0%} assumed utilisation); the generator's FLOPs were counted on each family's"
+            " published architecture (SD 2.1-base, SDXL, SD 3.5 Medium, FLUX.1-dev; other sizes are not recognised)"
+            " on the meta device, CLIP's and the activation sizes on a CPU, by benchmarks/cost_constants.py."
+            " No GPU throughput has been measured yet (docs/benchmarks.md).")
 
 
 def plan_text(config_path: Path | None, overrides: list[str], run: Path | None = None, gpu: str | None = None,
@@ -78,11 +79,15 @@ def render(plan: Plan, title: str) -> str:
 
 def warnings(plan: Plan) -> list[str]:
     out = []
-    family = _generator_family(plan)
-    if family is not None and family.name != "sd":
-        out.append(f"adapt and synthesize are estimated with SD 2.1-base's costs scaled by image size; the"
-                   f" {family.title} model costs more per step (its own costs are not counted yet): read those"
-                   " figures as a lower bound")
+    generates = plan.config.classifier.train_on in ("synthetic", "synthetic+real")
+    family = plan.config.generator.family
+    if generates and not family:
+        out.append(f"the family of {plan.config.generator.model} could not be read here (not on this machine or in"
+                   " its cache): adapt and synthesize are priced as SD 2.1-base")
+    elif generates and family != "sd":
+        out.append(f"{family}: FLOPs are counted on its published architecture; its activation memory is SD"
+                   " 2.1-base's scaled by FLOPs (an assumption), and attention above its native size costs more"
+                   " than the linear scaling counts")
     for stage in plan.stages:
         if stage.memory > plan.gpu.memory_gb * GB:
             fix = {"adapt": "set adapt.gradient_checkpointing=true or adapt.group_size=1",
@@ -108,19 +113,6 @@ def _with_family_defaults(config) -> None:
         return
 
 
-def _generator_family(plan: Plan):
-    """The generator's family when the run uses it and its model_index.json can be read here."""
-    from datadream.components.families import family_of
-    from datadream.errors import UserError
-
-    if plan.config.classifier.train_on not in ("synthetic", "synthetic+real"):
-        return None
-    try:
-        return family_of(plan.config.generator.model)
-    except UserError:
-        return None
-
-
 def _hours(hours: float) -> str:
     if 0 < hours < 0.01:
         return "<0.01"
@@ -144,9 +136,10 @@ def hardware_markdown(root: Path) -> str:
         "`datadream run CONFIG RUN --dry-run`.",
         "",
         f"**Every figure is an estimate, not a measurement.** GPU time = FLOPs / (dense tensor-core peak x"
-        f" {costs.UTILISATION:.0%} assumed utilisation). FLOPs, parameter counts and activation sizes were counted"
-        " on full-size random-weight models (SD 2.1-base, CLIP ViT-B/16) by `benchmarks/cost_constants.py` on a"
-        " CPU; peak memory = weights + LoRA weights, gradients and AdamW state (16 bytes per trainable"
+        f" {costs.UTILISATION:.0%} assumed utilisation). The generator's FLOPs and parameter counts were counted"
+        " on each family's full-size architecture by torch's FlopCounterMode on the meta device"
+        " (`benchmarks/cost_constants.py --families`; a test counts them again), CLIP's FLOPs and the activation"
+        " sizes on full-size random-weight models on a CPU (`benchmarks/cost_constants.py`); peak memory = weights + LoRA weights, gradients and AdamW state (16 bytes per trainable"
         f" parameter) + activations + {costs.CUDA_OVERHEAD_GB:g} GB assumed CUDA overhead. docs/benchmarks.md"
         " holds no GPU measurement yet; when it does, trust it over this page.",
         "",

@@ -207,7 +207,8 @@ def plan_work(run: Run | Path) -> list[WorkUnit]:
     units: list[WorkUnit] = []
     group_of: dict[str, str] = {}
     if needs_generator(run):
-        pixels = (cfg.adapt.resolution / 512) ** 2
+        family = cfg.generator.family or "sd"
+        pixels = costs.pixels(family, cfg.adapt.resolution)
         for group in adapter_groups(run):
             unit_id = "adapt/" + "+".join(spec.name for spec in group)
             if len(unit_id) > 96:  # a class-wise group of many long slugs: name it by its ends
@@ -215,13 +216,14 @@ def plan_work(run: Run | Path) -> list[WorkUnit]:
             shots = max(sum(len(c.images) for c in spec.classes) for spec in group)
             memory = costs.adapt_memory(precision, len(group), min(cfg.adapt.batch_size, shots),
                                         1 if cfg.adapt.mode == "class" else min(cfg.adapt.batch_size, len(group[0].classes)),
-                                        cfg.adapt.train_text_encoder, cfg.adapt.gradient_checkpointing, pixels)
+                                        cfg.adapt.train_text_encoder, cfg.adapt.gradient_checkpointing, pixels, family)
             units.append(WorkUnit(root, "adapt", unit_id, "adapt:" + "+".join(s.fingerprint for s in group), (),
                                   tuple(spec.name for spec in group), memory))
             group_of.update({spec.name: unit_id for spec in group})
         synth = cfg.synthesize
-        memory = costs.synthesize_memory(precision, synth.batch_size, 2 if synth.guidance > 1 else 1,
-                                         (synth.resolution / 512) ** 2)
+        memory = costs.synthesize_memory(precision, synth.batch_size,
+                                         2 if synth.guidance > 1 and family != "flux" else 1,
+                                         costs.pixels(family, synth.resolution), family)
         shard_ids = []
         for spec in synthetic_specs(run):
             deps = (group_of[spec.adapter.name],) if spec.adapter else ()

@@ -31,23 +31,8 @@ SD21_BASE_TEXT = dict(
 def build_random_sd21_base(folder: Path, seed: int = 0) -> Path:
     """Save a random-weight SD 2.1-base in the diffusers layout (about 5 GB in fp32). Its
     tokenizer is the tiny byte-level one: prompt lengths match, words do not."""
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
     torch.manual_seed(seed)
-    tokenizer = tiny_tokenizer()
-    text = CLIPTextModel(CLIPTextConfig(
-        vocab_size=49408, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, **SD21_BASE_TEXT))
-    pipeline = StableDiffusionPipeline(
-        vae=AutoencoderKL(**SD21_BASE_VAE), text_encoder=text, tokenizer=tokenizer,
-        unet=UNet2DConditionModel(**SD21_BASE_UNET),
-        scheduler=PNDMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
-                                beta_schedule="scaled_linear", skip_prk_steps=True, set_alpha_to_one=False,
-                                steps_offset=1, prediction_type="epsilon"),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )
-    pipeline.save_pretrained(folder)
+    random_family_pipeline("sd").save_pretrained(folder)
     mark_random_weights(folder)
     return folder
 
@@ -105,8 +90,8 @@ def _t5(tokenizer):
 
 
 def random_family_pipeline(family: str, device: str | torch.device = "cpu"):
-    """A full-size random-weight pipeline of `family` (sdxl: SDXL base 1.0; sd3: SD 3.5 Medium;
-    flux: FLUX.1-dev), its models built on `device` in the default dtype (set it first: FLUX is
+    """A full-size random-weight pipeline of `family` (sd: SD 2.1-base; sdxl: SDXL base 1.0; sd3:
+    SD 3.5 Medium; flux: FLUX.1-dev), its models built on `device` in the default dtype (set it first: FLUX is
     12 B parameters). The tokenizers are the tiny ones: prompt lengths match, words do not."""
     import diffusers
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler
@@ -114,6 +99,15 @@ def random_family_pipeline(family: str, device: str | torch.device = "cpu"):
     from datadream.components.tiny_families import tiny_t5_tokenizer
 
     clip, t5 = tiny_tokenizer(), tiny_t5_tokenizer()
+    if family == "sd":
+        scheduler = diffusers.PNDMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                                            beta_schedule="scaled_linear", skip_prk_steps=True, set_alpha_to_one=False,
+                                            steps_offset=1, prediction_type="epsilon")
+        with torch.device(device):
+            return diffusers.StableDiffusionPipeline(
+                vae=AutoencoderKL(**SD21_BASE_VAE), unet=diffusers.UNet2DConditionModel(**SD21_BASE_UNET),
+                text_encoder=_clip_text(SD21_BASE_TEXT, False, clip), tokenizer=clip, scheduler=scheduler,
+                safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     if family == "sdxl":
         scheduler = EulerDiscreteScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
                                            beta_schedule="scaled_linear", steps_offset=1, timestep_spacing="leading",
@@ -158,3 +152,65 @@ def build_random_family(family: str, folder: Path, seed: int = 0) -> Path:
     pipeline.save_pretrained(folder)
     mark_random_weights(folder)
     return folder
+
+
+def count_family_flops(family: str) -> dict[str, int]:
+    """Per sample, for `family`'s full-size published model at its native resolution, counted by
+    torch's FlopCounterMode on the meta device (shapes only: no weights, no GPU, seconds) through
+    the very code adapt and synthesize run (components/family_models.py), with LoRA rank 16 on
+    every published target:
+        denoiser_lora_train_flops  one training step of the denoiser (forward and backward, base frozen)
+        denoiser_fwd_flops         one evaluation of the denoiser (a sampling step, one image, no CFG pair)
+        text_lora_train_flops      one prompt through the LoRA-trained CLIP encoders, forward and backward
+        denoiser_params, text_params (every text encoder, T5 included), lora_params
+    FLOPs do not depend on the dtype, so the models are built in fp32 (meta tensors have no
+    autocast)."""
+    import contextlib
+    from types import SimpleNamespace
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from datadream.components.families import FAMILIES
+    from datadream.components.family_models import family_model
+
+    from datadream.costs import NATIVE_RESOLUTION
+
+    spec, size, meta = FAMILIES[family], NATIVE_RESOLUTION[family], torch.device("meta")
+    pipeline = random_family_pipeline(family, meta)
+    model = family_model(pipeline, spec, meta, torch.float32, resolution=size)
+    model.autocast = contextlib.nullcontext
+    out = {"denoiser_params": _count(model.denoiser), "text_params": sum(map(_count, model.encoders().values()))}
+    model.add_lora(rank=16, alpha=16, train_text_encoder=True)
+    out["lora_params"] = sum(_count(m, trainable=True) for m in model.lora_components(True).values())
+
+    def counted(run) -> int:
+        counter = FlopCounterMode(display=False)
+        with counter:
+            run()
+        return counter.get_total_flops()
+
+    prompts = model.prompts(["a photo of a cat"])
+    with torch.no_grad():
+        text = model.encode(prompts)
+    latents = torch.zeros(1, pipeline.vae.config.latent_channels, size // 8, size // 8, device=meta)
+    timesteps = torch.full((1,), 0.5 if spec.objective == "flow_matching" else 500, device=meta)
+    shot = [SimpleNamespace(original_size=(size, size))]
+
+    def train_step():
+        model.denoising_loss(model.denoiser, latents, torch.zeros_like(latents), timesteps, text, shot,
+                             [(0, 0)]).sum().backward()
+
+    def text_step():
+        encoded = model.encode(prompts)
+        sum(value.float().pow(2).mean() for value in encoded.tensors.values() if value.requires_grad).backward()
+
+    out["denoiser_lora_train_flops"] = counted(train_step)
+    out["text_lora_train_flops"] = counted(text_step)
+    with torch.no_grad():
+        out["denoiser_fwd_flops"] = counted(lambda: model.denoising_loss(
+            model.denoiser, latents, torch.zeros_like(latents), timesteps, text, shot, [(0, 0)]))
+    return out
+
+
+def _count(module: torch.nn.Module, trainable: bool = False) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable)
