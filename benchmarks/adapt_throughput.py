@@ -15,7 +15,8 @@ Configurations, each on the same toy few-shot set (16 shots per class):
 The reference row is SD's alone (the reference implementation is SD 2.1 code); for another
 family the sequential engine is the baseline.
 Prints a table (median of --repeats) and appends it to docs/benchmarks.md with the device,
-versions and command. Numbers from random weights measure speed only, never quality.
+versions and command. With --full, the FLOP utilisation column (samples/s x the FLOPs `datadream
+plan` counts per sample / --peak-tflops) is the measured figure that replaces plan's assumed 35%. Numbers from random weights measure speed only, never quality.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import append_report, device_description, versions  # noqa: E402
+from common import append_report, device_description, utilisation, versions  # noqa: E402
 
 
 def configs(groups: list[int], precision_auto: str, family: str) -> list[tuple[str, list[str]]]:
@@ -42,6 +43,18 @@ def configs(groups: list[int], precision_auto: str, family: str) -> list[tuple[s
     ours += [(f"batched K={k}", ["adapt.engine=batched", f"adapt.group_size={k}",
                                  f"runtime.precision={precision_auto}"]) for k in groups]
     return [("reference (sequential, fp32, no reuse)", reference), *ours] if family == "sd" else ours
+
+
+def flops_per_sample(config, family: str, resolution: int) -> float:
+    """What `datadream plan` prices one training sample at: the family's denoiser step and the
+    VAE encode, plus the text encoders' step shared by the batch's samples (class-wise: one
+    prompt per step)."""
+    from datadream import costs
+
+    text = (costs.family_value(family, "text_lora_train_flops") / config.adapt.batch_size
+            if config.adapt.train_text_encoder else 0.0)
+    return (costs.family_value(family, "denoiser_lora_train_flops") * costs.pixels(family, resolution)
+            + costs.value("sd_vae_encode_flops") * (resolution / 512) ** 2 + text)
 
 
 def main() -> None:
@@ -57,6 +70,8 @@ def main() -> None:
     parser.add_argument("--groups", default="2,5,10", help="batched group sizes K to time")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-report", action="store_true", help="print only; do not append to docs/benchmarks.md")
+    parser.add_argument("--peak-tflops", type=float, default=989.0,
+                        help="the device's dense bf16 peak, for the FLOP utilisation column (989: H100 SXM)")
     args = parser.parse_args()
 
     from datadream.components.families import FAMILIES
@@ -86,6 +101,7 @@ def main() -> None:
                   f"adapt.resolution={resolution}", f"adapt.epochs={args.epochs}", f"runtime.device={args.device}",
                   *args.set]
         groups = [int(k) for k in args.groups.split(",") if k]
+        per_sample = flops_per_sample(load_config(None, common), args.family, resolution)
         rows = []
         samples = args.classes * 16 * args.epochs
         for name, overrides in configs(groups, precision, args.family):
@@ -109,11 +125,12 @@ def main() -> None:
     sequential = next(sec for name, sec, _, _ in rows if name == "sequential")
     # SD's table also compares with the reference implementation's way (its first row).
     reference = rows[0][1] if args.family == "sd" else None
-    lines = ["| configuration | wall s (median) | samples/s | s per class |"
+    lines = ["| configuration | wall s (median) | samples/s | s per class | est. FLOP utilisation |"
              + (" speed-up vs reference |" if reference else "") + " speed-up vs sequential |",
-             "| --- | ---: | ---: | ---: |" + (" ---: |" if reference else "") + " ---: |"]
-    lines += [f"| {name} | {sec:.1f} | {sps:.1f} | {spc:.2f} |" + (f" {reference / sec:.2f}x |" if reference else "")
-              + f" {sequential / sec:.2f}x |" for name, sec, sps, spc in rows]
+             "| --- | ---: | ---: | ---: | ---: |" + (" ---: |" if reference else "") + " ---: |"]
+    lines += [f"| {name} | {sec:.1f} | {sps:.1f} | {spc:.2f} | {utilisation(per_sample, sps, args.peak_tflops) if args.full else 'n/a'} |"
+              + (f" {reference / sec:.2f}x |" if reference else "") + f" {sequential / sec:.2f}x |"
+              for name, sec, sps, spc in rows]
     size = f"full-size random {FULL_SIZE_NAMES[args.family]}" if args.full else f"tiny random {family.title}"
     what = (f"{size} at {resolution} px{''.join(' ' + o for o in args.set)}, "
             f"{args.classes} classes x 16 shots, {args.epochs} epochs at batch 8, median of {args.repeats}; "

@@ -32,3 +32,10 @@ def append_report(title: str, what: str, table: str, device: str, software: str,
     with REPORT.open("a", encoding="utf-8") as handle:
         handle.write(section)
     print(f"appended to {REPORT}")
+
+
+def utilisation(flops_per_item: float, items_per_second: float, peak_tflops: float) -> str:
+    """The share of the device's dense peak that a measured rate reaches, given the FLOPs `plan`
+    counts per item (datadream.costs): the figure that replaces plan's assumed utilisation
+    (costs.UTILISATION) once measured on a GPU."""
+    return f"{100 * items_per_second * flops_per_item / (peak_tflops * 1e12):.0f}%"

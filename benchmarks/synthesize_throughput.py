@@ -10,10 +10,11 @@
 - ours: `datadream synthesize` — pipeline loaded once, adapters swapped in place, bf16, batch B,
   PNG encoding on a background writer.
 Both use class-wise adapters of rank 16 (random, untrained: speed does not depend on them).
-The reference row and the FLOP estimate are SD 2.1's alone; for another family the first batch
-size is the baseline.
-Estimated FLOP utilisation: images/s x (steps x 2 (guidance) x 804 GFLOP UNet + 2.5 TFLOP VAE
-decode) / the device's dense bf16 peak (--peak-tflops, 989 for an H100 SXM).
+The reference row is SD 2.1's alone; for another family the first batch size is the baseline.
+FLOP utilisation (full-size models): images/s x the FLOPs `datadream plan` counts per image (the
+family's denoiser evaluations per image, from datadream.costs, + the VAE decode) / the device's
+dense bf16 peak (--peak-tflops, 989 for an H100 SXM): on a GPU, the measured figure that replaces
+plan's assumed 35% (costs.UTILISATION).
 Appends the table to docs/benchmarks.md.
 """
 
@@ -32,10 +33,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import append_report, device_description, versions  # noqa: E402
+from common import append_report, device_description, utilisation, versions  # noqa: E402
 
-UNET_GFLOP = 804.0
-DECODE_GFLOP = 2500.0
+def flops_per_image(family: str, steps: int, resolution: int) -> float:
+    """What `datadream plan` prices one image at: the family's denoiser evaluations (PNDM's extra
+    one for SD; a guidance pair except FLUX's embedded guidance) and the VAE decode."""
+    from datadream import costs
+
+    evaluations = (steps + (costs.PNDM_EXTRA_STEP if family == "sd" else 0)) * (1 if family == "flux" else 2)
+    return (evaluations * costs.family_value(family, "denoiser_fwd_flops") * costs.pixels(family, resolution)
+            + costs.value("sd_vae_decode_flops") * (resolution / 512) ** 2)
 
 
 def reference_way(model: Path, adapters: list[Path], prompts: list[str], images: int, steps: int,
@@ -104,13 +111,14 @@ def main() -> None:
                   f"classifier.model={classifier}",
                   "adapt.epochs=1", "adapt.batch_size=2", f"adapt.resolution={min(64, resolution)}",
                   f"runtime.device={args.device}", f"synthesize.images_per_class={args.images}",
-                  f"synthesize.steps={args.steps}", f"synthesize.resolution={resolution}"]
+                  f"synthesize.steps={args.steps}", f"synthesize.resolution={resolution}",
+                  "synthesize.guidance=2.0"]  # the method's, for every family (theirs differ: configs/families/)
         source = work / "adapted"
         init_run(load_config(None, common), source)
         adapters = adapt(source)  # untrained-quality adapters of the right shape, for swapping
         prompts = [f"a photo of a class{i:03d}" for i in range(args.classes)]
         total = args.classes * args.images
-        per_image_gflop = args.steps * 2 * UNET_GFLOP + DECODE_GFLOP
+        per_image = flops_per_image(args.family, args.steps, resolution)
         rows = []
         if args.family == "sd":
             out = work / "reference-images"
@@ -141,9 +149,8 @@ def main() -> None:
              "| --- | ---: | ---: | ---: |"]
     for name, sec in rows:
         rate = total / sec
-        sd21 = not args.tiny and args.family == "sd"
-        utilisation = f"{100 * rate * per_image_gflop / (args.peak_tflops * 1000):.0f}%" if sd21 else "n/a"
-        lines.append(f"| {name} | {rate:.2f} | {utilisation} | {baseline / sec:.2f}x |")
+        share = "n/a" if args.tiny else utilisation(per_image, rate, args.peak_tflops)
+        lines.append(f"| {name} | {rate:.2f} | {share} | {baseline / sec:.2f}x |")
     table = "\n".join(lines)
     print("\n" + table)
     if not args.no_report:
