@@ -92,9 +92,11 @@ def apply_family_defaults(config: Config, family) -> None:
     differing = []
     for key, value in trained.items():
         section, name = key.split(".")
-        current = getattr(getattr(config, section), name)
-        if key not in config.explicit:
-            setattr(getattr(config, section), name, value)
+        target = getattr(config, section)
+        current = getattr(target, name)
+        # Unset: neither in the YAML nor in --set, and (for a config built in Python) still the default.
+        if key not in config.explicit and current == getattr(type(target)(), name):
+            setattr(target, name, value)
         elif current != value:
             differing.append(f"{key}={current:g} (trained: {value:g})")
     if differing:
