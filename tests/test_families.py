@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from conftest import TINY, run_cli, tiny_config, write_config
+from datadream.config import read_config_file
 from datadream.errors import UserError
 from datadream.layout import LORA_WEIGHTS, UNIT_MARKER
 
@@ -100,7 +101,8 @@ def test_uncached_hub_id_is_one_line_offline():
     assert "\n" not in str(err.value)
 
 
-def stock_image(folder: Path, name: str, adapter: Path | None, prompt: str, seed: int) -> np.ndarray:
+def stock_image(folder: Path, name: str, adapter: Path | None, prompt: str, seed: int,
+                guidance: float = 2.0) -> np.ndarray:
     """The image stock diffusers makes with the family's own pipeline and `load_lora_weights`."""
     import diffusers
     import torch
@@ -110,7 +112,7 @@ def stock_image(folder: Path, name: str, adapter: Path | None, prompt: str, seed
     if adapter is not None:
         pipeline.load_lora_weights(adapter)
     extra = {} if name == "sdxl" else {"max_sequence_length": 32}
-    image = pipeline(prompt, num_inference_steps=3, guidance_scale=2.0, height=TINY, width=TINY,
+    image = pipeline(prompt, num_inference_steps=3, guidance_scale=guidance, height=TINY, width=TINY,
                      generator=torch.Generator().manual_seed(seed), **extra).images[0]
     return np.asarray(image, dtype=np.int16)
 
@@ -148,11 +150,15 @@ def test_family_runs_end_to_end_and_stock_diffusers_reproduces_its_images(family
 
     rows = [json.loads(line) for line in (run / "synthetic" / "index.jsonl").read_text().splitlines()]
     assert len(rows) == 4 * 3
+    # Guidance is not set: the run samples with the family's (recorded in its config).
+    guidance = read_config_file(run / "config.yaml").synthesize.guidance
+    assert guidance == family.guidance
     for row in (rows[0], rows[-1]):
         ours = np.asarray(Image.open(run / "synthetic" / row["file"]), dtype=np.int16)
-        stock = stock_image(family_models[name], name, run / "adapters" / row["adapter"], row["prompt"], row["seed"])
+        stock = stock_image(family_models[name], name, run / "adapters" / row["adapter"], row["prompt"], row["seed"],
+                            guidance)
         assert np.abs(ours - stock).max() <= 2, "stock load_lora_weights must reproduce our image"
-        base = stock_image(family_models[name], name, None, row["prompt"], row["seed"])
+        base = stock_image(family_models[name], name, None, row["prompt"], row["seed"], guidance)
         assert np.abs(ours - base).mean() > 1, "the adapter should change the image"
 
     dataset = tmp_path / "dataset"
