@@ -30,7 +30,9 @@ def test_run_inspects_its_synthetic_set(inspected_run):
                 "near_copy_share", "clip_score_synth"):
         assert key in square, key
     assert result["overall"]["n_classes"] == 4 and "fd" in result["meaning"] and "kd" in result["meaning"]
-    assert "Synthetic data quality" in (inspected_run / "report" / "index.html").read_text()
+    assert "not comparable with published FID or KID values" in result["comparable"]
+    page = (inspected_run / "report" / "index.html").read_text()
+    assert "Synthetic data quality" in page and "not comparable with published FID or KID values" in page
 
 
 def test_figures_from_before_the_kernel_distance_are_computed_again(inspected_run):

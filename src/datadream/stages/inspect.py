@@ -61,7 +61,10 @@ MEANING = {
 }
 COMPARABLE = ("Comparable between runs of the same dataset, shots and classifier.model (the feature space): another"
               " backbone, another number of shots or of synthetic images per class changes every figure; FD also"
-              " depends on the sample sizes (its bias grows as they shrink), so compare it only at equal sizes.")
+              " depends on the sample sizes (its bias grows as they shrink), so compare it only at equal sizes. FD and"
+              " the kernel distance are computed in the classifier's own L2-normalised feature space and are not"
+              " comparable with published FID or KID values (clean-fid uses un-normalised Inception or CLIP"
+              " ViT-B/32 features).")
 
 
 def inspect(run_dir: Path) -> dict:
