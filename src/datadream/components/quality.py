@@ -69,9 +69,26 @@ def _pair(real: Features, synth: Features, min_n: int) -> tuple[torch.Tensor, to
     return x, y.to(x.device)
 
 
+def feature_sets(real: Features, synth: Features, *, l2_normalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two sets as float64 tensors on one device, checked for what every metric needs (one
+    dimension, finite values, >= 2 rows each), each row scaled to unit length when `l2_normalize`.
+    A ValueError says what is wrong."""
+    x, y = _pair(real, synth, min_n=2)
+    if not l2_normalize:
+        return x, y
+    unit = []
+    for name, t in (("real", x), ("synth", y)):
+        norms = t.norm(dim=1, keepdim=True)
+        if not bool((norms > 0).all()):
+            row = int((norms[:, 0] == 0).nonzero()[0])
+            raise ValueError(f"{name}: row {row} is all zeros and has no direction to L2-normalise")
+        unit.append(t / norms)
+    return unit[0], unit[1]
+
+
 def _generator(seed: int) -> torch.Generator:
-    # Random draws happen on the CPU and indices move to the features' device, so a seed gives
-    # the same subsets/resamples on every device.
+    # Random draws happen on the CPU and move to the features' device, so a seed gives the same
+    # resamples on every device.
     return torch.Generator().manual_seed(int(seed))
 
 
