@@ -26,11 +26,33 @@ def test_run_inspects_its_synthetic_set(inspected_run):
     assert set(result["against_shots"]["classes"]) == names == set(result["against_heldout"]["classes"])
     square = result["against_shots"]["classes"]["square"]
     assert square["n_real"] == 3 and square["n_synth"] == 3  # 3 shots, 3 synthetic images per class
-    for key in ("fd", "fd_std", "kid", "kid_std", "precision", "recall", "diversity_real", "diversity_synth",
+    for key in ("fd", "fd_std", "kd", "kd_std", "precision", "recall", "diversity_real", "diversity_synth",
                 "near_copy_share", "clip_score_synth"):
         assert key in square, key
-    assert result["overall"]["n_classes"] == 4 and "fd" in result["meaning"]
-    assert "Synthetic data quality" in (inspected_run / "report" / "index.html").read_text()
+    assert result["overall"]["n_classes"] == 4 and "fd" in result["meaning"] and "kd" in result["meaning"]
+    assert "not comparable with published FID or KID values" in result["comparable"]
+    page = (inspected_run / "report" / "index.html").read_text()
+    assert "Synthetic data quality" in page and "not comparable with published FID or KID values" in page
+
+
+def test_figures_from_before_the_kernel_distance_are_computed_again(inspected_run):
+    """An inspect.json written when the file held KID (fingerprint without the figures' version)
+    is not taken for the current figures."""
+    from datadream.config import result_settings, stable_hash
+    from datadream.runs import open_run
+    from datadream.stages.inspect import inspect
+    from datadream.units import synthetic_fingerprint
+
+    run = open_run(inspected_run)
+    before = stable_hash({"synthetic": synthetic_fingerprint(run), "fewshot": run.manifest.digest(),
+                          "model": run.config.classifier.model, "precision": run.config.runtime.precision,
+                          "data": result_settings(run.config.data)})
+    old = json.loads((inspected_run / "inspect.json").read_text())
+    old["fingerprint"] = before
+    old["overall"]["kid"] = old["overall"].pop("kd")
+    (inspected_run / "inspect.json").write_text(json.dumps(old))
+    assert "kd" in inspect(inspected_run)["overall"]
+    assert "kid" not in json.loads((inspected_run / "inspect.json").read_text())["overall"]
 
 
 def test_inspect_reuses_cached_features(inspected_run, monkeypatch):
@@ -87,7 +109,7 @@ def test_inspect_and_compare_on_real_photos(tmp_path, tiny_models):
     for against in ("against_shots", "against_heldout"):
         assert set(result[against]["classes"]) == {"hopper", "pack"}
         for figures in result[against]["classes"].values():
-            assert all(math.isfinite(figures[k]) for k in ("fd", "kid", "precision", "recall", "diversity_real"))
+            assert all(math.isfinite(figures[k]) for k in ("fd", "kd", "precision", "recall", "diversity_real"))
     assert result["against_heldout"]["classes"]["pack"]["n_real"] == 2
     page = compare([run], tmp_path / "cmp").read_text()
     assert "Synthetic data quality" in page

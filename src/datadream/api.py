@@ -13,7 +13,8 @@ or stage by stage: `api.init_run(config, RUN)`, then `api.adapt(RUN)`, `api.synt
 `api.train(RUN)`, `api.evaluate(RUN)`, `api.report(RUN)`; each resumes where it stopped.
 Scaling out: `api.plan_work(RUN)` lists the run's units, `api.execute(unit)` does one (what every
 runner calls), `api.run_ray([RUN, ...])` runs them as Ray tasks, `api.status(RUN)` and
-`api.store_gc(STORE_OR_RUN, dry_run=True)` say what is there.
+`api.store_gc(STORE_OR_RUN, dry_run=True)` say what is there. `api.quality_metrics(real, synthetic)`
+gives inspect's data-quality figures for feature matrices of your own.
 """
 
 from datadream.components.tiny import build_tiny_models
@@ -42,6 +43,31 @@ def run_ray(runs, address: str = ""):
 
     return run_ray_or_fail(runs, address)
 
+
+def quality_metrics(real_features, synthetic_features, *, l2_normalize: bool = True, seed: int = 0) -> dict:
+    """The figures `datadream inspect` reports for one class, for features of your own: numpy arrays
+    or torch tensors of shape (n, d), one row per image, the same d for both, at least 2 rows each.
+
+    `l2_normalize=True` (the default, as inspect, whose image features are L2-normalised) scales
+    every row to unit length first; with False the features are measured as given, FD in their
+    units (see datadream.components.quality for each metric). Returns the dict inspect writes per
+    class, numbers to 4 significant digits: n_real, n_synth, fd, fd_std, kd, kd_std, precision,
+    recall, density, coverage, prdc_k, diversity_real, diversity_synth, near_copy_share,
+    near_copy_expected_share (what fresh samples would give), near_copy_count, near_copy_threshold,
+    near_copy_pairs; kd_std is None below 3 rows in a set, near-copy figures with a single distinct
+    real row. `seed` drives the bootstraps behind fd_std and kd_std (inspect derives one per class
+    from runtime.seed).
+    Bad input is one UserError line.
+    """
+    from datadream.components import quality
+
+    try:
+        real, synthetic = quality.feature_sets(real_features, synthetic_features, l2_normalize=l2_normalize)
+    except ValueError as error:
+        raise UserError(f"quality_metrics: {error}") from None
+    return quality.summarise(real, synthetic, seed=seed)
+
+
 __all__ = ["Config", "Run", "Summary", "UserError", "WorkUnit", "adapt", "build_tiny_models", "evaluate", "execute",
-           "export", "init_run", "load_config", "open_run", "plan", "plan_work", "predict", "report", "run", "run_ray",
-           "status", "store_gc", "synthesize", "train"]
+           "export", "init_run", "load_config", "open_run", "plan", "plan_work", "predict", "quality_metrics", "report",
+           "run", "run_ray", "status", "store_gc", "synthesize", "train"]

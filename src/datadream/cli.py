@@ -98,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_runner(sub)
 
     sub = add("inspect", "data-quality figures of the synthetic set against the real shots (and held-out images):"
-              " FD, KID, precision/recall/density/coverage, diversity, near-copies, CLIP-score; writes RUN/inspect.json")
+              " FD, kernel distance, precision/recall/density/coverage, diversity, near-copies, CLIP-score; writes"
+              " RUN/inspect.json")
     sub.add_argument("run", type=Path)
 
     sub = add("compare", "one page and a CSV comparing runs: settings that differ, accuracy, per-class changes")
@@ -304,7 +305,7 @@ def run_command(args: argparse.Namespace) -> int:
         from datadream.stages.inspect import inspect
 
         overall = inspect(args.run)["overall"]
-        keys = ("fd", "fd_std", "kid", "kid_std", "precision", "recall", "density", "coverage", "diversity_real",
+        keys = ("fd", "fd_std", "kd", "kd_std", "precision", "recall", "density", "coverage", "diversity_real",
                 "diversity_synth", "near_copy_share", "near_copy_expected_share", "clip_score_real", "clip_score_synth")
         print(f"inspect: {overall['n_classes']} classes, synthetic vs shots, mean over classes")
         for key in keys:

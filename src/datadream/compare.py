@@ -24,7 +24,7 @@ from datadream.errors import UserError
 from datadream.layout import RunLayout
 
 PER_CLASS_ROWS = 50  # the classes that change most; the CSV has them all
-QUALITY_KEYS = ("fd", "kid", "precision", "recall", "density", "coverage", "diversity_real", "diversity_synth",
+QUALITY_KEYS = ("fd", "kd", "precision", "recall", "density", "coverage", "diversity_real", "diversity_synth",
                 "near_copy_share", "clip_score_synth")
 
 

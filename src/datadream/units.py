@@ -148,12 +148,17 @@ def classifier_fingerprint(run: Run) -> str:
     return stable_hash(inputs)
 
 
+# What RUN/inspect.json's figures are: raised when one is redefined or renamed (2: KID became the
+# kernel distance kd), so a file from before is computed again, never read as the new figures.
+INSPECT_FIGURES = 2
+
+
 def inspect_fingerprint(run: Run) -> str:
-    """What RUN/inspect.json is computed from: the synthetic set, the shots, the feature space and
-    the held-out split's setting."""
+    """What RUN/inspect.json is computed from: the synthetic set, the shots, the feature space, the
+    held-out split's setting and the definition of the figures."""
     return stable_hash({"synthetic": synthetic_fingerprint(run), "fewshot": run.manifest.digest(),
                         "model": run.config.classifier.model, "precision": run.config.runtime.precision,
-                        "data": result_settings(run.config.data)})
+                        "data": result_settings(run.config.data), "figures": INSPECT_FIGURES})
 
 
 def shard_ranges(run: Run) -> list[range]:

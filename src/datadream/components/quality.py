@@ -6,13 +6,13 @@ Pure maths: every function takes feature matrices (torch tensors or numpy arrays
 float64 on the features' device, vectorised within a class; `summarise_classes` loops over
 classes. Measured on 2 CPU cores, `summarise` of 16 shots vs 500 images takes about 35-40 ms
 in 512 or 768 dimensions (so under a minute for 1,000 classes), about half of it in the FD
-bootstrap (100 small SVDs), the rest mostly KID subsets and PRDC's synthetic-vs-synthetic
-distances (O(n_synth^2 dim)).
+bootstrap (100 small SVDs), the rest mostly the synthetic-vs-synthetic products of PRDC's
+distances and of the kernel distance (O(n_synth^2 dim) each).
 
 What each metric answers, for a class with real shots R and synthetic images S:
 
 - frechet_distance / frechet_distance_spread: do S and R have the same mean and spread?
-- kernel_inception_distance: the same question without assuming Gaussians, unbiased in n.
+- kernel_distance: do S and R share their first three moments (mean, spread, skew)? Unbiased in n.
 - prdc: are the S images realistic (precision, density) and do they span R (recall, coverage)?
 - diversity: are the S images as varied as R, or collapsed onto a few modes?
 - near_copies: did the generator memorise a shot (S images closer to a shot than shots are
@@ -51,8 +51,8 @@ def _features(x: Features, name: str) -> torch.Tensor:
     t = torch.as_tensor(x)
     if t.ndim != 2:
         raise ValueError(f"{name}: expected an (n, dim) feature matrix, got shape {tuple(t.shape)}")
-    # float64 throughout: FD subtracts traces of similar size and KID averages tiny kernel
-    # differences, where float32 rounding is of the order of the quantities measured.
+    # float64 throughout: FD subtracts traces of similar size and the kernel distance subtracts
+    # kernel sums of similar size, where float32 rounding is of the order of the differences.
     t = t.to(torch.float64)
     if not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name}: features contain NaN or infinity")
@@ -69,9 +69,26 @@ def _pair(real: Features, synth: Features, min_n: int) -> tuple[torch.Tensor, to
     return x, y.to(x.device)
 
 
+def feature_sets(real: Features, synth: Features, *, l2_normalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two sets as float64 tensors on one device, checked for what every metric needs (one
+    dimension, finite values, >= 2 rows each), each row scaled to unit length when `l2_normalize`.
+    A ValueError says what is wrong."""
+    x, y = _pair(real, synth, min_n=2)
+    if not l2_normalize:
+        return x, y
+    unit = []
+    for name, t in (("real", x), ("synth", y)):
+        norms = t.norm(dim=1, keepdim=True)
+        if not bool((norms > 0).all()):
+            row = int((norms[:, 0] == 0).nonzero()[0])
+            raise ValueError(f"{name}: row {row} is all zeros and has no direction to L2-normalise")
+        unit.append(t / norms)
+    return unit[0], unit[1]
+
+
 def _generator(seed: int) -> torch.Generator:
-    # Random draws happen on the CPU and indices move to the features' device, so a seed gives
-    # the same subsets/resamples on every device.
+    # Random draws happen on the CPU and move to the features' device, so a seed gives the same
+    # resamples on every device.
     return torch.Generator().manual_seed(int(seed))
 
 
@@ -233,77 +250,101 @@ def frechet_distance_spread(real: Features, synth: Features, *, draws: int = 100
                          level=level, draws=draws)
 
 
-# --------------------------------------------------------------------------- KID
+# --------------------------------------------------------------------------- kernel distance
 
 @dataclass(frozen=True, slots=True)
-class KID:
-    """Kernel distance averaged over random subsets."""
+class KernelDistance:
+    """Unbiased MMD^2 of the full sets with its bootstrap spread."""
 
-    mean: float  # the KID to report: mean unbiased MMD^2 over subsets
-    se: float  # Monte-Carlo standard error of that mean over subsets (std / sqrt(subsets))
-    std: float  # spread of the per-subset estimates (torch-fidelity's kid_std): the honest error bar
-    subset_size: int  # rows per subset actually used (capped at the smaller set)
-    subsets: int
+    value: float  # MMD^2 estimate from all rows of both sets: the number to report
+    std: float | None  # std over bootstrap draws: its error bar; None below 3 rows in a set or 2 usable draws
+    draws: int  # bootstrap draws the std comes from (those whose resamples hold a pair in each set)
 
 
-def kernel_inception_distance(real: Features, synth: Features, *, degree: int = 3, subset_size: int = 1000,
-                              subsets: int = 100, seed: int = 0) -> KID:
-    """KID (Bińkowski et al., 2018): the unbiased estimate of the squared maximum mean discrepancy
-    with the polynomial kernel k(a, b) = (a.b / dim + 1)^degree, averaged over `subsets` random
-    subsets of `subset_size` rows drawn without replacement from each set (seeded; capped at the
-    smaller set's size). Within-set sums exclude the diagonal k(a, a), which is what removes the
-    1/n bias of FD: the expectation is 0 for two samples of one distribution whatever n is.
+def _kernel_sums(a: torch.Tensor, b: torch.Tensor, wa: torch.Tensor, wb: torch.Tensor, scale: float,
+                 degree: int) -> torch.Tensor:
+    """sum_ij wa[r, i] wb[r, j] k(a_i, b_j) for every row r of the weights, the kernel matrix
+    made in blocks of rows so memory stays bounded as the sets grow."""
+    total = torch.zeros(wa.shape[0], dtype=a.dtype, device=a.device)
+    step = _row_chunk(b.shape[0])
+    for i in range(0, a.shape[0], step):
+        block = (a[i:i + step] @ b.T / scale + 1) ** degree
+        total += ((wa[:, i:i + step] @ block) * wb).sum(1)
+    return total
 
-    Range: MMD^2 >= 0 in the population, but the unbiased estimate can dip slightly below 0 when
-    the sets match; lower is better; 0 within about one `std` means no detectable difference. On unit-
-    norm features a.b / dim is tiny, so values are small (order 1e-5 to 1e-2): compare them with
-    each other and with `se`, not with image-space KIDs.
 
-    Uncertainty: `se` is the standard error of the average over subsets of these two fixed sets,
-    i.e. how far `mean` is from what infinitely many subsets would give. It shrinks like
-    1/sqrt(subsets) however few images there are, and it does not include the luck of which
-    images were sampled in the first place: two independent samples of one distribution give
-    |mean| of several `se` routinely. `std`, the spread of single-subset estimates, is close to
-    the sampling error of one subset_size-row estimate while subset_size is well below both set
-    sizes, hence a conservative error bar for `mean` when asking "is there a difference?"; use
-    `se` only for "were there enough subsets?". As subset_size nears the set sizes, subsets
-    overlap and both shrink (to 0 when every subset is a whole set).
+def kernel_distance(real: Features, synth: Features, *, degree: int = 3, draws: int = 100,
+                    seed: int = 0) -> KernelDistance:
+    """Kernel distance: the unbiased estimate of the squared maximum mean discrepancy (MMD^2,
+    Gretton et al., 2012) between the two sets, with the polynomial kernel
 
-    Small n: with 16 shots every subset holds all 16 shots (subset_size caps at 16), so `std`
-    and `se` reflect only which synthetic images were drawn, not which 16 shots exist. The
-    estimate stays unbiased but is noisy. Passing the same set twice is not two independent
-    samples: a row can land in both subsets, which pulls the expectation below 0 by exactly
-    2 (mean k(a, a) - mean_{a != b} k(a, b)) / n.
+        k(a, b) = (a.b / s + 1)^degree,   s = mean |r|^2 over the real rows
+
+    i.e. k = (cos(a, b) + 1)^3 on unit-norm features. For degree 3 the population value is
+
+        MMD^2 = 3 |mu_r - mu_s|^2 / s + 3 |M2_r - M2_s|_F^2 / s^2 + |M3_r - M3_s|_F^2 / s^3
+
+    with M2 = E[a a^T] and M3 = E[a (x) a (x) a]: it measures whether the two sets share their
+    mean, their second moments (spread and its directions) and their third moments, and nothing
+    beyond; sets that agree in those score 0. Range: >= 0 in the population, but the estimate
+    dips below 0 by noise when the sets match; lower is closer; 0 within about one `std` means no
+    detectable difference. s makes it blind to a common rescaling of all features, but its size
+    depends on how spread the classes are in the embedding: compare values only within one
+    feature extractor.
+
+    It is KID's unbiased estimator and kernel (Bińkowski et al., 2018; clean-fid) with another s:
+    KID's s = dim suits raw Inception features, whose a.b / dim is of order 1, but on unit-norm
+    features a.b / dim <= 1 / dim makes the second- and third-moment terms vanish beside the first,
+    and KID becomes (3 / dim) |mu_r - mu_s|^2, blind to spread and collapse; s = mean |r|^2 puts
+    a.b / s in [-1, 1] there and of order 1 for raw features of any dimension. A Gaussian kernel with
+    a median-heuristic bandwidth separated simulated cases (two modes, collapse, narrower spread;
+    16 vs 500 and 300 vs 300 rows in 512-d) about as well, but its bandwidth moves with the data,
+    a collapsed synthetic set included, so two runs' values would come from two kernels; this
+    kernel is fixed for a feature space and has no setting to choose.
+
+    Uses every row: within-set sums run over pairs of distinct rows, which makes the estimate
+    unbiased at any n >= 2 (expectation 0 for two samples of one distribution, unlike FD whose
+    bias grows as n shrinks); fewer rows only make it noisier, and `std` says how much. Passing one
+    set twice is not two samples: the cross sum then holds each k(a, a), which puts the value at
+    exactly -2 (mean k(a, a) - mean_{a != b} k(a, b)) / n.
+
+    `std`: both sets are resampled with replacement `draws` times (seeded: the same seed gives the
+    same result) and the estimate recomputed, a row drawn twice not being paired with itself (that
+    would add k(a, a) and bias the resample upwards). With 16 shots it is mostly the luck of which
+    shots were drawn. Measured on CLIP-like unit vectors in 64- to 512-d (3 to 300 rows per set,
+    equal or differing sets), it runs about 1.5x (1.1-2.2x) the spread of the estimate across
+    independent samples: the resampling noise adds to the noise already in the sample, most where
+    the sets match. So it is a conservative error bar. A resample of a set that holds a single
+    distinct row has no pair and is skipped (about 1 in 9 at 3 rows); with 2 rows every usable
+    resample is the set itself, which hides the luck of the draw, so `std` is None there. Costs
+    O((n_r + n_s)^2 (dim + draws)), like PRDC's distances. Needs >= 2 rows in each set.
     """
-    if subsets < 2:
-        raise ValueError(f"subsets must be at least 2 for a standard error, got {subsets}")
+    if draws < 2:
+        raise ValueError(f"draws must be at least 2 for a spread, got {draws}")
     if degree < 1:
         raise ValueError(f"degree must be a positive integer, got {degree}")
     x, y = _pair(real, synth, min_n=2)
-    (n1, dim), n2 = x.shape, y.shape[0]
-    m = min(int(subset_size), n1, n2)
-    if m < 2:
-        raise ValueError(f"subset_size must be at least 2, got {subset_size}")
+    n1, n2 = x.shape[0], y.shape[0]
+    scale = float(x.square().sum(1).mean().clamp_min(torch.finfo(x.dtype).tiny))
     g = _generator(seed)
-    # Without replacement within a subset (a random permutation's head per row), so the
-    # diagonal exclusion really removes each point's similarity with itself.
-    ix = torch.rand(subsets, n1, generator=g).argsort(dim=1)[:, :m].to(x.device)
-    iy = torch.rand(subsets, n2, generator=g).argsort(dim=1)[:, :m].to(x.device)
+    # Row 0 weights every row once, giving the estimate itself; rows 1.. are the resamples.
+    wx = torch.cat([torch.ones(1, n1, dtype=x.dtype), _bootstrap_weights(n1, draws, g)]).to(x.device)
+    wy = torch.cat([torch.ones(1, n2, dtype=x.dtype), _bootstrap_weights(n2, draws, g)]).to(x.device)
 
-    def kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return (a @ b.mT / dim + 1) ** degree
+    def within(t: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # Pairs of distinct rows: all weighted pairs minus each row with itself. A resample with
+        # no such pair is skipped below; clamping its count only keeps 0/0 out of the arithmetic.
+        pairs = w.sum(1).square() - w.square().sum(1)
+        self_kernel = (t.square().sum(1) / scale + 1) ** degree
+        sums = _kernel_sums(t, t, w, w, scale, degree) - w.square() @ self_kernel
+        return sums / pairs.clamp_min(1), pairs > 0
 
-    estimates = []
-    step = _row_chunk(3 * m * m + 2 * m * dim)  # subsets per batch, bounding (batch, m, m) memory
-    for i in range(0, subsets, step):
-        a, b = x[ix[i:i + step]], y[iy[i:i + step]]                          # (batch, m, dim)
-        kaa, kbb, kab = kernel(a, a), kernel(b, b), kernel(a, b)
-        within_a = (kaa.sum((1, 2)) - kaa.diagonal(dim1=1, dim2=2).sum(-1)) / (m * (m - 1))
-        within_b = (kbb.sum((1, 2)) - kbb.diagonal(dim1=1, dim2=2).sum(-1)) / (m * (m - 1))
-        estimates.append(within_a + within_b - 2 * kab.mean((1, 2)))
-    values = torch.cat(estimates)
-    std = float(values.std())
-    return KID(mean=float(values.mean()), se=std / math.sqrt(subsets), std=std, subset_size=m, subsets=subsets)
+    within_x, pairs_x = within(x, wx)
+    within_y, pairs_y = within(y, wy)
+    values = within_x + within_y - 2 * _kernel_sums(x, y, wx, wy, scale, degree) / (n1 * n2)
+    usable = values[1:][(pairs_x & pairs_y)[1:]]
+    std = float(usable.std()) if min(n1, n2) >= 3 and usable.numel() >= 2 else None
+    return KernelDistance(value=float(values[0]), std=std, draws=int(usable.numel()))
 
 
 # --------------------------------------------------------------------------- PRDC
@@ -478,30 +519,30 @@ def clip_score(image_features: Features, text_features: Features) -> torch.Tenso
 # --------------------------------------------------------------------------- summaries
 
 def _round(value: float | None, digits: int) -> float | None:
-    # Significant digits, not decimals: KID lives around 1e-4 and FD around 1, and a fixed number
-    # of decimals would zero the first or pad the second.
+    # Significant digits, not decimals: a kernel distance can be 1e-4 and FD is around 1, and a
+    # fixed number of decimals would zero the first or pad the second.
     if value is None:
         return None
     return float(f"{value:.{digits}g}")
 
 
 def summarise(real: Features, synth: Features, text_features: Features | None = None, *, k: int = 5,
-              kid_subset_size: int = 1000, kid_subsets: int = 100, fd_draws: int = 100, top: int = 5,
+              kd_draws: int = 100, fd_draws: int = 100, top: int = 5,
               seed: int = 0, digits: int = 4) -> dict[str, Any]:
     """All metrics for one class as a plain JSON-ready dict (numbers rounded to `digits`
-    significant digits; None where a metric is undefined for these counts, e.g. FD, KID and PRDC
+    significant digits; None where a metric is undefined for these counts, e.g. FD, KD and PRDC
     with fewer than 2 real or synthetic rows, near-copies with a single distinct shot):
 
         n_real, n_synth
         fd, fd_std                            frechet_distance_spread: value and bootstrap std
-        kid, kid_se, kid_std                  kernel_inception_distance (mean, its SE, per-subset std)
+        kd, kd_std                            kernel_distance: value and bootstrap std
         precision, recall, density, coverage, prdc_k
         diversity_real, diversity_synth
         near_copy_share, near_copy_expected_share, near_copy_count, near_copy_threshold,
         near_copy_pairs                       [[synthetic index, real index, distance], ...]
         clip_score_real, clip_score_synth     mean clip_score; only with text_features
 
-    `seed` drives the FD bootstrap and the KID subsets, so equal inputs give equal output. The FD
+    `seed` drives the FD and KD bootstraps, so equal inputs give equal output. The FD
     bootstrap's percentile interval is left out on purpose: it sits above `fd` (see
     frechet_distance_spread), which reads as a contradiction in a table; fd_std carries the
     instability.
@@ -510,7 +551,7 @@ def summarise(real: Features, synth: Features, text_features: Features | None = 
     n1, n2 = x.shape[0], y.shape[0]
     both = n1 >= 2 and n2 >= 2
     values: dict[str, float | None] = dict.fromkeys(
-        ("fd", "fd_std", "kid", "kid_se", "kid_std", "precision", "recall", "density", "coverage",
+        ("fd", "fd_std", "kd", "kd_std", "precision", "recall", "density", "coverage",
          "diversity_real", "diversity_synth", "near_copy_share", "near_copy_expected_share",
          "near_copy_threshold"))
     prdc_k = copy_count = None
@@ -518,8 +559,8 @@ def summarise(real: Features, synth: Features, text_features: Features | None = 
     if both:
         spread = frechet_distance_spread(x, y, draws=fd_draws, seed=seed)
         values.update(fd=spread.value, fd_std=spread.std)
-        kid = kernel_inception_distance(x, y, subset_size=kid_subset_size, subsets=kid_subsets, seed=seed)
-        values.update(kid=kid.mean, kid_se=kid.se, kid_std=kid.std)
+        kd = kernel_distance(x, y, draws=kd_draws, seed=seed)
+        values.update(kd=kd.value, kd_std=kd.std)
         scores = prdc(x, y, k=k)
         values.update(precision=scores.precision, recall=scores.recall, density=scores.density,
                       coverage=scores.coverage)
@@ -542,7 +583,7 @@ def summarise(real: Features, synth: Features, text_features: Features | None = 
 
 
 # Keys of `summarise` that are per-class measurements worth averaging over classes.
-_AVERAGED = ("fd", "fd_std", "kid", "kid_se", "kid_std", "precision", "recall", "density", "coverage",
+_AVERAGED = ("fd", "fd_std", "kd", "kd_std", "precision", "recall", "density", "coverage",
              "diversity_real", "diversity_synth", "near_copy_share", "near_copy_expected_share",
              "clip_score_real", "clip_score_synth")
 
@@ -558,9 +599,9 @@ def summarise_classes(real: Mapping[str, Features], synth: Mapping[str, Features
                      "<metric>_classes": how many classes that mean covers}}
 
     `real`, `synth` (and `text_features`, one prompt embedding per class) must have the same class
-    names. `options` go to summarise (k, kid_subset_size, kid_subsets, fd_draws, top).
+    names. `options` go to summarise (k, kd_draws, fd_draws, top).
 
-    Overall is the mean of per-class values, not the metrics of the pooled sets: pooled FD/KID
+    Overall is the mean of per-class values, not the metrics of the pooled sets: pooled FD/KD
     would mostly measure whether classes are balanced, and pooled PRDC would need n_synth^2
     distances over all classes. Each class draws from its own seed, derived from `seed` and its
     name, so a class's numbers do not change when other classes are added or removed.

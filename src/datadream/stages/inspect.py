@@ -2,8 +2,8 @@
 
 Per class and over all classes, in the feature space of the run's classifier backbone (the frozen
 CLIP image tower of `classifier.model`: nothing extra is downloaded), the synthetic images are set
-against the real shots (components/quality.py: Fréchet distance with its bootstrap spread, KID with
-its spread, precision / recall / density / coverage, diversity of each set, near-copies of shots,
+against the real shots (components/quality.py: Fréchet distance and kernel distance, each with its
+bootstrap spread, precision / recall / density / coverage, diversity of each set, near-copies of shots,
 CLIP-score against the class prompt), and, when the dataset has a validation split, against those
 held-out real images too: the shots are what the generator was adapted to, the held-out images
 say whether it learned the class or the shots. Numbers go to RUN/inspect.json with what each
@@ -42,8 +42,9 @@ log = logging.getLogger(__name__)
 MEANING = {
     "fd": "Fréchet distance between Gaussians fitted to the real and the synthetic features; 0 = same mean and"
           " covariance, lower is closer. Unstable with few shots: read it with fd_std (bootstrap spread).",
-    "kid": "kernel inception distance (unbiased MMD², cubic kernel); about 0 when both come from one distribution,"
-           " lower is closer; kid_std is its error bar at these sample sizes.",
+    "kd": "kernel distance: unbiased MMD² with the kernel (cosine + 1)³, i.e. do the synthetic images share the real"
+          " ones' mean, spread and skew; about 0 (within kd_std) when both come from one distribution, lower is closer."
+          " Unbiased at any sample size; kd_std is its bootstrap error bar at these sizes.",
     "precision": "share of synthetic images inside the real images' k-NN manifold (realism); higher is better.",
     "recall": "share of real images inside the synthetic images' k-NN manifold (coverage of the class); higher is"
               " better.",
@@ -59,8 +60,11 @@ MEANING = {
                                           " classifier's CLIP space; synthetic below real means off-prompt images.",
 }
 COMPARABLE = ("Comparable between runs of the same dataset, shots and classifier.model (the feature space): another"
-              " backbone, another number of shots or of synthetic images per class changes every figure; FD and KID"
-              " also depend on the sample sizes, so compare them only at equal sizes.")
+              " backbone, another number of shots or of synthetic images per class changes every figure; FD also"
+              " depends on the sample sizes (its bias grows as they shrink), so compare it only at equal sizes. FD and"
+              " the kernel distance are computed in the classifier's own L2-normalised feature space and are not"
+              " comparable with published FID or KID values (clean-fid uses un-normalised Inception or CLIP"
+              " ViT-B/32 features).")
 
 
 def inspect(run_dir: Path) -> dict:
