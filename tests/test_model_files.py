@@ -22,7 +22,7 @@ from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, Repo
 from conftest import TINY, tiny_config, write_config
 from datadream.cli import main
 from datadream.components import hub, weights
-from datadream.components.models import check_models_reachable, load_generator
+from datadream.components.models import check_generator_weights, check_models_reachable, load_generator
 from datadream.config import load_config
 from datadream.errors import UserError
 from ldm_checkpoint import write_ldm_checkpoint
@@ -188,6 +188,22 @@ def test_folder_with_only_pickled_weights_is_refused(tmp_path, tiny_models):
     (folder / UNET).rename(folder / "unet/diffusion_pytorch_model.bin")
     with pytest.raises(UserError, match=r"unet has only pickled \.bin weights and datadream loads safetensors only"):
         load_generator(str(folder))
+
+
+def test_sharded_weights_need_every_shard_their_index_names(tmp_path, tiny_models):
+    folder = copy_model(tiny_models, tmp_path)
+    shards = {"a": "diffusion_pytorch_model-00001-of-00002.safetensors",
+              "b": "diffusion_pytorch_model-00002-of-00002.safetensors"}
+    (folder / UNET).rename(folder / "unet" / shards["a"])
+    index = folder / "unet" / "diffusion_pytorch_model.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": shards}))
+    with pytest.raises(UserError, match="diffusion_pytorch_model-00002-of-00002.safetensors is missing"):
+        check_generator_weights(folder, "generator.model")
+    (folder / "unet" / shards["b"]).write_bytes(b"")
+    check_generator_weights(folder, "generator.model")
+    index.write_text("{not json")
+    with pytest.raises(UserError, match="a readable diffusion_pytorch_model.safetensors.index.json is missing"):
+        check_generator_weights(folder, "generator.model")
 
 
 def test_download_of_a_repo_without_safetensors_is_refused(tmp_path, monkeypatch, capsys):
