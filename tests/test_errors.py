@@ -114,6 +114,19 @@ def test_generator_weights_removed_after_init_are_one_line_at_adapt(tmp_path, co
     assert result.stderr.count("\n") == 1, result.stderr
 
 
+def test_zero_shot_run_without_test_split_reads_the_weights_and_says_nothing_was_evaluated(tmp_path, config_file,
+                                                                                          tiny_models):
+    damaged = tmp_path / "clip-damaged"
+    shutil.copytree(tiny_models["clip"], damaged)
+    (damaged / "model.safetensors").write_bytes(bytes(range(256)) * 20)
+    zero_shot = ("--set", "classifier.train_on=none")
+    result = run_cli("-q", "run", config_file, tmp_path / "bad", *zero_shot, "--set", f"classifier.model={damaged}")
+    assert_one_line_error(result, "cannot load CLIP model", "clip-damaged", "set classifier.model to another one")
+    result = run_cli("-q", "run", config_file, tmp_path / "good", *zero_shot)
+    assert result.returncode == 0, result.stderr
+    assert "not evaluated: the dataset has no test split (set data.test" in result.stdout
+
+
 def test_synthesize_before_adapt(tmp_path, config_file):
     run = tmp_path / "run"
     assert run_cli("init", config_file, run).returncode == 0

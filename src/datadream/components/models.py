@@ -61,11 +61,13 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
 def explained_loading(kind: str, model: str, key: str, folder_kind: str) -> Iterator[None]:
     """Turn a hub or file error while loading `model` into one line that says why (repository
     gone, gated, machine offline) and what to set instead."""
+    from safetensors import SafetensorError
+
     from datadream.components.hub import explain
 
     try:
         yield
-    except (OSError, ValueError, KeyError) as err:
+    except (OSError, ValueError, KeyError, SafetensorError) as err:  # SafetensorError: a damaged weight file
         raise UserError(explain(kind, model, key, folder_kind, err)) from None
 
 

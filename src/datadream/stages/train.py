@@ -91,8 +91,11 @@ def train(run_dir: Path) -> Path:
             checkpoint.discard(run.layout.classifier_checkpoint)
             log.info("train: classifier already complete")
         elif run.config.classifier.train_on == "none":
+            # Nothing to train, but the weights are read once: a broken model is found here, not
+            # by whatever uses the classifier later (or by nothing, in a run without a test split).
+            clip_ops.load_clip(run.config.classifier.model)
             save_classifier(run, fingerprint, model=None, info={"selected_by": "zero-shot"})
-            log.info("train: classifier.train_on=none, zero-shot CLIP with the class prompts")
+            log.info("train: classifier.train_on=none, zero-shot CLIP with the class prompts (its weights load)")
         else:
             data = training_data(run)
             lead.go()  # the other processes of a launch train with this one
