@@ -328,6 +328,15 @@ def test_renamed_official_single_file_is_recognised(single_file, monkeypatch, ca
     assert "the official tiny-official.safetensors of tiny checkpoint, renamed" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("name, content", [("random.safetensors", bytes(range(256)) * 20), ("empty.ckpt", b"")])
+def test_models_check_of_a_file_that_is_not_safetensors(tmp_path, capsys, name, content):
+    (tmp_path / name).write_bytes(content)
+    assert main(["models", "check", str(tmp_path / name)]) == 2
+    captured = capsys.readouterr()
+    assert f"{name} is not a safetensors file (Error while deserializing header" in captured.err
+    assert captured.err.count("\n") == 1 and "unknown" not in captured.out
+
+
 def test_run_on_a_single_file_matches_stock_diffusers_on_the_folder(tmp_path, tiny_models, toy_data, single_file):
     """adapt (UNet and text-encoder LoRA) and synthesize on the single file; the image equals
     stock diffusers with the diffusers folder and load_lora_weights."""
