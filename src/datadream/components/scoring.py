@@ -6,6 +6,9 @@ validation during training and `datadream predict`, so all three score alike.
 from __future__ import annotations
 
 import os
+import signal
+import threading
+from typing import Iterator
 
 import torch
 from torch.utils.data import Dataset
@@ -20,6 +23,31 @@ def loader_workers(setting: int) -> int:
     return min(8, os.cpu_count() or 1) if setting < 0 else setting
 
 
+def start_loader(loader: torch.utils.data.DataLoader) -> Iterator:
+    """`iter(loader)`, with SIGTERM held off while its worker processes are forked.
+
+    A batch scheduler stops a job with SIGTERM to all its processes. The workers keep the blocked
+    mask they are forked with, so the signal reaches only this process, which stops them (a worker
+    killed by it makes torch raise "worker killed" in place of the command's resume line). This
+    process takes the signal once the iterator is whole: during the fork, an at-fork hook would
+    swallow the exception the handler raises, or torch would clean up a half-made iterator with
+    a traceback."""
+    handler = signal.getsignal(signal.SIGTERM)
+    if (handler is None or not hasattr(signal, "pthread_sigmask")  # set outside Python; Windows
+            or threading.current_thread() is not threading.main_thread()):
+        return iter(loader)
+    pending: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: pending.append(signum))
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        return iter(loader)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        signal.signal(signal.SIGTERM, handler)
+        if pending:
+            signal.raise_signal(signal.SIGTERM)  # to the program's own handler, now
+
+
 @torch.no_grad()  # torch applies it around each step of a generator, so callers keep their grad mode
 def batched_logits(model, tokens: dict[str, torch.Tensor], images: Dataset, batch_size: int,
                    workers: int, device: torch.device, dtype: torch.dtype, desc: str = "evaluate"):
@@ -31,7 +59,7 @@ def batched_logits(model, tokens: dict[str, torch.Tensor], images: Dataset, batc
         text = clip_ops.text_features(model, tokens)
     loader = torch.utils.data.DataLoader(images, batch_size=batch_size, shuffle=False,
                                          num_workers=workers, pin_memory=device.type == "cuda")
-    for pixels, labels in progress(loader, desc=desc, unit="batch", leave=False):
+    for pixels, labels in progress(start_loader(loader), len(loader), desc=desc, unit="batch", leave=False):
         with autocast:
             features = clip_ops.image_features(model, normalize(pixels.to(device, non_blocking=True), *clip_ops.normalisation(model)))
         yield clip_ops.logits(model, features, text), labels

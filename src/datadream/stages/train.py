@@ -40,7 +40,7 @@ from datadream.components import distributed
 from datadream.components.augment import TrainAugment, mix_within
 from datadream.components.losses import origin_weighted_loss
 from datadream.components.models import resolve_device, resolve_dtype
-from datadream.components.scoring import loader_workers, score
+from datadream.components.scoring import loader_workers, score, start_loader
 from datadream.components.seeds import derive_seed
 from datadream.data.labelled import EvalImages, TrainImages
 from datadream.data.leaks import check_synthetic_not_in_evaluation
@@ -246,8 +246,8 @@ class ClassifierTrainer:
         classes = len(self.run.manifest.classes)
         self.model.train()
         total_loss, correct, seen = 0.0, 0, 0
-        bar = progress(loader, desc=f"train epoch {epoch + 1}/{self.epochs}", unit="step", leave=False,
-                       disable=not group.is_main)
+        bar = progress(start_loader(loader), len(loader), desc=f"train epoch {epoch + 1}/{self.epochs}", unit="step",
+                       leave=False, disable=not group.is_main)
         for step, (images, labels, is_real) in enumerate(bar):
             if group.size > 1:  # the whole global batch, in the global order, on every process
                 total = min(cfg.batch_size, len(order) - step * cfg.batch_size)
