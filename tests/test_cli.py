@@ -92,16 +92,17 @@ def test_stopped_run_says_how_to_resume_and_keeps_its_files(tmp_path, tiny_model
     assert (run / "config.yaml").is_file() and (run / "fewshot.json").is_file()
 
 
-def workers_holding_sigterm(pid: int) -> int:
-    """Children of `pid` that block SIGTERM: loader workers, forked by start_loader."""
+def loader_workers_started(pid: int) -> int:
+    """Children of `pid` whose SIGTERM handler is set (SigCgt): loader workers past their start."""
     count = 0
     for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
         try:
             status = Path(f"/proc/{child}/status").read_text()
         except OSError:  # ended meanwhile
             continue
-        blocked = int(next(line for line in status.splitlines() if line.startswith("SigBlk:")).split()[1], 16)
-        count += bool(blocked & 1 << (signal.SIGTERM - 1))
+        fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+        caught, blocked = (int(fields[key], 16) & 1 << (signal.SIGTERM - 1) for key in ("SigCgt", "SigBlk"))
+        count += bool(caught and not blocked)
     return count
 
 
@@ -111,7 +112,7 @@ def test_sigterm_to_the_whole_job_with_loader_workers_is_the_same_one_line(tmp_p
     config = write_config(tmp_path / "exp.yaml", tiny_config(
         tiny_models, toy_data / "train", classifier={"train_on": "real", "epochs": 500, "workers": 2}))
     process = start_run(config, tmp_path / "run", start_new_session=True)
-    wait_for(process, lambda: workers_holding_sigterm(process.pid) >= 2, "its loader workers started")
+    wait_for(process, lambda: loader_workers_started(process.pid) >= 2, "its loader workers started")
     os.killpg(process.pid, signal.SIGTERM)
     assert_stopped_with_resume_line(process, 143)
 

@@ -5,6 +5,7 @@ validation during training and `datadream predict`, so all three score alike.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import threading
@@ -24,18 +25,18 @@ def loader_workers(setting: int) -> int:
 
 
 def start_loader(loader: torch.utils.data.DataLoader) -> Iterator:
-    """`iter(loader)`, with SIGTERM held off while its worker processes are forked.
+    """`iter(loader)`, its worker processes forked with SIGTERM held.
 
-    A batch scheduler stops a job with SIGTERM to all its processes. The workers keep the blocked
-    mask they are forked with, so the signal reaches only this process, which stops them (a worker
-    killed by it makes torch raise "worker killed" in place of the command's resume line). This
-    process takes the signal once the iterator is whole: during the fork, an at-fork hook would
-    swallow the exception the handler raises, or torch would clean up a half-made iterator with
-    a traceback."""
+    A batch scheduler stops a job with SIGTERM to all its processes. A worker takes it as a quiet
+    exit (_worker_start): killed by it, it would make torch raise "worker killed" in place of the
+    command's resume line. This process takes it once the iterator is whole: during the fork, an
+    at-fork hook would swallow the exception its handler raises, or torch would clean up a
+    half-made iterator with a traceback."""
     handler = signal.getsignal(signal.SIGTERM)
     if (handler is None or not hasattr(signal, "pthread_sigmask")  # set outside Python; Windows
             or threading.current_thread() is not threading.main_thread()):
         return iter(loader)
+    loader.worker_init_fn = functools.partial(_worker_start, loader.worker_init_fn)
     pending: list[int] = []
     signal.signal(signal.SIGTERM, lambda signum, frame: pending.append(signum))
     held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
@@ -46,6 +47,16 @@ def start_loader(loader: torch.utils.data.DataLoader) -> Iterator:
         signal.signal(signal.SIGTERM, handler)
         if pending:
             signal.raise_signal(signal.SIGTERM)  # to the program's own handler, now
+
+
+def _worker_start(init_fn, worker_id: int) -> None:
+    """A worker forked by start_loader takes SIGTERM, from here on, as a quiet exit: from a
+    scheduler stopping the whole job, or from its parent (torch's last resort at shutdown, which
+    must not be blocked)."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(0))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    if init_fn is not None:
+        init_fn(worker_id)
 
 
 @torch.no_grad()  # torch applies it around each step of a generator, so callers keep their grad mode
