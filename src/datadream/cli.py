@@ -402,7 +402,7 @@ def one_line(err: Exception) -> str:
 class Terminated(KeyboardInterrupt):
     """SIGTERM (`kill`, a batch scheduler's stop), raised where the program is, as Ctrl-C is: the
     same locks are released and temporaries removed, and the same resume line is printed.
-    DataLoader workers block it (components/scoring.py, start_loader): this process stops them."""
+    DataLoader workers end quietly on it (components/scoring.py, start_loader)."""
 
 
 def _terminate(signum, frame) -> None:
