@@ -1,8 +1,12 @@
+import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import run_cli, tiny_config, write_config
 
 
 def test_help_is_fast_and_light():
@@ -52,3 +56,82 @@ def test_tiny_models_command_writes_standard_folders(tmp_path):
 
     CLIPModel.from_pretrained(tmp_path / "m" / "clip")
     assert len(CLIPTokenizer.from_pretrained(tmp_path / "m" / "clip")) > 2
+
+
+def start_run(config, run, **popen) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "datadream", "-q", "run", str(config), str(run)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"}, **popen)
+
+
+def wait_for(process: subprocess.Popen, ready, what: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while process.poll() is None and time.monotonic() < deadline:
+        if ready():
+            return
+        time.sleep(0.02)
+    process.kill()
+    pytest.fail(f"the run ended or stalled before {what}: {process.communicate()[1][-2000:]}")
+
+
+def assert_stopped_with_resume_line(process: subprocess.Popen, code: int) -> None:
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == code, err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == "datadream: interrupted; run the same command again to resume"
+
+
+@pytest.mark.parametrize("stop, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_stopped_run_says_how_to_resume_and_keeps_its_files(tmp_path, tiny_models, toy_data, stop, code):
+    config = write_config(tmp_path / "exp.yaml", tiny_config(tiny_models, toy_data / "train", adapt={"epochs": 500}))
+    run = tmp_path / "run"
+    process = start_run(config, run)
+    wait_for(process, (run / "fewshot.json").is_file, "it was initialised")  # then on its way to the adapters
+    process.send_signal(stop)
+    assert_stopped_with_resume_line(process, code)
+    assert (run / "config.yaml").is_file() and (run / "fewshot.json").is_file()
+
+
+def loader_workers_started(pid: int) -> int:
+    """Children of `pid` whose SIGTERM handler is set (SigCgt): loader workers past their start."""
+    count = 0
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        try:
+            status = Path(f"/proc/{child}/status").read_text()
+        except OSError:  # ended meanwhile
+            continue
+        fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+        caught, blocked = (int(fields[key], 16) & 1 << (signal.SIGTERM - 1) for key in ("SigCgt", "SigBlk"))
+        count += bool(caught and not blocked)
+    return count
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads a process's children from /proc")
+def test_sigterm_to_the_whole_job_with_loader_workers_is_the_same_one_line(tmp_path, tiny_models, toy_data):
+    """A batch scheduler stops every process of a job: the DataLoader workers too."""
+    config = write_config(tmp_path / "exp.yaml", tiny_config(
+        tiny_models, toy_data / "train", classifier={"train_on": "real", "epochs": 500, "workers": 2}))
+    process = start_run(config, tmp_path / "run", start_new_session=True)
+    wait_for(process, lambda: loader_workers_started(process.pid) >= 2, "its loader workers started")
+    os.killpg(process.pid, signal.SIGTERM)
+    assert_stopped_with_resume_line(process, 143)
+
+
+def test_a_stop_that_a_finalizer_swallowed_is_sent_again():
+    """Python drops an exception raised in a finalizer or an at-fork hook; the stop it carried is not."""
+    from types import SimpleNamespace
+
+    from datadream.cli import Terminated, _resend_stops
+
+    seen = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+    try:
+        hook = _resend_stops(lambda unraisable: seen.append(type(unraisable.exc_value).__name__))
+        hook(SimpleNamespace(exc_value=ValueError()))  # anything else goes to the hook as before
+        hook(SimpleNamespace(exc_value=Terminated()))
+        deadline = time.monotonic() + 10
+        while len(seen) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert seen == ["ValueError", signal.SIGTERM]

@@ -29,3 +29,24 @@ def test_compare_names_what_differs_and_every_class(tmp_path, tiny_models, toy_d
 def test_compare_refuses_a_folder_that_is_not_a_run(tmp_path):
     result = run_cli("compare", tmp_path, "-o", tmp_path / "cmp")
     assert result.returncode == 2 and "is not a datadream run" in result.stderr
+
+
+def test_compare_refuses_output_inside_a_run_a_run_twice_and_a_file(tmp_path, tiny_models, toy_data):
+    from datadream.runs import init_run
+    from test_errors import assert_one_line_error
+
+    config = write_config(tmp_path / "exp.yaml", tiny_config(tiny_models, toy_data / "train",
+                                                             classifier={"train_on": "real"}))
+    run = init_run(load_config(config), tmp_path / "run").layout.root
+    other = init_run(load_config(config, ["classifier.lr=0.01"]), tmp_path / "other").layout.root
+    assert_one_line_error(run_cli("compare", run, other, "-o", other / "report"),
+                          f"-o {other / 'report'} is inside the run {other}", f"-o {tmp_path / 'compare'}")
+    assert not (other / "report").exists()
+    assert_one_line_error(run_cli("compare", run, tmp_path / "." / "run", "-o", tmp_path / "cmp"),
+                          f"compare: {run} is given twice; give each run once")
+    (tmp_path / "notes.txt").write_text("mine")
+    assert_one_line_error(run_cli("compare", run, other, "-o", tmp_path / "notes.txt"),
+                          "notes.txt is a file; give a folder")
+    assert_one_line_error(run_cli("compare", run, other, "-o", tmp_path / "notes.txt" / "cmp"),
+                          "cannot create the folder", "give another -o")
+    assert (tmp_path / "notes.txt").read_text() == "mine" and not (tmp_path / "cmp").exists()

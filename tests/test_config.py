@@ -66,6 +66,32 @@ def test_hub_id_stays_a_hub_id_and_local_folder_becomes_absolute(tmp_path, monke
     assert load_config(None, ["generator.model=local-sd"]).generator.model == str(tmp_path / "local-sd")
 
 
+@pytest.mark.parametrize("word", ["null", "NULL", "none", "~", ""])
+def test_null_or_empty_unsets_an_optional_key(tmp_path, monkeypatch, word):
+    monkeypatch.chdir(tmp_path)
+    base = load_config(None, ["data.val=val", "data.dataset=eurosat", "runtime.store=store", "generator.config=cfg",
+                              "runtime.ray_address=auto", "runtime.wandb_project=p"])
+    assert base.data.val == str(tmp_path / "val") and base.data.domain == "satellite "
+    path = tmp_path / "exp.yaml"
+    path.write_text("data:\n  val: val\n  dataset: eurosat\nruntime:\n  store: store\n")
+    keys = ("data.val", "data.test", "data.dataset", "data.domain", "runtime.store", "generator.config",
+            "runtime.ray_address", "runtime.wandb_project")
+    config = load_config(path, [f"{key}={word}" for key in keys])
+    assert config.data.val is None and config.data.test is None and config.data.dataset is None
+    assert (config.data.domain, config.runtime.store, config.generator.config, config.runtime.ray_address,
+            config.runtime.wandb_project) == ("", "", "", "", "")
+    assert "/null" not in config.to_yaml()
+
+
+def test_none_stays_a_value_where_it_is_one_and_a_required_key_cannot_be_unset():
+    config = load_config(None, ["adapt.mode=none", "classifier.train_on=none"])
+    assert (config.adapt.mode, config.classifier.train_on) == ("none", "none")
+    for override in ("generator.model=null", "classifier.model=", "runtime.device=~", "adapt.rank=null"):
+        with pytest.raises(UserError, match=f"{override.split('=')[0]} cannot be empty; .* or leave it out for the"
+                                            " default"):
+            load_config(None, [override])
+
+
 @pytest.mark.parametrize(
     "override, message",
     [

@@ -86,6 +86,47 @@ def test_folder_that_is_not_a_diffusers_model(tmp_path, config_file, tiny_models
     assert not list((run / "adapters").glob("*/*"))
 
 
+@pytest.mark.parametrize("model", ["sd", "clip"])
+def test_model_folder_without_its_weights_stops_init_and_the_fix_is_accepted(tmp_path, config_file, tiny_models,
+                                                                             model):
+    configs_only = tmp_path / f"{model}-configs-only"
+    shutil.copytree(tiny_models[model], configs_only)
+    for weights in configs_only.rglob("*.safetensors"):
+        weights.unlink()
+    key = {"sd": "generator.model", "clip": "classifier.model"}[model]
+    run = tmp_path / "run"
+    result = run_cli("init", config_file, run, "--set", f"{key}={configs_only}")
+    assert_one_line_error(result, f"{key}: {configs_only}", "has its configs but not its weights",
+                          "model.safetensors is missing")
+    assert result.stderr.count("\n") == 1, result.stderr  # no library log line beside ours
+    assert not run.exists()
+    assert run_cli("init", config_file, run).returncode == 0
+
+
+def test_generator_weights_removed_after_init_are_one_line_at_adapt(tmp_path, config_file, tiny_models):
+    copy = tmp_path / "sd-copy"
+    shutil.copytree(tiny_models["sd"], copy)
+    run = tmp_path / "run"
+    assert run_cli("init", config_file, run, "--set", f"generator.model={copy}").returncode == 0
+    (copy / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    result = run_cli("adapt", run)
+    assert_one_line_error(result, "sd-copy/unet has its configs but not its weights")
+    assert result.stderr.count("\n") == 1, result.stderr
+
+
+def test_zero_shot_run_without_test_split_reads_the_weights_and_says_nothing_was_evaluated(tmp_path, config_file,
+                                                                                          tiny_models):
+    damaged = tmp_path / "clip-damaged"
+    shutil.copytree(tiny_models["clip"], damaged)
+    (damaged / "model.safetensors").write_bytes(bytes(range(256)) * 20)
+    zero_shot = ("--set", "classifier.train_on=none")
+    result = run_cli("-q", "run", config_file, tmp_path / "bad", *zero_shot, "--set", f"classifier.model={damaged}")
+    assert_one_line_error(result, "cannot load CLIP model", "clip-damaged", "set classifier.model to another one")
+    result = run_cli("-q", "run", config_file, tmp_path / "good", *zero_shot)
+    assert result.returncode == 0, result.stderr
+    assert "not evaluated: the dataset has no test split (set data.test" in result.stdout
+
+
 def test_synthesize_before_adapt(tmp_path, config_file):
     run = tmp_path / "run"
     assert run_cli("init", config_file, run).returncode == 0

@@ -403,8 +403,7 @@ def test_pickled_weights_are_refused_in_one_line(tmp_path, config_file, tiny_mod
 
     torch.save({"x": Payload()}, evil / "pytorch_model.bin")
     run = new_run(tmp_path, config_file, "run", "--set", f"classifier.model={evil}", "--set", "classifier.train_on=none")
-    assert run_cli("train", run).returncode == 0
-    result = run_cli("evaluate", run)
+    result = run_cli("train", run)  # zero-shot trains nothing, but reads the weights
     assert "pwned" not in result.stdout
     assert_one_line_error(result, "pickled weight file", "safetensors")
 

@@ -22,7 +22,7 @@ from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, Repo
 from conftest import TINY, tiny_config, write_config
 from datadream.cli import main
 from datadream.components import hub, weights
-from datadream.components.models import check_models_reachable, load_generator
+from datadream.components.models import check_generator_weights, check_models_reachable, load_generator
 from datadream.config import load_config
 from datadream.errors import UserError
 from ldm_checkpoint import write_ldm_checkpoint
@@ -190,6 +190,22 @@ def test_folder_with_only_pickled_weights_is_refused(tmp_path, tiny_models):
         load_generator(str(folder))
 
 
+def test_sharded_weights_need_every_shard_their_index_names(tmp_path, tiny_models):
+    folder = copy_model(tiny_models, tmp_path)
+    shards = {"a": "diffusion_pytorch_model-00001-of-00002.safetensors",
+              "b": "diffusion_pytorch_model-00002-of-00002.safetensors"}
+    (folder / UNET).rename(folder / "unet" / shards["a"])
+    index = folder / "unet" / "diffusion_pytorch_model.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": shards}))
+    with pytest.raises(UserError, match="diffusion_pytorch_model-00002-of-00002.safetensors is missing"):
+        check_generator_weights(folder, "generator.model")
+    (folder / "unet" / shards["b"]).write_bytes(b"")
+    check_generator_weights(folder, "generator.model")
+    index.write_text("{not json")
+    with pytest.raises(UserError, match="a readable diffusion_pytorch_model.safetensors.index.json is missing"):
+        check_generator_weights(folder, "generator.model")
+
+
 def test_download_of_a_repo_without_safetensors_is_refused(tmp_path, monkeypatch, capsys):
     def fetch(repo_id, patterns, local_dir=None, local_only=False):
         (tmp_path / "pickled").mkdir(exist_ok=True)
@@ -310,6 +326,15 @@ def test_renamed_official_single_file_is_recognised(single_file, monkeypatch, ca
     monkeypatch.setitem(weights.KNOWN_MODELS, model.key, model)
     assert main(["models", "check", str(single_file)]) == 0
     assert "the official tiny-official.safetensors of tiny checkpoint, renamed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name, content", [("random.safetensors", bytes(range(256)) * 20), ("empty.ckpt", b"")])
+def test_models_check_of_a_file_that_is_not_safetensors(tmp_path, capsys, name, content):
+    (tmp_path / name).write_bytes(content)
+    assert main(["models", "check", str(tmp_path / name)]) == 2
+    captured = capsys.readouterr()
+    assert f"{name} is not a safetensors file (Error while deserializing header" in captured.err
+    assert captured.err.count("\n") == 1 and "unknown" not in captured.out
 
 
 def test_run_on_a_single_file_matches_stock_diffusers_on_the_folder(tmp_path, tiny_models, toy_data, single_file):

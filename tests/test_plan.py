@@ -14,7 +14,8 @@ import pytest
 from conftest import tree_bytes, write_config
 from datadream.cli import main
 from datadream.config import load_config
-from datadream.plan import make_plan
+from datadream.layout import image_name
+from datadream.plan import MAX_CLASSES, MAX_COUNT, _complete_images, make_plan
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -100,6 +101,32 @@ def test_cli_plan_prints_estimates_and_rejects_unknown_gpu(capsys):
     assert "unknown GPU" in capsys.readouterr().err
     assert main(["plan", str(REPO / "configs" / "example.yaml")]) == 2
     assert "--classes" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("classes", ["0", "-3", "100000000"])
+def test_class_count_out_of_range_is_one_line_with_the_bounds(capsys, classes):
+    assert main(["plan", "--classes", classes]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--classes {classes}: give a class count from 1 to 100,000" in err
+
+
+def test_absurd_config_count_is_refused_and_the_largest_accepted_are_priced(capsys):
+    assert main(["plan", "--classes", "3", "--set", f"synthesize.steps={10**400}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "synthesize.steps=" in err and "at most 1,000,000,000" in err
+    counts = ("synthesize.steps", "synthesize.images_per_class", "data.shots", "adapt.epochs", "classifier.epochs")
+    plan = plan_for(*(f"{key}={MAX_COUNT}" for key in counts), "adapt.resolution=999999992", classes=MAX_CLASSES)
+    assert all(math.isfinite(stage.flops) for stage in plan.stages) and math.isfinite(plan.disk)
+    assert plan_for("data.seed=" + "9" * 30, classes=3).data.classes == 3  # a seed is no count
+
+
+def test_complete_images_counts_whole_batches_from_the_files_present(tmp_path):
+    for index in [*range(10), 12, *range(20, 25)]:  # batches 0 and 2 (of 5 images) complete, 1 not
+        (tmp_path / image_name(index, 25)).write_bytes(b"png")
+    (tmp_path / "00030.png").write_bytes(b"png")  # beyond images_per_class
+    (tmp_path / "notes.txt").write_text("mine")
+    assert _complete_images(tmp_path, 25, 10) == 15
+    assert _complete_images(tmp_path / "absent", 25, 10) == 0
 
 
 @pytest.fixture()

@@ -18,7 +18,7 @@ import pytest
 
 import datadream
 from datadream.errors import UserError
-from datadream.runners.ray_runner import RayResult, collect_tasks, gpu_request, run_ray
+from datadream.runners.ray_runner import RayResult, check_reachable, collect_tasks, gpu_request, run_ray
 
 GB = 10**9
 GPU_BYTES = 80 * GB
@@ -255,6 +255,54 @@ def test_missing_ray_is_a_user_error(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "ray", None)  # makes `import ray` raise ImportError
     with pytest.raises(UserError, match=r"pip install 'datadream\[ray\]'"):
         run_ray([tmp_path], plan=lambda run: [], execute=fake_execute, state=fake_state)
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on (bound, then released)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_unreachable_cluster_address_is_one_line_within_seconds(tmp_path, tiny_models, toy_data):
+    import time
+
+    from conftest import run_cli, tiny_config, write_config
+    from test_errors import assert_one_line_error
+
+    pytest.importorskip("ray")
+    config = write_config(tmp_path / "exp.yaml", tiny_config(tiny_models, toy_data / "train"))
+    address = f"127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    result = run_cli("-q", "run", config, tmp_path / "run", "--runner", "ray", "--ray-address", address, timeout=120)
+    assert_one_line_error(result, f"runtime.ray_address={address}: cannot reach a Ray cluster", "ray start --head")
+    assert result.stderr.count("\n") == 1, result.stderr  # none of Ray's own warnings
+    assert time.monotonic() - started < 60
+
+
+def test_cluster_address_forms(monkeypatch):
+    import socket
+
+    port = free_port()
+    for address in (f"ray://127.0.0.1:{port}", f"ray://[::1]:{port}"):
+        with pytest.raises(UserError, match=r"cannot reach a Ray cluster at (127\.0\.0\.1|\[::1\]):\d+"):
+            check_reachable(address)
+    for address in ("head-node", "head:port", "ray://:1"):
+        with pytest.raises(UserError, match="expected HOST:PORT of the head node"):
+            check_reachable(address)
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
+    with pytest.raises(UserError, match=f"RAY_ADDRESS=127.0.0.1:{port}: .* or unset RAY_ADDRESS"):
+        check_reachable("")
+
+    def silent(address, timeout):
+        raise TimeoutError("timed out")
+
+    monkeypatch.setattr(socket, "create_connection", silent)
+    with pytest.raises(UserError, match=r"\(no answer within 0\.5 s\)"):
+        check_reachable("10.0.0.5:6379", timeout=0.5)
+    check_reachable("auto")  # found by Ray itself, from the session file
 
 
 # --- the real units -----------------------------------------------------------------------------

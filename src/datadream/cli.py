@@ -10,7 +10,9 @@ import argparse
 import logging
 import os
 import pickle
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -419,9 +421,38 @@ def one_line(err: Exception) -> str:
     return text
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, a batch scheduler's stop), raised where the program is, as Ctrl-C is: the
+    same locks are released and temporaries removed, and the same resume line is printed.
+    DataLoader workers end quietly on it (components/scoring.py, start_loader)."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated
+
+
+def _resend_stops(hook):
+    """A `sys.unraisablehook`. Python drops an exception raised inside a finalizer or an at-fork
+    hook (a DataLoader's clean-up, a fork), so a stop signal landing there would be lost: it is
+    sent again, to land in ordinary code."""
+    def resend(unraisable) -> None:
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            stop = signal.SIGTERM if isinstance(unraisable.exc_value, Terminated) else signal.SIGINT
+            threading.Thread(target=os.kill, args=(os.getpid(), stop), daemon=True).start()
+        else:
+            hook(unraisable)
+    return resend
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_logging(args.quiet, args.verbose)
+    # Signal handlers can only be set from the main thread (an application that calls main from
+    # another one keeps its own signal handling).
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    if in_main_thread:
+        previous = signal.signal(signal.SIGTERM, _terminate)
+        unraisable_hook, sys.unraisablehook = sys.unraisablehook, _resend_stops(sys.unraisablehook)
     try:
         return run_command(args)
     except UserError as err:
@@ -443,6 +474,10 @@ def main(argv: list[str] | None = None) -> int:
                   " command again (finished work is kept)", file=sys.stderr)
             return 1
         raise
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
         print("datadream: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
+        return 128 + (signal.SIGTERM if isinstance(err, Terminated) else signal.SIGINT)
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+            sys.unraisablehook = unraisable_hook

@@ -71,16 +71,37 @@ def compare(roots: list[Path], out: Path, title: str = "datadream: runs compared
     if not roots:
         raise UserError("compare: give at least one run folder")
     runs = [summarise_run(root) for root in roots]
+    _check_out(runs, out)
     for depth in range(1, 1 + max(len(r.root.parts) for r in runs)):
         for run in runs:
             run.name = "/".join(run.root.parts[-depth:])
         if len({r.name for r in runs}) == len(runs):
             break
     differ = differing_settings(runs) if len(runs) > 1 else []
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"compare: cannot create the folder {out} ({err.strerror or err}); give another -o") from None
     atomic.write_text(out / "compare.csv", _csv(runs, differ))
     atomic.write_text(out / "index.html", _page(runs, differ, title))
     return out / "index.html"
+
+
+def _check_out(runs: list[RunSummary], out: Path) -> None:
+    """Each run once, and the page outside every run: inside one it could overwrite the run's own
+    files (RUN/report/index.html) and pass for a part of that run."""
+    seen: set[Path] = set()
+    for run in runs:
+        if run.root in seen:
+            raise UserError(f"compare: {run.root} is given twice; give each run once")
+        seen.add(run.root)
+    target = out.resolve()
+    for run in runs:
+        if target.is_relative_to(run.root):
+            raise UserError(f"compare: -o {out} is inside the run {run.root}; write the comparison outside every"
+                            f" run, e.g. -o {run.root.parent / 'compare'}")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"compare: -o {out} is a file; give a folder (a new one, or one compare wrote before)")
 
 
 def _metric(run: RunSummary, key: str):

@@ -463,21 +463,29 @@ def _apply_section(config: Config, section: str, values: Any, origin: str, base:
         if name not in fields:
             raise _unknown("key", f"{section}.{name}", [f"{section}.{k}" for k in fields], origin)
         key = f"{section}.{name}"
-        coerced = _coerce(value, hints[name], key, origin)
+        coerced = _coerce(value, hints[name], key, origin, fields[name].default)
         _check(coerced, fields[name].metadata, key, origin)
         setattr(target, name, _resolve_path(coerced, fields[name].metadata, base))
         config.explicit.add(key)
 
 
-def _coerce(value: Any, annotation: Any, key: str, origin: str) -> Any:
+def _coerce(value: Any, annotation: Any, key: str, origin: str, default: Any) -> Any:
     args = typing.get_args(annotation)
     optional = type(None) in args
     kind = next((a for a in args if a is not type(None)), annotation) if args else annotation
-    if value is None or (isinstance(value, str) and value.lower() in {"null", "none", "~"}
-                         and kind is not str):
+    # `--set data.val=null` (or empty) unsets a key, as YAML's null does: it names no folder
+    # "./null". "none" does too, except where it can be a value (adapt.mode=none).
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in {"", "null", "~"} or (word == "none" and (optional or kind is not str or default == "")):
+            value = None
+    if value is None:
         if optional:
             return None
-        raise UserError(f"{origin}: {key} cannot be empty; give a {kind.__name__}")
+        if kind is str and default == "":  # the empty string is this key's "unset"
+            return ""
+        raise UserError(f"{origin}: {key} cannot be empty; give a {kind.__name__}, or leave it out for the default"
+                        f" {default!r}")
     bad = UserError(f"{origin}: {key} must be a {kind.__name__}, got {shown(value)}")
     if kind is bool:
         if isinstance(value, bool):

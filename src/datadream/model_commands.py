@@ -98,6 +98,7 @@ def _check_single_file(path: Path) -> int:
         print(f"{path}: checked against the official {known.title}:")
         _report([weights.check_file(path, path.name, known.single_files[path.name])], str(path))
         return 0
+    _require_safetensors(path)
     digest = weights.file_sha256(path)
     for model in weights.KNOWN_MODELS.values():
         for name, expected in model.single_files.items():
@@ -106,3 +107,16 @@ def _check_single_file(path: Path) -> int:
                 return 0
     print(f"  unknown   {path.name}  sha256 {digest}: not an official checkpoint datadream knows")
     return 0
+
+
+def _require_safetensors(path: Path) -> None:
+    """safetensors' own header parser: any other file (pickled, damaged, not weights at all) is
+    something datadream would refuse to load, not an unknown checkpoint."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy"):
+            pass
+    except SafetensorError as err:
+        raise UserError(f"models check: {path} is not a safetensors file ({err}); datadream loads safetensors"
+                        " weights only: check the file, or fetch the model with `datadream models download`") from None

@@ -74,5 +74,5 @@ def print_summary(summary: Summary) -> None:
         top5 = "" if m.get("top5") is None else f"top-5 {m['top5']:.2f}%, "
         print(f"test top-1:   {m['top1']:.2f}%  ({top5}{m['n']} images)")
     else:
-        print("test top-1:   not evaluated (the dataset has no test split)")
+        print("test top-1:   not evaluated: the dataset has no test split (set data.test to measure the classifier)")
     print(f"report:       {summary.report}")

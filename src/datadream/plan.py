@@ -11,17 +11,25 @@ ESTIMATES (FLOP counts x an assumed GPU throughput), printed as such.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from datadream import costs
-from datadream.config import Config
+from datadream.config import SECTIONS, Config, shown
 from datadream.errors import UserError
 from datadream.layout import DATASET_UNIT, RunLayout, image_name
 
+# The plan keeps a few numbers per class; ImageNet-21k's 21,841 classes are the largest label set
+# in common use, and this bound keeps a mistyped --classes from filling the memory.
+MAX_CLASSES = 100_000
+# Any count in a config beyond this (steps, images, epochs, pixels) is a typo, not a run: the
+# products of such counts would overflow the float arithmetic that prices them.
+MAX_COUNT = 10**9
 
 
 @dataclass
@@ -122,8 +130,22 @@ def _split_sizes(config: Config) -> tuple[int, int]:
     return len(view.split("val")), len(view.split("test"))
 
 
+def check_counts(config: Config, classes: int | None) -> None:
+    """Refuse, in one line, a count the plan cannot price."""
+    if classes is not None and not 1 <= classes <= MAX_CLASSES:
+        raise UserError(f"plan: --classes {classes}: give a class count from 1 to {MAX_CLASSES:,}")
+    for section in SECTIONS:
+        values = getattr(config, section)
+        for f in dataclasses.fields(values):
+            value = getattr(values, f.name)
+            if type(value) is int and f.name != "seed" and value > MAX_COUNT:
+                raise UserError(f"plan: {section}.{f.name}={shown(value)} is more than plan prices (at most"
+                                f" {MAX_COUNT:,}); give a smaller value")
+
+
 def make_plan(config: Config, run: Path | None = None, gpu: str | None = None,
               classes: int | None = None) -> Plan:
+    check_counts(config, classes)
     run = Path(run).resolve() if run is not None else None
     data = data_shape(config, run, classes)
     device = costs.find_gpu(gpu)
@@ -278,17 +300,18 @@ def _synthetic_folders(layout: RunLayout) -> list[Path]:
 
 
 def _complete_images(folder: Path, total: int, batch: int) -> int:
-    """Images in batches the stage would skip: a batch is redone unless all its files exist."""
+    """Images in batches the stage would skip: a batch is redone unless all its files exist.
+    Counted from the files present, so the time does not grow with images_per_class."""
     try:
-        present = set(os.listdir(folder))
+        present = os.listdir(folder)
     except OSError:
         return 0
-    done = 0
-    for start in range(0, total, batch):
-        indices = range(start, min(start + batch, total))
-        if all(image_name(i, total) in present for i in indices):
-            done += len(indices)
-    return done
+    per_batch: Counter[int] = Counter()
+    for name in present:
+        stem = name.removesuffix(".png")
+        if stem.isdigit() and int(stem) < total and image_name(int(stem), total) == name:
+            per_batch[int(stem) // batch] += 1
+    return sum(n for b, n in per_batch.items() if n == min(batch, total - b * batch))
 
 
 def train_samples(config: Config, data: DataShape) -> dict[str, int]:

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from datadream.components.models import explained_loading
+from datadream.components.models import check_classifier_weights, explained_loading
 from datadream.errors import UserError
 
 # The same module names in CLIPModel and SiglipModel. SigLIP's attention-pooling head
@@ -60,6 +60,8 @@ def load_clip(model: str):
     if (local.is_absolute() or local.exists()) and not (local / "config.json").is_file():
         raise UserError(f"classifier.model: {local} is not a transformers CLIP folder (no config.json)")
     family = model_family(model)
+    if local.is_dir():
+        check_classifier_weights(local)
     with explained_loading("CLIP", model, "classifier.model", "transformers"):
         clip = {"clip": CLIPModel, "siglip": SiglipModel}[family].from_pretrained(model)
         # AutoTokenizer fails loudly where CLIPTokenizer would return an empty tokenizer.

@@ -9,6 +9,7 @@ UserError line that says what to set instead, never a hub traceback.
 
 from __future__ import annotations
 
+import json
 import logging
 from contextlib import contextmanager
 from pathlib import Path
@@ -60,11 +61,13 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
 def explained_loading(kind: str, model: str, key: str, folder_kind: str) -> Iterator[None]:
     """Turn a hub or file error while loading `model` into one line that says why (repository
     gone, gated, machine offline) and what to set instead."""
+    from safetensors import SafetensorError
+
     from datadream.components.hub import explain
 
     try:
         yield
-    except (OSError, ValueError, KeyError) as err:
+    except (OSError, ValueError, KeyError, SafetensorError) as err:  # SafetensorError: a damaged weight file
         raise UserError(explain(kind, model, key, folder_kind, err)) from None
 
 
@@ -120,7 +123,7 @@ def _diffusers_folder(model: str, local: Path):
     # load an SDXL folder without a word, dropping its second text encoder.
     family = folder_family(folder, model)
     known = weights.known_by_repo(model) if is_hub_id(model) else weights.identify(str(folder))
-    refuse_pickled_weights(folder, "generator.model")
+    check_generator_weights(folder, "generator.model")
     if known is not None:
         weights.warn_if_not_official(weights.check_folder(folder, known), known, f"generator.model={model}")
     return folder, family
@@ -137,6 +140,54 @@ def refuse_pickled_weights(folder: Path, key: str) -> None:
                 " fetch the safetensors files (`datadream models download`), or convert a copy you"
                 " trust with save_pretrained(..., safe_serialization=True)"
             )
+
+
+def missing_weights(folder: Path, name: str, index: str) -> str | None:
+    """What `folder` lacks of a model's weights, or None: the single file `name`, or a shard that
+    the sharded checkpoint's `index` names."""
+    if (folder / name).is_file():
+        return None
+    if not (folder / index).is_file():
+        return name
+    try:
+        shards = set(json.loads((folder / index).read_text(encoding="utf-8"))["weight_map"].values())
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return f"a readable {index}"
+    return next((shard for shard in sorted(shards) if not (folder / shard).is_file()), None)
+
+
+def _refuse_missing(key: str, sub: Path, missing: str) -> UserError:
+    return UserError(f"{key}: {sub} has its configs but not its weights ({missing} is missing); copy the weights"
+                     f" into it, or set {key} to a complete model (`datadream models download` fetches one)")
+
+
+def check_generator_weights(folder: Path, key: str) -> None:
+    """Every model component of a diffusers folder has its safetensors weights: a folder of configs
+    alone passes every config check and fails only when the weights are read, hours later."""
+    from diffusers.utils.constants import SAFE_WEIGHTS_INDEX_NAME, SAFETENSORS_WEIGHTS_NAME
+    from transformers.utils import SAFE_WEIGHTS_INDEX_NAME as TRANSFORMERS_INDEX
+    from transformers.utils import SAFE_WEIGHTS_NAME as TRANSFORMERS_WEIGHTS
+
+    refuse_pickled_weights(folder, key)
+    names = {"diffusers": (SAFETENSORS_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME),
+             "transformers": (TRANSFORMERS_WEIGHTS, TRANSFORMERS_INDEX)}
+    index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+    for component, (library, *_) in ((k, v) for k, v in index.items() if isinstance(v, list) and v):
+        sub = folder / component
+        # Models have a config.json; schedulers, tokenizers and feature extractors do not.
+        if library in names and (sub / "config.json").is_file():
+            missing = missing_weights(sub, *names[library])
+            if missing:
+                raise _refuse_missing(key, sub, missing)
+
+
+def check_classifier_weights(folder: Path) -> None:
+    """A local transformers folder has the weights transformers would load."""
+    from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME
+
+    missing = missing_weights(folder, SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME)
+    if missing and missing_weights(folder, WEIGHTS_NAME, WEIGHTS_INDEX_NAME):
+        raise _refuse_missing("classifier.model", folder, missing)
 
 
 def _load_single_file(path: Path, dtype: torch.dtype, config: str):
@@ -185,8 +236,9 @@ def compile_module(module: torch.nn.Module) -> torch.nn.Module:
 
 
 def check_models_reachable(generator: str | None, classifier: str | None, generator_config: str = "") -> None:
-    """Read only the models' configs (small files, cached or local): a misspelt id, a withdrawn
-    repository or a missing folder stops a run before any training starts rather than hours into it."""
+    """Read only the models' configs (small files, cached or local) and see that a local folder
+    has its weights: a misspelt id, a withdrawn repository, a missing folder or one without its
+    weights stops a run before any training starts rather than hours into it."""
     if generator is not None:
         from diffusers import DiffusionPipeline
 
@@ -209,7 +261,11 @@ def check_models_reachable(generator: str | None, classifier: str | None, genera
                 index = DiffusionPipeline.load_config(generator)
             # An unknown pipeline class would otherwise fail deep inside adapt with a traceback.
             family_named(index.get("_class_name", ""), generator)
+            if local.is_dir():
+                check_generator_weights(local, "generator.model")
     if classifier is not None:
         from datadream.components.clip import model_family
 
         model_family(classifier)  # an unsupported family, too, stops the run before the generator trains
+        if Path(classifier).expanduser().is_dir():
+            check_classifier_weights(Path(classifier).expanduser())

@@ -5,7 +5,11 @@ validation during training and `datadream predict`, so all three score alike.
 
 from __future__ import annotations
 
+import functools
 import os
+import signal
+import threading
+from typing import Iterator
 
 import torch
 from torch.utils.data import Dataset
@@ -20,6 +24,41 @@ def loader_workers(setting: int) -> int:
     return min(8, os.cpu_count() or 1) if setting < 0 else setting
 
 
+def start_loader(loader: torch.utils.data.DataLoader) -> Iterator:
+    """`iter(loader)`, its worker processes forked with SIGTERM held.
+
+    A batch scheduler stops a job with SIGTERM to all its processes. A worker takes it as a quiet
+    exit (_worker_start): killed by it, it would make torch raise "worker killed" in place of the
+    command's resume line. This process takes it once the iterator is whole: during the fork, an
+    at-fork hook would swallow the exception its handler raises, or torch would clean up a
+    half-made iterator with a traceback."""
+    handler = signal.getsignal(signal.SIGTERM)
+    if (handler is None or not hasattr(signal, "pthread_sigmask")  # set outside Python; Windows
+            or threading.current_thread() is not threading.main_thread()):
+        return iter(loader)
+    loader.worker_init_fn = functools.partial(_worker_start, loader.worker_init_fn)
+    pending: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: pending.append(signum))
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        return iter(loader)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        signal.signal(signal.SIGTERM, handler)
+        if pending:
+            signal.raise_signal(signal.SIGTERM)  # to the program's own handler, now
+
+
+def _worker_start(init_fn, worker_id: int) -> None:
+    """A worker forked by start_loader takes SIGTERM, from here on, as a quiet exit: from a
+    scheduler stopping the whole job, or from its parent (torch's last resort at shutdown, which
+    must not be blocked)."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(0))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    if init_fn is not None:
+        init_fn(worker_id)
+
+
 @torch.no_grad()  # torch applies it around each step of a generator, so callers keep their grad mode
 def batched_logits(model, tokens: dict[str, torch.Tensor], images: Dataset, batch_size: int,
                    workers: int, device: torch.device, dtype: torch.dtype, desc: str = "evaluate"):
@@ -31,7 +70,7 @@ def batched_logits(model, tokens: dict[str, torch.Tensor], images: Dataset, batc
         text = clip_ops.text_features(model, tokens)
     loader = torch.utils.data.DataLoader(images, batch_size=batch_size, shuffle=False,
                                          num_workers=workers, pin_memory=device.type == "cuda")
-    for pixels, labels in progress(loader, desc=desc, unit="batch", leave=False):
+    for pixels, labels in progress(start_loader(loader), len(loader), desc=desc, unit="batch", leave=False):
         with autocast:
             features = clip_ops.image_features(model, normalize(pixels.to(device, non_blocking=True), *clip_ops.normalisation(model)))
         yield clip_ops.logits(model, features, text), labels

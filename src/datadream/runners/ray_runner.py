@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import socket
 import sys
 import time
@@ -47,6 +48,10 @@ DEFAULT_MAX_RETRIES = 3
 # shared cluster); it then falls back to one whole GPU per unit, which is always safe.
 PROBE_TIMEOUT_S = 300.0
 PROBE_GPUS = 0.01  # enough for Ray to give the probe a CUDA device, small enough to fit anywhere
+# ray.init retries an address where nothing answers for minutes, saying so only in its own C++
+# warnings; a plain connect answers in this long.
+CONNECT_TIMEOUT_S = 5.0
+RAY_CLIENT_PORT = 10001  # Ray's default for ray://HOST
 
 
 class UnitError(RuntimeError):
@@ -109,6 +114,34 @@ def import_ray() -> Any:
     except ImportError as error:
         raise UserError(INSTALL_HINT) from error
     return ray
+
+
+def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """One line, within `timeout` seconds, when nothing listens at the cluster address ray.init
+    would join: HOST:PORT (the head's GCS) or ray://HOST[:PORT] (the Ray client server), given
+    here or in RAY_ADDRESS. "auto", other schemes and an empty address are left to Ray."""
+    given = address
+    address = address or os.environ.get("RAY_ADDRESS", "")
+    setting, unset = ((f"runtime.ray_address={address}", "leave runtime.ray_address empty") if given else
+                      (f"RAY_ADDRESS={address}", "unset RAY_ADDRESS"))
+    if address in ("", "auto", "local") or ("://" in address and not address.startswith("ray://")):
+        return
+    target = address.removeprefix("ray://")
+    if ":" not in target or target.endswith("]"):  # no port: ray:// has a default, the GCS none
+        host, port = target, str(RAY_CLIENT_PORT) if address.startswith("ray://") else ""
+    else:
+        host, _, port = target.rpartition(":")
+    host = host.strip("[]")  # an IPv6 address: [::1]:6379
+    if not host or not port.isdigit():
+        raise UserError(f"{setting}: expected HOST:PORT of the head node (e.g. 10.0.0.5:6379), ray://HOST:10001"
+                        " or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as err:
+        reason = f"no answer within {timeout:g} s" if isinstance(err, TimeoutError) else err.strerror or str(err)
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        raise UserError(f"{setting}: cannot reach a Ray cluster at {where} ({reason}); start it (`ray start --head`"
+                        f" on the head node) or correct the address, or {unset} for a local Ray cluster") from None
 
 
 def gpu_request(gpu_memory: float, gpu_memory_bytes: float | None, cluster_gpus: float) -> float:
@@ -338,6 +371,7 @@ def run_ray(
 
     started_here = not ray.is_initialized()
     if started_here:
+        check_reachable(address)
         ray.init(address=address or None)
     try:
         _submit_and_wait(ray, tasks, folders, result, say, gpu_memory_bytes, max_retries, keep_workers, execute)

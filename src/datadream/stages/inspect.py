@@ -28,7 +28,7 @@ from datadream.components import clip as clip_ops
 from datadream.components import quality
 from datadream.components.augment import normalize
 from datadream.components.models import resolve_device, resolve_dtype
-from datadream.components.scoring import loader_workers
+from datadream.components.scoring import loader_workers, start_loader
 from datadream.config import stable_hash
 from datadream.data.labelled import EvalImages
 from datadream.data.samples import Sample, real_shots, split_samples
@@ -170,7 +170,8 @@ class FeatureCache:
                                              num_workers=loader_workers(cfg.workers), pin_memory=device.type == "cuda")
         rows = []
         with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            for pixels, _ in progress(loader, desc="inspect features", unit="batch", leave=False):
+            for pixels, _ in progress(start_loader(loader), len(loader), desc="inspect features", unit="batch",
+                                      leave=False):
                 rows += list(clip_ops.image_features(model, normalize(pixels.to(device), *clip_ops.normalisation(model))).float().cpu())
         return rows
 

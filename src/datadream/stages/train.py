@@ -40,7 +40,7 @@ from datadream.components import distributed
 from datadream.components.augment import TrainAugment, mix_within
 from datadream.components.losses import origin_weighted_loss
 from datadream.components.models import resolve_device, resolve_dtype
-from datadream.components.scoring import loader_workers, score
+from datadream.components.scoring import loader_workers, score, start_loader
 from datadream.components.seeds import derive_seed
 from datadream.data.labelled import EvalImages, TrainImages
 from datadream.data.leaks import check_synthetic_not_in_evaluation
@@ -91,8 +91,11 @@ def train(run_dir: Path) -> Path:
             checkpoint.discard(run.layout.classifier_checkpoint)
             log.info("train: classifier already complete")
         elif run.config.classifier.train_on == "none":
+            # Nothing to train, but the weights are read once: a broken model is found here, not
+            # by whatever uses the classifier later (or by nothing, in a run without a test split).
+            clip_ops.load_clip(run.config.classifier.model)
             save_classifier(run, fingerprint, model=None, info={"selected_by": "zero-shot"})
-            log.info("train: classifier.train_on=none, zero-shot CLIP with the class prompts")
+            log.info("train: classifier.train_on=none, zero-shot CLIP with the class prompts (its weights load)")
         else:
             data = training_data(run)
             lead.go()  # the other processes of a launch train with this one
@@ -243,8 +246,8 @@ class ClassifierTrainer:
         classes = len(self.run.manifest.classes)
         self.model.train()
         total_loss, correct, seen = 0.0, 0, 0
-        bar = progress(loader, desc=f"train epoch {epoch + 1}/{self.epochs}", unit="step", leave=False,
-                       disable=not group.is_main)
+        bar = progress(start_loader(loader), len(loader), desc=f"train epoch {epoch + 1}/{self.epochs}", unit="step",
+                       leave=False, disable=not group.is_main)
         for step, (images, labels, is_real) in enumerate(bar):
             if group.size > 1:  # the whole global batch, in the global order, on every process
                 total = min(cfg.batch_size, len(order) - step * cfg.batch_size)
