@@ -53,8 +53,7 @@ def flops_per_sample(config, family: str, resolution: int) -> float:
 
     text = (costs.family_value(family, "text_lora_train_flops") / config.adapt.batch_size
             if config.adapt.train_text_encoder else 0.0)
-    return (costs.family_value(family, "denoiser_lora_train_flops") * costs.pixels(family, resolution)
-            + costs.value("sd_vae_encode_flops") * (resolution / 512) ** 2 + text)
+    return costs.adapt_sample_flops(family, resolution) + text
 
 
 def main() -> None:

@@ -35,16 +35,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import append_report, device_description, utilisation, versions  # noqa: E402
 
-def flops_per_image(family: str, steps: int, resolution: int) -> float:
-    """What `datadream plan` prices one image at: the family's denoiser evaluations (PNDM's extra
-    one for SD; a guidance pair except FLUX's embedded guidance) and the VAE decode."""
-    from datadream import costs
-
-    evaluations = (steps + (costs.PNDM_EXTRA_STEP if family == "sd" else 0)) * (1 if family == "flux" else 2)
-    return (evaluations * costs.family_value(family, "denoiser_fwd_flops") * costs.pixels(family, resolution)
-            + costs.value("sd_vae_decode_flops") * (resolution / 512) ** 2)
-
-
 def reference_way(model: Path, adapters: list[Path], prompts: list[str], images: int, steps: int,
                   resolution: int, out: Path, device: str) -> float:
     import torch
@@ -118,7 +108,10 @@ def main() -> None:
         adapters = adapt(source)  # untrained-quality adapters of the right shape, for swapping
         prompts = [f"a photo of a class{i:03d}" for i in range(args.classes)]
         total = args.classes * args.images
-        per_image = flops_per_image(args.family, args.steps, resolution)
+        from datadream import costs
+
+        # What `datadream plan` prices one image at (this benchmark samples at guidance 2.0).
+        per_image = costs.image_flops(args.family, resolution, costs.denoiser_evaluations(args.family, args.steps, 2.0))
         rows = []
         if args.family == "sd":
             out = work / "reference-images"

@@ -32,6 +32,19 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+def _owned_prefix(name: str) -> str:
+    return f"{TMP_PREFIX}{name}-{os.getpid()}@{_HOST}-"
+
+
+def _discard(entry: Path, racing: bool = False) -> None:
+    """Remove a temporary file or folder (a link as a link). `racing`: another process may be
+    removing the same one, so what is already gone is no error."""
+    if entry.is_dir() and not entry.is_symlink():
+        shutil.rmtree(entry, ignore_errors=racing)
+    else:
+        entry.unlink(missing_ok=True)
+
+
 def fsync_directory(folder: Path) -> None:
     """Make a rename inside `folder` durable (a no-op where directories cannot be opened)."""
     try:
@@ -63,7 +76,7 @@ def write_bytes(path: Path, data: bytes, sync_directory: bool = True) -> None:
     (a synthetic image's is made durable by its class marker, written beside it when the class
     completes): one directory fsync per class instead of one per image."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{path.name}-{os.getpid()}@{_HOST}-", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_owned_prefix(path.name), dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -91,7 +104,7 @@ def staged_directory(final: Path) -> Iterator[Path]:
     """Yield an empty temporary folder beside `final`; on success it replaces `final` in one
     rename. On failure it is removed and `final` is untouched."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{final.name}-{os.getpid()}@{_HOST}-", dir=final.parent))
+    staging = Path(tempfile.mkdtemp(prefix=_owned_prefix(final.name), dir=final.parent))
     try:
         yield staging
         os.chmod(staging, 0o777 & ~_UMASK)
@@ -100,7 +113,7 @@ def staged_directory(final: Path) -> Iterator[Path]:
         # new) or, between the two renames only, the old one under a temporary name.
         retired = None
         if final.is_symlink() or final.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}old-{final.name}-{os.getpid()}@{_HOST}-", dir=final.parent))
+            retired = Path(tempfile.mkdtemp(prefix=_owned_prefix(f"old-{final.name}"), dir=final.parent))
             os.replace(final, retired / final.name)
         os.replace(staging, final)
         fsync_directory(final.parent)
@@ -120,7 +133,7 @@ def remove_stale_temporaries(folder: Path, name: str) -> None:
     prefixes = (f"{TMP_PREFIX}{name}-", f"{TMP_PREFIX}old-{name}-")
     for entry in folder.iterdir():
         if entry.name.startswith(prefixes):
-            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink(missing_ok=True)
+            _discard(entry)
 
 
 def own_folder(path: Path) -> Path:
@@ -142,12 +155,8 @@ def remove_dead_temporaries(folder: Path, name: str | None = None) -> None:
     prefixes = (f"{TMP_PREFIX}{name}-", f"{TMP_PREFIX}old-{name}-") if name is not None else (TMP_PREFIX,)
     for entry in folder.iterdir():
         owner = _OWNER_IN_NAME.search(entry.name) if entry.name.startswith(prefixes) else None
-        if owner is None or owner[2] != _HOST or process_exists(int(owner[1])):
-            continue
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry, ignore_errors=True)
-        else:
-            entry.unlink(missing_ok=True)
+        if owner is not None and owner[2] == _HOST and not process_exists(int(owner[1])):
+            _discard(entry, racing=True)
 
 
 def process_exists(pid: int) -> bool:

@@ -243,10 +243,9 @@ def run_command(args: argparse.Namespace) -> int:
         return use_command(args)
     if args.command in ("adapt", "synthesize", "train", "evaluate", "inspect"):
         # A stage run by hand does the run's units: the same thread count as any runner uses.
-        from datadream.runs import open_run
-        from datadream.threads import use_threads
+        from datadream.threads import run_setting, use_threads
 
-        use_threads(open_run(args.run).config.runtime.threads)
+        use_threads(run_setting(args.run.resolve()))
     if args.command == "config":
         from datadream.config import field_help, load_config, reference_markdown
 

@@ -156,6 +156,31 @@ def pixels(family: str, resolution: int) -> float:
     return (resolution / NATIVE_RESOLUTION.get(family, 512)) ** 2
 
 
+def denoiser_evaluations(family: str, steps: int, guidance: float, sampler: str = "default") -> int:
+    """Denoiser calls per image: SD 2.1's PNDM (its default sampler) takes one more than `steps`
+    (the other families' Euler samplers take `steps`), and classifier-free guidance (scale > 1, as
+    diffusers decides) doubles each call's batch, except for FLUX, whose guidance is an input."""
+    extra = PNDM_EXTRA_STEP if sampler == "default" and family in ("", "sd") else 0
+    return (steps + extra) * guidance_pair(family, guidance)
+
+
+def guidance_pair(family: str, guidance: float) -> int:
+    return 2 if guidance > 1 and family != "flux" else 1
+
+
+def adapt_sample_flops(family: str, resolution: int) -> float:
+    """One training sample of stage 1: the denoiser's LoRA step and the crop's VAE encode (the
+    VAE's cost counted at 512 px, scaled by pixels)."""
+    return (family_value(family, "denoiser_lora_train_flops") * pixels(family, resolution)
+            + value("sd_vae_encode_flops") * (resolution / 512) ** 2)
+
+
+def image_flops(family: str, resolution: int, evaluations: int) -> float:
+    """One synthetic image: `evaluations` denoiser calls and the VAE decode."""
+    return (evaluations * family_value(family, "denoiser_fwd_flops") * pixels(family, resolution)
+            + value("sd_vae_decode_flops") * (resolution / 512) ** 2)
+
+
 def _activation_scale(family: str, flops_name: str) -> float:
     """Activations were measured on SD 2.1-base only: another family's are assumed to grow with
     its FLOPs (an assumption, not a measurement)."""

@@ -197,8 +197,7 @@ def _adapt(plan: Plan, layout: RunLayout | None) -> Stage:
     samples = {name: cfg.epochs * n for name, n in zip([u for u, _ in units], _unit_shots(plan))}
     family = _family(plan)
     pixels = costs.pixels(family, cfg.resolution)
-    per_sample = (costs.family_value(family, "denoiser_lora_train_flops") * pixels
-                  + costs.value("sd_vae_encode_flops") * _pixels(cfg.resolution))
+    per_sample = costs.adapt_sample_flops(family, cfg.resolution)
     flops = 0.0
     for name, unit_steps in pending:
         flops += samples[name] * per_sample
@@ -241,16 +240,9 @@ def _adapters_done(layout: RunLayout) -> set[str]:
 
 
 def unet_evaluations(config: Config) -> int:
-    """Denoiser calls per image: SD 2.1's PNDM (its default sampler) takes one more than `steps`
-    (the other families' Euler samplers take `steps`), and classifier-free guidance (scale > 1, as
-    diffusers decides) doubles each call's batch, except for FLUX, whose guidance is an input."""
-    cfg, family = config.synthesize, config.generator.family or "sd"
-    steps = cfg.steps + (costs.PNDM_EXTRA_STEP if cfg.sampler == "default" and family == "sd" else 0)
-    return steps * guidance_factor(config)
-
-
-def guidance_factor(config: Config) -> int:
-    return 2 if config.synthesize.guidance > 1 and config.generator.family != "flux" else 1
+    """Denoiser calls per image (costs.denoiser_evaluations)."""
+    cfg = config.synthesize
+    return costs.denoiser_evaluations(config.generator.family, cfg.steps, cfg.guidance, cfg.sampler)
 
 
 def _synthesize(plan: Plan, layout: RunLayout | None) -> Stage:
@@ -264,14 +256,14 @@ def _synthesize(plan: Plan, layout: RunLayout | None) -> Stage:
     evals = unet_evaluations(plan.config)
     plan.counts.update(images=total, images_skipped=skipped, unet_evaluations=total * evals)
     family = _family(plan)
-    flops = pending * (evals * costs.family_value(family, "denoiser_fwd_flops") * costs.pixels(family, cfg.resolution)
-                       + costs.value("sd_vae_decode_flops") * _pixels(cfg.resolution))
-    cfg_factor = guidance_factor(plan.config)
+    flops = pending * costs.image_flops(family, cfg.resolution, evals)
+    cfg_factor = costs.guidance_pair(family, cfg.guidance)
     memory = costs.synthesize_memory(plan.precision, cfg.batch_size, cfg_factor, costs.pixels(family, cfg.resolution),
                                      family)
     plan.disk = pending * costs.PNG_BYTES_512 * _pixels(cfg.resolution)
     guidance = f"x 2 (guidance {cfg.guidance:g})" if cfg_factor == 2 else f"(guidance {cfg.guidance:g}: no CFG)"
-    sampler = "PNDM" if cfg.sampler == "default" else "DPM-Solver++"
+    # The default sampler is the model's own: PNDM for SD 2.1-base, an Euler sampler for the others.
+    sampler = "DPM-Solver++" if cfg.sampler != "default" else "PNDM" if family == "sd" else "Euler"
     return Stage("synthesize", f"{total:,} images ({data.classes} classes x {cfg.images_per_class}), {sampler}"
                  f" {cfg.steps} steps ({evals // cfg_factor} UNet calls) {guidance} = {total * evals:,} UNet"
                  " evaluations",
@@ -280,7 +272,7 @@ def _synthesize(plan: Plan, layout: RunLayout | None) -> Stage:
 
 
 def _pixels(resolution: int) -> float:
-    """The VAE's pixel count relative to 512 x 512, where its costs were counted."""
+    """The pixel count relative to 512 x 512, where the PNG size was measured."""
     return (resolution / 512) ** 2
 
 

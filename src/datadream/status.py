@@ -97,7 +97,8 @@ def gc_store(target: Path) -> StoreLayout:
     if not target.is_dir():
         raise UserError(f"{target} is neither a datadream store nor a run folder")
     store = StoreLayout(target)
-    records = sorted(store.runs.glob("*.json")) if store.runs.is_dir() else []
+    # Only a store without its marker (an older datadream's) needs a run to vouch for it.
+    records = sorted(store.runs.glob("*.json")) if store.runs.is_dir() and not store.marker.is_file() else []
     check_is_store(store, proven=any(referenced(place, store.root) is not None
                                      for record in records for place in recorded_runs(store, record)))
     return store

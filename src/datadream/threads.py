@@ -19,6 +19,7 @@ The same count on the same kind of machine with the same library versions gives 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 _given: int | None = None  # set by a runner that reserved cores for the unit it is about to run
 
@@ -49,6 +50,16 @@ def resolve(setting: int) -> int:
     if setting > 0:
         return setting
     return _given if _given else local_default()
+
+
+def run_setting(run_dir: Path) -> int:
+    """runtime.threads of the run in `run_dir` (0 where it has no config to read), from its
+    config alone: every runner asks before each unit."""
+    from datadream.config import read_config_file
+    from datadream.layout import RunLayout
+
+    config = RunLayout(Path(run_dir)).config
+    return read_config_file(config).runtime.threads if config.is_file() else 0
 
 
 def use_threads(setting: int) -> int:

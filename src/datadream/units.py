@@ -227,7 +227,7 @@ def plan_work(run: Run | Path) -> list[WorkUnit]:
             group_of.update({spec.name: unit_id for spec in group})
         synth = cfg.synthesize
         memory = costs.synthesize_memory(precision, synth.batch_size,
-                                         2 if synth.guidance > 1 and family != "flux" else 1,
+                                         costs.guidance_pair(family, synth.guidance),
                                          costs.pixels(family, synth.resolution), family)
         shard_ids = []
         for spec in synthetic_specs(run):

@@ -21,10 +21,9 @@ def execute(units: WorkUnit | list[WorkUnit]) -> None:
     stage, run = units[0].stage, units[0].run
     if any(u.stage != stage or u.run != run for u in units):
         raise ValueError("execute: units of one stage of one run at a time")
-    from datadream.runs import open_run
-    from datadream.threads import use_threads
+    from datadream.threads import run_setting, use_threads
 
-    use_threads(open_run(run).config.runtime.threads)  # the same bytes whoever runs the unit
+    use_threads(run_setting(run))  # the same bytes whoever runs the unit
     if stage == "adapt":
         from datadream.stages.adapt import adapt
 

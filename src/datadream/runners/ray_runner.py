@@ -391,15 +391,6 @@ def run_ray_or_fail(runs: Iterable[Path], address: str = "") -> RayResult:
     return result
 
 
-def _run_threads_setting(run: Path) -> int:
-    """runtime.threads of a run folder (0 where there is no config to read)."""
-    from datadream.config import read_config_file
-    from datadream.layout import RunLayout
-
-    config = RunLayout(run).config
-    return read_config_file(config).runtime.threads if config.is_file() else 0
-
-
 def task_threads(setting: int, node_cpus: list[float]) -> int:
     """The torch threads of a task: runtime.threads, or by default the cores a local run on the
     driver would use, at most the smallest node's CPUs (so that every node can run the task).
@@ -437,7 +428,9 @@ def _submit_and_wait(ray: Any, tasks: list[_Task], folders: list[Path], result: 
     remote = ray.remote(max_calls=0 if keep_workers else 1)(_run_units)
     node_cpus = [float(node.get("Resources", {}).get("CPU", 0)) for node in ray.nodes() if node.get("Alive")]
     node_cpus = [cpus for cpus in node_cpus if cpus > 0]
-    settings = {run: _run_threads_setting(run) for run in folders}
+    from datadream.threads import run_setting
+
+    settings = {run: run_setting(run) for run in folders}
     threads_of = {task.key: task_threads(settings.get(Path(task.units[0].run).resolve(), 0), node_cpus)
                   for task in tasks}  # checked before anything is submitted
     log_level = logging.getLogger("datadream").getEffectiveLevel()
