@@ -264,7 +264,8 @@ def one_repetition(config: Path, folder: Path, workers: int, args: argparse.Name
 def check_units(run: Path) -> dict:
     """Every adapter unit and shard complete (from the files), and none done twice (each adapter
     and each generated shard writes one timing row)."""
-    from datadream.units import plan_work, unit_state
+    from datadream.artifacts import unit_state
+    from datadream.units import plan_work
 
     units = [u for u in plan_work(run) if u.stage in ("adapt", "synthesize")]
     incomplete = [u.id for u in units if unit_state(u) != "complete"]
@@ -321,7 +322,7 @@ def model_flops(config_path: Path, classes: int) -> dict[str, float]:
     config = load_config(config_path, [])
     plan = make_plan(config, classes=classes)
     epochs = config.classifier.epochs
-    return {"flops_per_adapter": plan.stage("adapt").flops / max(1, plan.counts["adapt_units"]),
+    return {"flops_per_adapter": plan.stage("adapt").flops / max(1, plan.counts["adapters"]),
             "flops_per_image": plan.stage("synthesize").flops / max(1, plan.counts["images"]),
             "flops_per_epoch": plan.stage("train").flops / max(1, epochs),
             "images_per_epoch": plan.counts["train_samples"]}
@@ -475,8 +476,8 @@ class Costs:
 def add_generation(dag: Dag, config, classes: int, costs: Costs, tag: str) -> list[int]:
     """A run's adapter units and synthesize shards (datadream.units.plan_work's shape); returns
     the shards, on which each run's index depends."""
-    from datadream.plan import adapt_engine, make_plan
-    from datadream.units import DEFAULT_GROUP, shard_ranges
+    from datadream.plan import make_plan
+    from datadream.units import outline, shard_ranges
 
     plan = make_plan(config, gpu=costs.gpu.key, classes=classes)
     adapt, synth = plan.stage("adapt"), plan.stage("synthesize")
@@ -485,11 +486,8 @@ def add_generation(dag: Dag, config, classes: int, costs: Costs, tag: str) -> li
         unit = dag.add(f"{tag} adapt/dataset", costs.seconds("adapt", adapt.flops), parallel=True)
         adapter_of = [unit] * classes
     elif config.adapt.mode == "class":
-        per_adapter = costs.seconds("adapt", adapt.flops / plan.counts["adapt_units"])
-        # Equal shot counts: the groups of units.adapter_groups are consecutive runs of classes.
-        size = (config.adapt.group_size or DEFAULT_GROUP) if adapt_engine(config, plan.precision) == "batched" else 1
-        for start in range(0, classes, size):
-            members = range(start, min(start + size, classes))
+        per_adapter = costs.seconds("adapt", adapt.flops / plan.counts["adapters"])
+        for members in outline(config, plan.data.shots, has_test=False).adapt_units:  # the units a run has
             unit = dag.add(f"{tag} adapt/{len(members)}-classes", per_adapter * len(members))
             for c in members:
                 adapter_of[c] = unit

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import tree_bytes, write_config
+from conftest import tiny_config, tree_bytes, write_config
 from datadream.cli import main
 from datadream.config import load_config
 from datadream.layout import image_name
-from datadream.plan import MAX_CLASSES, MAX_COUNT, _complete_images, make_plan
+from datadream.artifacts import images_in_complete_batches
+from datadream.plan import MAX_CLASSES, MAX_COUNT, make_plan
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,7 +38,7 @@ def test_importing_the_plan_loads_no_torch():
 
 def test_class_wise_adapter_steps_add_up():
     plan = plan_for("data.shots=16", classes=5)
-    assert plan.counts["adapt_units"] == 5
+    assert plan.counts["adapters"] == 5 and plan.counts["adapt_units"] == 1  # 16 classes to a unit
     assert plan.counts["adapt_steps"] == 5 * 200 * math.ceil(16 / 8) == 2000
     plan = plan_for("data.shots=5", "adapt.batch_size=2", "adapt.epochs=3", classes=4)
     assert plan.counts["adapt_steps"] == 4 * 3 * math.ceil(5 / 2)
@@ -45,7 +46,7 @@ def test_class_wise_adapter_steps_add_up():
 
 def test_dataset_wise_is_one_adapter_over_all_shots():
     plan = plan_for("adapt.mode=dataset", "data.shots=16", classes=10)
-    assert plan.counts["adapt_units"] == 1
+    assert plan.counts["adapters"] == 1 and plan.counts["adapt_units"] == 1
     assert plan.counts["adapt_steps"] == 200 * math.ceil(160 / 8)
 
 
@@ -125,8 +126,8 @@ def test_complete_images_counts_whole_batches_from_the_files_present(tmp_path):
         (tmp_path / image_name(index, 25)).write_bytes(b"png")
     (tmp_path / "00030.png").write_bytes(b"png")  # beyond images_per_class
     (tmp_path / "notes.txt").write_text("mine")
-    assert _complete_images(tmp_path, 25, 10) == 15
-    assert _complete_images(tmp_path / "absent", 25, 10) == 0
+    assert images_in_complete_batches(tmp_path, 25, 10) == 15
+    assert images_in_complete_batches(tmp_path / "absent", 25, 10) == 0
 
 
 @pytest.fixture()
@@ -209,3 +210,53 @@ def test_catalog_counts_stand_in_for_data_not_downloaded_yet(tmp_path):
     assert plan.data.classes == 37 and "not readable yet" in plan.data.source
 
 
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["class", "dataset"])
+def test_plan_run_and_status_count_the_same_units(tmp_path, tiny_models, mode, monkeypatch, capsys):
+    """5 classes in adapt units of 2 (class-wise: 3 units) or one dataset-wise adapter, and 2 shards
+    per class: plan (before and after init), what `run` executes and what `status` reports agree."""
+    import datadream.stages.adapt as adapt_stage
+    import datadream.stages.synthesize as synthesize_stage
+    from datadream.data.toy import write_toy_dataset
+    from datadream.status import status_text
+
+    data = write_toy_dataset(tmp_path / "data", {"train": 2}, size=32,
+                             classes=("circle", "square", "triangle", "stripes", "dots"))
+    config = write_config(tmp_path / "exp.yaml", tiny_config(
+        tiny_models, data / "train", data={"shots": 2}, adapt={"mode": mode, "group_size": 2, "epochs": 1},
+        synthesize={"images_per_class": 4, "shard_size": 2}, runtime={"until": "synthesize"}))
+    expected = {"adapt": 3 if mode == "class" else 1, "synthesize": 10, "index": 1}
+
+    def planned(where: Path) -> dict:
+        capsys.readouterr()
+        assert main(["plan", str(where), "--json"]) == 0
+        stages = json.loads(capsys.readouterr().out)["stages"]
+        return {name: (stage["units"], stage["complete"]) for name, stage in stages.items()}
+
+    assert planned(config) == {stage: (n, 0) for stage, n in expected.items()}
+    run = tmp_path / "run"
+    assert main(["init", str(config), str(run)]) == 0
+    assert planned(run) == {stage: (n, 0) for stage, n in expected.items()}
+
+    executed = {"adapt": 0, "synthesize": 0}
+    adapt, synthesize = adapt_stage.adapt, synthesize_stage.synthesize
+
+    def counting_adapt(root, groups=None):
+        executed["adapt"] += len(groups)
+        return adapt(root, groups)
+
+    def counting_synthesize(root, shards=None):
+        executed["synthesize"] += len(shards)
+        return synthesize(root, shards)
+
+    monkeypatch.setattr(adapt_stage, "adapt", counting_adapt)
+    monkeypatch.setattr(synthesize_stage, "synthesize", counting_synthesize)
+    assert main(["run", str(config), str(run)]) == 0
+    assert executed == {"adapt": expected["adapt"], "synthesize": expected["synthesize"]}
+
+    rows = {line.split()[0]: [int(n) for n in line.split()[1:3]] for line in status_text(run).splitlines()
+            if line.split()[:1] and line.split()[0] in expected}
+    assert rows == {stage: [n, n] for stage, n in expected.items()}  # units, all complete
+    assert planned(run) == {stage: (n, n) for stage, n in expected.items()}

@@ -11,15 +11,16 @@ from __future__ import annotations
 import json
 import os
 import stat
+from collections import Counter
 from pathlib import Path
 
 from datadream.data.samples import SYNTHETIC, Sample
 from datadream.errors import UserError
-from datadream.layout import (CLASS_MARKER, PREVIEW_MARKER, UNIT_MARKER, StoreLayout, image_name, is_safe_component,
-                              shard_marker)
+from datadream.layout import (CLASS_MARKER, PREVIEW_MARKER, UNIT_MARKER, RunLayout, StoreLayout, image_name,
+                              is_safe_component, shard_marker)
 from datadream.locks import is_locked
 from datadream.markers import damaged_file, file_record, read_marker
-from datadream.runs import Run
+from datadream.runs import Run, open_run
 from datadream.store import link
 from datadream.units import (AdapterSpec, SyntheticSpec, WorkUnit, adapter_specs, classifier_fingerprint,
                              inspect_fingerprint, shard_ranges, store_of, synthetic_fingerprint, synthetic_specs)
@@ -249,3 +250,40 @@ class RunFacts:
         if done:
             return "complete"
         return "running" if is_locked(run.layout.lock(unit.stage)) else "pending"
+
+
+def unit_state(unit: WorkUnit) -> str:
+    """"complete", "running" (its lock is held) or "pending", from the files alone. What the
+    decision needs is computed once per run and kept while the run's files are unchanged."""
+    layout = RunLayout(unit.run)
+    stamp = tuple(p.stat().st_mtime_ns for p in (layout.config, layout.fewshot))
+    cached = _FACTS.get(unit.run)
+    if cached is None or cached[0] != stamp:
+        cached = _FACTS[unit.run] = (stamp, RunFacts(open_run(unit.run)))
+    return cached[1].state(unit)
+
+
+_FACTS: dict[Path, tuple] = {}
+
+
+def adapters_complete(run: Run) -> set[str]:
+    """The names of the run's adapters that the store holds (made by this run, or by any run
+    sharing the store), their files checked by size."""
+    store = store_of(run)
+    return {spec.name for spec in adapter_specs(run) if adapter_is_complete(run, store, spec, hashes=False)}
+
+
+def images_in_complete_batches(folder: Path, total: int, batch: int) -> int:
+    """Images of a class folder in sampler batches that synthesize would skip: a batch is redone
+    unless all its files exist. Counted from the files present, so the time does not grow with
+    images_per_class."""
+    try:
+        present = os.listdir(folder)
+    except OSError:
+        return 0
+    per_batch: Counter[int] = Counter()
+    for name in present:
+        stem = name.removesuffix(".png")
+        if stem.isdigit() and int(stem) < total and image_name(int(stem), total) == name:
+            per_batch[int(stem) // batch] += 1
+    return sum(n for b, n in per_batch.items() if n == min(batch, total - b * batch))

@@ -123,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--gpu", help="16, 24, 40 or 80 (GB), or a name: t4, a10, l4, a100-80gb, h100, ...")
     sub.add_argument("--classes", type=int, help="class count, when the config names no data")
     sub.add_argument("--markdown", action="store_true", help="print docs/hardware.md (run from the repository root)")
+    sub.add_argument("--json", action="store_true", help="print the plan as one JSON object, for scripts")
 
     sub = add("report", "write RUN/report/index.html: shots beside synthetic images, curves, metrics")
     sub.add_argument("run", type=Path)
@@ -381,7 +382,8 @@ def plan_command(args: argparse.Namespace) -> int:
         print(hardware_markdown(Path.cwd()), end="")
         return 0
     run = args.run if args.command == "run" else None
-    print(plan_text(args.config, runner_overrides(args), run, args.gpu, getattr(args, "classes", None)), end="")
+    print(plan_text(args.config, runner_overrides(args), run, args.gpu, getattr(args, "classes", None),
+                    as_json=getattr(args, "json", False)), end="")
     return 0
 
 

@@ -105,7 +105,11 @@ class AdaptConfig:
         " one after another; auto: batched for mode=class", choices=("auto", "batched", "sequential"),
         result=False,
     )
-    group_size: int = _field(0, "classes per batched group (0: chosen from free memory)", min=0, result=False)
+    group_size: int = _field(
+        0, "class adapters per adapt unit (the unit plan, run and status count; a runner hands out whole"
+        " units), trained together by the batched engine; 0: 16 per unit, and on a GPU a unit that does"
+        " not fit 85% of the free memory (measured) trains in parts that do", min=0, result=False,
+    )
     reuse_vae_moments: bool = _field(
         True, "encode an image whose only possible crop is itself once, not every step (exact)",
         result=False,

@@ -14,15 +14,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from datadream import costs
+from datadream import artifacts, costs
 from datadream.config import SECTIONS, Config, shown
 from datadream.errors import UserError
-from datadream.layout import DATASET_UNIT, RunLayout, image_name
+from datadream.layout import DATASET_UNIT, RunLayout
+from datadream.runs import Run, open_run
+from datadream.units import Outline, outline, plan_work, store_of, synthetic_specs
 
 # The plan keeps a few numbers per class; ImageNet-21k's 21,841 classes are the largest label set
 # in common use, and this bound keeps a mistyped --classes from filling the memory.
@@ -56,6 +57,13 @@ class Stage:
     memory: float  # peak bytes on the GPU
     setting: str  # precision and engine the memory figure assumes
     skipped: int = 0
+    units: int = 0  # units of work, as datadream.units plans them and `status` counts them
+    complete: int = 0
+    running: int = 0
+
+    @property
+    def pending(self) -> int:
+        return self.units - self.complete - self.running
 
     def gpu_hours(self, gpu: costs.Gpu) -> float:
         return gpu.seconds(self.flops) / 3600
@@ -145,34 +153,34 @@ def check_counts(config: Config, classes: int | None) -> None:
 
 def make_plan(config: Config, run: Path | None = None, gpu: str | None = None,
               classes: int | None = None) -> Plan:
+    """The run's units (datadream.units) priced stage by stage; a run folder's complete units and
+    images are counted as done (datadream.artifacts)."""
     check_counts(config, classes)
     run = Path(run).resolve() if run is not None else None
     data = data_shape(config, run, classes)
     device = costs.find_gpu(gpu)
     precision = device.precision if config.runtime.precision == "auto" else config.runtime.precision
     plan = Plan(config, data, device, precision)
-    layout = RunLayout(run) if run is not None else None
-    until = config.runtime.until  # the stages `run` does: units.stages_until
-    if config.classifier.train_on in ("synthetic", "synthetic+real"):
-        plan.stages.append(_adapt(plan, layout))
-        if until != "adapt":
-            plan.stages.append(_synthesize(plan, layout))
-    if until == "evaluate":
-        plan.stages.append(_train(plan, layout))
-        if data.test:
-            plan.stages.append(_evaluate(plan, layout))
+    existing = open_run(run) if run is not None and RunLayout(run).fewshot.is_file() else None
+    shape = outline(config, data.shots, has_test=bool(data.test))
+    states = _unit_states(existing, bool(data.test)) if existing is not None else {}
+    for name in shape.stages:
+        stage = PRICE[name](plan, shape, existing)
+        counted = states.get(name, Counter())
+        stage.units = sum(counted.values()) if existing is not None else shape.units(name)
+        stage.complete, stage.running = counted["complete"], counted["running"]
+        plan.stages.append(stage)
+        plan.counts[f"{name}_units"] = stage.units
     return plan
 
 
-def adapt_units(config: Config, data: DataShape) -> list[tuple[str, int]]:
-    """(unit folder, steps) of every adapter: class-wise, one per class; dataset-wise, one."""
-    cfg = config.adapt
-    if cfg.mode == "none":
-        return []
-    if cfg.mode == "dataset":
-        return [(DATASET_UNIT, cfg.epochs * math.ceil(sum(data.shots) / cfg.batch_size))]
-    names = data.slugs or [f"class-{i}" for i in range(data.classes)]
-    return [(name, cfg.epochs * math.ceil(n / cfg.batch_size)) for name, n in zip(names, data.shots)]
+def _unit_states(run: Run, has_test: bool) -> dict[str, Counter]:
+    """Per stage, how many of the run's units are complete, running and pending (as `status`)."""
+    facts = artifacts.RunFacts(run)
+    states: dict[str, Counter] = {}
+    for unit in plan_work(run, has_test=has_test):
+        states.setdefault(unit.stage, Counter())[facts.state(unit)] += 1
+    return states
 
 
 def adapt_engine(config: Config, precision: str) -> str:
@@ -183,60 +191,50 @@ def adapt_engine(config: Config, precision: str) -> str:
     return "batched"
 
 
-def _adapt(plan: Plan, layout: RunLayout | None) -> Stage:
+def _adapt(plan: Plan, shape: Outline, run: Run | None) -> Stage:
     cfg, data = plan.config.adapt, plan.data
-    units = adapt_units(plan.config, data)
-    done = _adapters_done(layout) if layout is not None else set()
-    pending = [(name, steps) for name, steps in units if name not in done]
-    steps = sum(s for _, s in units)
-    plan.counts.update(adapt_units=len(units), adapt_steps=steps, adapt_skipped=len(done),
-                       adapt_pending_steps=sum(s for _, s in pending))
-    if not units:
+    names = [DATASET_UNIT] if cfg.mode == "dataset" else data.slugs or [f"class-{i}" for i in range(data.classes)]
+    names = names[:len(shape.adapters)]
+    steps_of = [cfg.epochs * math.ceil(n / cfg.batch_size) for n in shape.adapters]
+    done = artifacts.adapters_complete(run) if run is not None else set()
+    pending = [i for i, name in enumerate(names) if name not in done]
+    steps = sum(steps_of)
+    plan.counts.update(adapters=len(names), adapt_steps=steps, adapt_skipped=len(names) - len(pending),
+                       adapt_pending_steps=sum(steps_of[i] for i in pending))
+    if not names:
         return Stage("adapt", "adapt.mode=none: no adapter (the un-adapted generator)", "nothing", 0, 0, "-")
     prompts = 1 if cfg.mode == "class" else min(cfg.batch_size, data.classes)
-    samples = {name: cfg.epochs * n for name, n in zip([u for u, _ in units], _unit_shots(plan))}
     family = _family(plan)
     pixels = costs.pixels(family, cfg.resolution)
     per_sample = costs.adapt_sample_flops(family, cfg.resolution)
     flops = 0.0
-    for name, unit_steps in pending:
-        flops += samples[name] * per_sample
+    for i in pending:
+        flops += cfg.epochs * shape.adapters[i] * per_sample
         if cfg.train_text_encoder:
-            flops += unit_steps * prompts * costs.family_value(family, "text_lora_train_flops")
+            flops += steps_of[i] * prompts * costs.family_value(family, "text_lora_train_flops")
     engine = adapt_engine(plan.config, plan.precision)
-    group = 1
-    if engine == "batched":
+    unit_size = max(len(unit) for unit in shape.adapt_units)
+    together = unit_size if engine == "batched" else 1  # adapters in one forward/backward
+    if engine == "batched" and not cfg.group_size:  # the engine measures what fits; a unit trains in parts
         fits = costs.largest_group(plan.gpu, plan.precision, cfg.batch_size, 1, cfg.train_text_encoder,
                                    cfg.gradient_checkpointing, pixels, family)
-        group = cfg.group_size or max(1, min(fits, len(units)))
-    memory = costs.adapt_memory(plan.precision, group, min(cfg.batch_size, max(_unit_shots(plan))), prompts,
+        together = max(1, min(fits, unit_size))
+    memory = costs.adapt_memory(plan.precision, together, min(cfg.batch_size, max(shape.adapters)), prompts,
                                 cfg.train_text_encoder, cfg.gradient_checkpointing, pixels, family)
     kind = "class-wise" if cfg.mode == "class" else f"dataset-wise on {sum(data.shots)} shots"
-    shots = _unit_shots(plan)
-    per = (f"{units[0][1]:,} steps each ({cfg.epochs} epochs x ceil({shots[0]}/{cfg.batch_size}))"
-           if len(set(shots)) == 1 else "steps per class from its shots")
-    setting = f"{plan.precision}, {engine} engine" + (f", {group} classes per group" if engine == "batched" else "")
+    per = (f"{steps_of[0]:,} steps each ({cfg.epochs} epochs x ceil({shape.adapters[0]}/{cfg.batch_size}))"
+           if len(set(shape.adapters)) == 1 else "steps per class from its shots")
+    units = len(shape.adapt_units)
+    grouping = f" in {units} unit(s) of up to {unit_size}" if units != len(names) else ""
+    setting = f"{plan.precision}, {engine} engine"
+    if engine == "batched":
+        setting += (f", {together} of a unit's {unit_size} classes at a time" if together < unit_size
+                    else f", {together} classes at a time")
     if cfg.gradient_checkpointing:
         setting += ", gradient checkpointing"
-    return Stage("adapt", f"{len(units)} adapter(s), {kind}, {per} = {steps:,} steps",
-                 f"{len(pending)} adapter(s), {len(done)} complete and skipped", flops, memory, setting, len(done))
-
-
-def _unit_shots(plan: Plan) -> list[int]:
-    return [sum(plan.data.shots)] if plan.config.adapt.mode == "dataset" else plan.data.shots
-
-
-def _adapters_done(layout: RunLayout) -> set[str]:
-    """The run's adapters that the store holds (made by this run, or by any run sharing the store)."""
-    if not layout.fewshot.is_file():
-        return set()
-    from datadream.artifacts import adapter_is_complete
-    from datadream.runs import open_run
-    from datadream.units import adapter_specs, store_of
-
-    run = open_run(layout.root)
-    store = store_of(run)
-    return {spec.name for spec in adapter_specs(run) if adapter_is_complete(run, store, spec, hashes=False)}
+    skipped = len(names) - len(pending)
+    return Stage("adapt", f"{len(names)} adapter(s){grouping}, {kind}, {per} = {steps:,} steps",
+                 f"{len(pending)} adapter(s), {skipped} complete and skipped", flops, memory, setting, skipped)
 
 
 def unet_evaluations(config: Config) -> int:
@@ -245,13 +243,15 @@ def unet_evaluations(config: Config) -> int:
     return costs.denoiser_evaluations(config.generator.family, cfg.steps, cfg.guidance, cfg.sampler)
 
 
-def _synthesize(plan: Plan, layout: RunLayout | None) -> Stage:
+def _synthesize(plan: Plan, shape: Outline, run: Run | None) -> Stage:
     cfg, data = plan.config.synthesize, plan.data
     total = data.classes * cfg.images_per_class
     skipped = 0
-    if layout is not None and data.slugs:
-        skipped = sum(_complete_images(folder, cfg.images_per_class, cfg.batch_size)
-                      for folder in _synthetic_folders(layout))
+    if run is not None:
+        store = store_of(run)
+        skipped = sum(artifacts.images_in_complete_batches(store.synthetic_class(spec.fingerprint),
+                                                           cfg.images_per_class, cfg.batch_size)
+                      for spec in synthetic_specs(run))
     pending = total - skipped
     evals = unet_evaluations(plan.config)
     plan.counts.update(images=total, images_skipped=skipped, unet_evaluations=total * evals)
@@ -281,29 +281,24 @@ def _family(plan: Plan) -> str:
     return plan.config.generator.family or "sd"
 
 
-def _synthetic_folders(layout: RunLayout) -> list[Path]:
-    """Where the run's classes' images are (or will be): their folders in the store."""
-    from datadream.runs import open_run
-    from datadream.units import store_of, synthetic_specs
-
-    run = open_run(layout.root)
-    store = store_of(run)
-    return [store.synthetic_class(spec.fingerprint) for spec in synthetic_specs(run)]
+def _index(plan: Plan, shape: Outline, run: Run | None) -> Stage:
+    written = run is not None and run.layout.synthetic_index.is_file()
+    return Stage("index", "the run's links into the store and synthetic/index.jsonl",
+                 "written, rewritten if stale" if written else "all", 0.0, 0.0, "no GPU")
 
 
-def _complete_images(folder: Path, total: int, batch: int) -> int:
-    """Images in batches the stage would skip: a batch is redone unless all its files exist.
-    Counted from the files present, so the time does not grow with images_per_class."""
-    try:
-        present = os.listdir(folder)
-    except OSError:
-        return 0
-    per_batch: Counter[int] = Counter()
-    for name in present:
-        stem = name.removesuffix(".png")
-        if stem.isdigit() and int(stem) < total and image_name(int(stem), total) == name:
-            per_batch[int(stem) // batch] += 1
-    return sum(n for b, n in per_batch.items() if n == min(batch, total - b * batch))
+def _inspect(plan: Plan, shape: Outline, run: Run | None) -> Stage:
+    """Every synthetic image, the shots and the validation split through the classifier's image
+    tower once (its features are cached), and the class prompts through its text tower."""
+    data, cfg = plan.data, plan.config
+    images = data.classes * cfg.synthesize.images_per_class + sum(data.shots) + data.val
+    plan.counts.update(inspect_images=images)
+    written = run is not None and run.layout.inspect.is_file()
+    flops = 0.0 if written else (images * costs.value("clip_image_fwd_flops")
+                                 + data.classes * costs.value("clip_text_fwd_flops"))
+    return Stage("inspect", f"data-quality figures: 1 pass of the classifier's image tower over {images:,} images"
+                 " (synthetic, shots, validation)", "present, reused if current" if written else "all", flops,
+                 costs.evaluate_memory(cfg.classifier.eval_batch_size), plan.precision, int(written))
 
 
 def train_samples(config: Config, data: DataShape) -> dict[str, int]:
@@ -318,7 +313,7 @@ def train_samples(config: Config, data: DataShape) -> dict[str, int]:
     return out
 
 
-def _train(plan: Plan, layout: RunLayout | None) -> Stage:
+def _train(plan: Plan, shape: Outline, run: Run | None) -> Stage:
     cfg, data = plan.config.classifier, plan.data
     samples = train_samples(plan.config, data)
     n = samples["synthetic"] + samples["real"]
@@ -327,7 +322,7 @@ def _train(plan: Plan, layout: RunLayout | None) -> Stage:
     steps = epochs * steps_per_epoch
     val_passes = epochs if data.val and n else 0
     plan.counts.update(train_samples=n, train_steps=steps, val_passes=val_passes)
-    complete = layout is not None and layout.classifier_marker.is_file()
+    complete = run is not None and run.layout.classifier_marker.is_file()
     flops = 0.0
     if not complete and n:
         flops = epochs * (n * costs.value("clip_image_lora_train_flops")
@@ -348,9 +343,9 @@ def _train(plan: Plan, layout: RunLayout | None) -> Stage:
                  costs.evaluate_memory(cfg.eval_batch_size), plan.precision, int(complete))
 
 
-def _evaluate(plan: Plan, layout: RunLayout | None) -> Stage:
+def _evaluate(plan: Plan, shape: Outline, run: Run | None) -> Stage:
     data, cfg = plan.data, plan.config.classifier
-    complete = layout is not None and layout.metrics.is_file()
+    complete = run is not None and run.layout.metrics.is_file()
     plan.counts.update(test_passes=1)
     flops = 0.0 if complete else (data.test * costs.value("clip_image_fwd_flops")
                                   + data.classes * costs.value("clip_text_fwd_flops"))
@@ -358,3 +353,7 @@ def _evaluate(plan: Plan, layout: RunLayout | None) -> Stage:
     return Stage("evaluate", f"1 pass over {data.test:,} test images", todo, flops,
                  costs.evaluate_memory(cfg.eval_batch_size), plan.precision,
                  int(complete))
+
+
+PRICE = {"adapt": _adapt, "synthesize": _synthesize, "index": _index, "inspect": _inspect, "train": _train,
+         "evaluate": _evaluate}

@@ -8,6 +8,7 @@ and says so, with its assumption.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import yaml
@@ -32,9 +33,15 @@ def assumption(gpu: costs.Gpu) -> str:
 
 
 def plan_text(config_path: Path | None, overrides: list[str], run: Path | None = None, gpu: str | None = None,
-              classes: int | None = None) -> str:
+              classes: int | None = None, as_json: bool = False) -> str:
     """`datadream plan CONFIG` (CONFIG may be a run folder: its own config, its files counted) and
-    `datadream run CONFIG RUN --dry-run`."""
+    `datadream run CONFIG RUN --dry-run`; with `as_json`, plan_json's object."""
+    plan, title = command_plan(config_path, overrides, run, gpu, classes)
+    return json.dumps(plan_json(plan, title), indent=2) + "\n" if as_json else render(plan, title)
+
+
+def command_plan(config_path: Path | None, overrides: list[str], run: Path | None, gpu: str | None,
+                 classes: int | None) -> tuple[Plan, str]:
     if run is None and config_path is not None and config_path.is_dir():
         run = config_path
         if not RunLayout(run).config.is_file():
@@ -49,7 +56,7 @@ def plan_text(config_path: Path | None, overrides: list[str], run: Path | None =
                 raise UserError(f"{run} holds a run with a different config ({'; '.join(changes[:3])}); the run"
                                 " would refuse it: choose a new run folder")
     title = run if config_path is None or config_path.is_dir() else config_path
-    return render(make_plan(config, run, gpu=gpu, classes=classes), str(title or "defaults"))
+    return make_plan(config, run, gpu=gpu, classes=classes), str(title or "defaults")
 
 
 def render(plan: Plan, title: str) -> str:
@@ -65,16 +72,35 @@ def render(plan: Plan, title: str) -> str:
         lines.append(f"{stage.name:<11} {stage.work}")
         lines.append(f"{'':<11} to do: {stage.todo}")
         lines.append(f"{'':<11} estimate: {_hours(hours)} GPU-hours, peak {stage.memory / GB:.1f} GB"
-                     f" ({stage.setting})")
+                     f" ({stage.setting})" if stage.flops or stage.memory else f"{'':<11} estimate: no GPU work")
         if stage.name == "synthesize":
             lines.append(f"{'':<11} disk: {plan.disk / GB:.1f} GB of PNG to write (estimate: ~400 KiB per 512 px"
                          " image, measured on one natural photograph)")
     lines.append(f"{'total':<11} estimate: {_hours(total)} GPU-hours on one {gpu.name}")
+    lines += ["", f"{'stage':<11} {'units':>6} {'complete':>9} {'running':>8} {'pending':>8}"
+              "   (units of work, as `datadream status` counts them)"]
+    lines += [f"{s.name:<11} {s.units:>6} {s.complete:>9} {s.running:>8} {s.pending:>8}" for s in plan.stages]
     if plan.config.runtime.until != "evaluate":
         lines.append(f"stops after {plan.config.runtime.until} (--until): no classifier is trained, and its model is"
                      " not needed")
     lines += [f"warning: {text}" for text in warnings(plan)]
     return "\n".join(lines) + "\n"
+
+
+def plan_json(plan: Plan, title: str) -> dict:
+    """The plan for scripts (`datadream plan --json`): the same figures as the text, in bytes,
+    FLOPs and hours, each stage with its units as `datadream status` counts them."""
+    stages = {s.name: {"units": s.units, "complete": s.complete, "running": s.running, "pending": s.pending,
+                       "work": s.work, "todo": s.todo, "flops": s.flops, "gpu_hours": s.gpu_hours(plan.gpu),
+                       "peak_memory_bytes": s.memory, "setting": s.setting} for s in plan.stages}
+    data = plan.data
+    return {"plan": title, "stages": stages,
+            "data": {"classes": data.classes, "shots": data.shots, "val": data.val, "test": data.test,
+                     "source": data.source},
+            "gpu": {"name": plan.gpu.name, "memory_gb": plan.gpu.memory_gb}, "precision": plan.precision,
+            "gpu_hours": sum(s["gpu_hours"] for s in stages.values()), "disk_bytes": plan.disk,
+            "counts": plan.counts, "until": plan.config.runtime.until, "estimates": assumption(plan.gpu),
+            "warnings": warnings(plan)}
 
 
 def warnings(plan: Plan) -> list[str]:
@@ -172,9 +198,10 @@ def group_size_table() -> list[str]:
     lines = [
         "## Batched class-wise adaptation: `adapt.group_size` by GPU memory",
         "",
-        "Classes trained together in one forward/backward (batch 8 each, text-encoder LoRA on). With"
-        " `adapt.group_size: 0` the stage measures one class on the GPU and fills 85% of the free memory;"
-        " these are the sizes to expect, or to set by hand. GPUs without bf16 (T4, V100) train in fp16,"
+        "Classes trained together in one forward/backward (batch 8 each, text-encoder LoRA on). An adapt unit"
+        " holds `adapt.group_size` classes (0: 16); with 0 the stage measures one class on the GPU and trains"
+        " a unit in parts that fill 85% of the free memory: these are the part sizes to expect, or the"
+        " group sizes to set by hand. GPUs without bf16 (T4, V100) train in fp16,"
         " where the engine trains one adapter at a time (one loss scaler cannot serve K adapters).",
         "",
         "| GPU memory | bf16 | bf16 + gradient checkpointing | fp32 |",

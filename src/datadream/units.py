@@ -21,17 +21,18 @@ from pathlib import Path
 
 from datadream import costs
 from datadream.components.seeds import derive_seed
-from datadream.config import result_settings, stable_hash
+from datadream.config import AdaptConfig, Config, SynthesizeConfig, result_settings, stable_hash
 from datadream.data.fewshot import FewShotClass
 from datadream.layout import DATASET_UNIT, StoreLayout
 from datadream.runs import Run, open_run
 from datadream.store import open_store
 
-# Class adapters trained together by the batched engine when adapt.group_size is 0. A group is a
-# unit of work: it is fixed here, not by the device, so that every runner trains the same groups
-# and makes the same bytes. On a GPU the engine splits a group further if it does not fit.
+# Class adapters per adapt unit when adapt.group_size is 0. A unit is fixed here, not by the
+# device, so that plan, status and every runner see the same units and make the same bytes; with
+# group_size 0 the batched engine trains a unit that does not fit the GPU in parts that do.
 DEFAULT_GROUP = 16
 STAGES = ("adapt", "synthesize", "index", "inspect", "train", "evaluate")
+GENERATOR_STAGES = ("adapt", "synthesize", "index", "inspect")
 
 
 @dataclass
@@ -71,8 +72,13 @@ def store_of(run: Run) -> StoreLayout:
     return open_store(run.config.runtime.store, run.layout.root)
 
 
+def generates(config: Config) -> bool:
+    """Whether a run of `config` adapts and samples: its classifier trains on synthetic images."""
+    return config.classifier.train_on in ("synthetic", "synthetic+real")
+
+
 def needs_generator(run: Run) -> bool:
-    return run.config.classifier.train_on in ("synthetic", "synthetic+real")
+    return generates(run.config)
 
 
 def adapter_specs(run: Run) -> list[AdapterSpec]:
@@ -161,12 +167,20 @@ def inspect_fingerprint(run: Run) -> str:
                         "data": result_settings(run.config.data), "figures": INSPECT_FIGURES})
 
 
+def shard_size(cfg: SynthesizeConfig) -> int:
+    """Images per synthesize unit: `synthesize.shard_size` rounded up to whole sampler batches, so
+    a shard's batches are the batches an unsharded run makes (same images)."""
+    return math.ceil(cfg.shard_size / cfg.batch_size) * cfg.batch_size
+
+
+def shards_per_class(cfg: SynthesizeConfig) -> int:
+    return math.ceil(cfg.images_per_class / shard_size(cfg))
+
+
 def shard_ranges(run: Run) -> list[range]:
-    """The image ranges of a class's shards: `synthesize.shard_size` rounded up to whole sampler
-    batches, so a shard's batches are the batches an unsharded run makes (same images)."""
+    """The image ranges of a class's shards (shard_size)."""
     cfg = run.config.synthesize
-    size = math.ceil(cfg.shard_size / cfg.batch_size) * cfg.batch_size
-    total = cfg.images_per_class
+    size, total = shard_size(cfg), cfg.images_per_class
     return [range(start, min(start + size, total)) for start in range(0, total, size)]
 
 
@@ -174,18 +188,70 @@ def batches(shard: range, batch_size: int) -> list[range]:
     return [range(start, min(start + batch_size, shard.stop)) for start in range(shard.start, shard.stop, batch_size)]
 
 
-def adapter_groups(run: Run, specs: list[AdapterSpec] | None = None) -> list[list[AdapterSpec]]:
-    """The units of the adapt stage: class adapters batched together (equal shot counts, so equal
-    steps per epoch), or one adapter per unit for the sequential engine and dataset-wise mode."""
-    specs = adapter_specs(run) if specs is None else specs
-    cfg = run.config.adapt
+def group_size(cfg: AdaptConfig) -> int:
+    """Class adapters per adapt unit (adapt.group_size; 0: DEFAULT_GROUP)."""
+    return cfg.group_size or DEFAULT_GROUP
+
+
+def adapter_grouping(cfg: AdaptConfig, shots: list[int]) -> list[list[int]]:
+    """The adapt units as positions into `shots`, the real shots of each adapter in adapter order:
+    class adapters with equal shot counts (so equal steps per epoch) `group_size` at a time, or one
+    adapter per unit for the sequential engine and dataset-wise mode."""
     if cfg.mode != "class" or cfg.engine == "sequential":
-        return [[spec] for spec in specs]
-    size = cfg.group_size or DEFAULT_GROUP
-    by_count: dict[int, list[AdapterSpec]] = {}
-    for spec in specs:
-        by_count.setdefault(sum(len(c.images) for c in spec.classes), []).append(spec)
+        return [[position] for position in range(len(shots))]
+    size = group_size(cfg)
+    by_count: dict[int, list[int]] = {}
+    for position, count in enumerate(shots):
+        by_count.setdefault(count, []).append(position)
     return [same[i:i + size] for same in by_count.values() for i in range(0, len(same), size)]
+
+
+def adapter_shots(config: Config, class_shots: list[int]) -> list[int]:
+    """The real shots each adapter trains on, in adapter order, from the classes' shot counts."""
+    if config.adapt.mode == "none" or not generates(config):
+        return []
+    return list(class_shots) if config.adapt.mode == "class" else [sum(class_shots)]
+
+
+def adapter_groups(run: Run, specs: list[AdapterSpec] | None = None) -> list[list[AdapterSpec]]:
+    """The units of the adapt stage as adapters (adapter_grouping)."""
+    specs = adapter_specs(run) if specs is None else specs
+    shots = [sum(len(c.images) for c in spec.classes) for spec in specs]
+    return [[specs[position] for position in group] for group in adapter_grouping(run.config.adapt, shots)]
+
+
+def planned_stages(config: Config, has_test: bool) -> tuple[str, ...]:
+    """The stages that have units in a run of `config`: the generator's only when the classifier
+    trains on synthetic images, evaluate only with a test split, none after runtime.until."""
+    wanted = stages_until(config.runtime.until)
+    return tuple(stage for stage in STAGES if stage in wanted and (generates(config) or stage not in GENERATOR_STAGES)
+                 and (has_test or stage != "evaluate"))
+
+
+@dataclass(frozen=True)
+class Outline:
+    """A run's units as counts, from the config and the classes' shot counts alone: what `plan`
+    prices when there is no run folder yet. plan_work builds the same units with their
+    fingerprints from the same functions (a test holds the two to the same counts)."""
+
+    stages: tuple[str, ...]
+    adapters: list[int]  # the real shots of each adapter, in adapter order
+    adapt_units: list[list[int]]  # each adapt unit's adapters, as positions into `adapters`
+    classes: int
+    shards_per_class: int
+
+    def units(self, stage: str) -> int:
+        if stage not in self.stages:
+            return 0
+        if stage == "adapt":
+            return len(self.adapt_units)
+        return self.classes * self.shards_per_class if stage == "synthesize" else 1
+
+
+def outline(config: Config, class_shots: list[int], has_test: bool) -> Outline:
+    shots = adapter_shots(config, class_shots)
+    return Outline(planned_stages(config, has_test), shots, adapter_grouping(config.adapt, shots), len(class_shots),
+                   shards_per_class(config.synthesize))
 
 
 @dataclass(frozen=True)
@@ -204,15 +270,17 @@ def _precision(run: Run) -> str:
     return "bf16" if setting == "auto" else setting  # what "auto" picks on a current GPU
 
 
-def plan_work(run: Run | Path) -> list[WorkUnit]:
-    """Every unit of the run, in an order that respects the dependencies."""
+def plan_work(run: Run | Path, has_test: bool | None = None) -> list[WorkUnit]:
+    """Every unit of the run, in an order that respects the dependencies. `has_test`: whether the
+    data has a test split (None: read the data's files)."""
     run = run if isinstance(run, Run) else open_run(run)
     root, cfg = run.layout.root, run.config
+    stages = planned_stages(cfg, _has_test_split(run) if has_test is None else has_test)
     precision = _precision(run)
+    family = cfg.generator.family or "sd"
     units: list[WorkUnit] = []
     group_of: dict[str, str] = {}
-    if needs_generator(run):
-        family = cfg.generator.family or "sd"
+    if "adapt" in stages:
         pixels = costs.pixels(family, cfg.adapt.resolution)
         for group in adapter_groups(run):
             unit_id = "adapt/" + "+".join(spec.name for spec in group)
@@ -225,11 +293,11 @@ def plan_work(run: Run | Path) -> list[WorkUnit]:
             units.append(WorkUnit(root, "adapt", unit_id, "adapt:" + "+".join(s.fingerprint for s in group), (),
                                   tuple(spec.name for spec in group), memory))
             group_of.update({spec.name: unit_id for spec in group})
+    shard_ids = []
+    if "synthesize" in stages:
         synth = cfg.synthesize
-        memory = costs.synthesize_memory(precision, synth.batch_size,
-                                         costs.guidance_pair(family, synth.guidance),
+        memory = costs.synthesize_memory(precision, synth.batch_size, costs.guidance_pair(family, synth.guidance),
                                          costs.pixels(family, synth.resolution), family)
-        shard_ids = []
         for spec in synthetic_specs(run):
             deps = (group_of[spec.adapter.name],) if spec.adapter else ()
             for shard in shard_ranges(run):
@@ -238,18 +306,19 @@ def plan_work(run: Run | Path) -> list[WorkUnit]:
                                       f"synthesize:{spec.fingerprint}:{shard.start}-{shard.stop}", deps,
                                       (f"{spec.cls.slug}/{shard.start}",), memory))
                 shard_ids.append(unit_id)
+    if "index" in stages:
         units.append(WorkUnit(root, "index", "index", f"index:{root}", tuple(shard_ids), (), 0.0))
+    if "inspect" in stages:
         units.append(WorkUnit(root, "inspect", "inspect", f"inspect:{root}", ("index",), (),
                               costs.evaluate_memory(cfg.classifier.eval_batch_size)))
-    train_deps = ("index",) if needs_generator(run) else ()
-    classes = len(run.manifest.classes)
-    units.append(WorkUnit(root, "train", "train", f"train:{root}", train_deps, (),
-                          costs.classifier_memory(cfg.classifier.batch_size, classes, precision)))
-    if _has_test_split(run):
+    if "train" in stages:
+        train_deps = ("index",) if "index" in stages else ()
+        units.append(WorkUnit(root, "train", "train", f"train:{root}", train_deps, (),
+                              costs.classifier_memory(cfg.classifier.batch_size, len(run.manifest.classes), precision)))
+    if "evaluate" in stages:
         units.append(WorkUnit(root, "evaluate", "evaluate", f"evaluate:{root}", ("train",), (),
                               costs.evaluate_memory(cfg.classifier.eval_batch_size)))
-    stages = stages_until(cfg.runtime.until)
-    return [unit for unit in units if unit.stage in stages]
+    return units
 
 
 def stages_until(until: str) -> tuple[str, ...]:
@@ -265,20 +334,3 @@ def _has_test_split(run: Run) -> bool:
         return bool(load_view(run.config.data, splits=("test",)).split("test"))
     except Exception:  # the data moved since init: evaluate will say so when it runs
         return True
-
-
-def unit_state(unit: WorkUnit) -> str:
-    """"complete", "running" (its lock is held) or "pending", from the files alone. What the
-    decision needs is computed once per run and kept while the run's files are unchanged."""
-    from datadream import artifacts
-    from datadream.layout import RunLayout
-
-    layout = RunLayout(unit.run)
-    stamp = tuple(p.stat().st_mtime_ns for p in (layout.config, layout.fewshot))
-    cached = _FACTS.get(unit.run)
-    if cached is None or cached[0] != stamp:
-        cached = _FACTS[unit.run] = (stamp, artifacts.RunFacts(open_run(unit.run)))
-    return cached[1].state(unit)
-
-
-_FACTS: dict[Path, tuple] = {}

@@ -352,7 +352,8 @@ def run_ray(
     ray = import_ray()
     say = log or logger.info
     if plan is None or state is None:
-        from datadream.units import plan_work, unit_state
+        from datadream.artifacts import unit_state
+        from datadream.units import plan_work
 
         plan, state = plan or plan_work, state or unit_state
     if execute is None:
