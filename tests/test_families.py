@@ -556,7 +556,6 @@ def test_flux_trains_and_samples_with_one_guidance(family_models, tiny_models, t
     assert fingerprints(tiny_models, "sd-a", 3.5) == fingerprints(tiny_models, "sd-b", 2.0)
     from datadream.runs import open_run
     from datadream.stages.adapt import _trainer
-    from datadream.units import store_of
 
     run = open_run(tmp_path / "flux-b")
-    assert _trainer(run, store_of(run)).model.guidance == 2.0  # what the transformer's guidance input gets
+    assert _trainer(run).model.guidance == 2.0  # what the transformer's guidance input gets

@@ -28,7 +28,7 @@ Why accelerate, and why not its (or torch's) DistributedDataParallel wrapper:
   second way of starting processes for what a launcher and one all-reduce do.
 
 How a step equals the one-process step for the same global batch (datadream.stages.train,
-datadream.stages.lora_training): every process knows the whole global batch (the order and the
+datadream.engines.lora_training): every process knows the whole global batch (the order and the
 random draws come from seeded generators; the classifier's decoded images are all-gathered), draws
 every random number the one process draws in the same order, computes the loss only for its
 contiguous share of the batch (`Group.bounds`) normalised by the global counts, and the summed

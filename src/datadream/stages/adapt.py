@@ -23,6 +23,8 @@ Under a launcher (`torchrun --standalone --nproc-per-node 8 -m datadream adapt R
 from __future__ import annotations
 
 import logging
+import math
+import time
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -31,11 +33,13 @@ import torch
 from datadream import atomic, locks
 from datadream.artifacts import adapter_is_complete, link_adapters
 from datadream.components import distributed
+from datadream.components.lora_weights import sort_safetensors_metadata
 from datadream.config import AdaptConfig, stable_hash
-from datadream.layout import StoreLayout
+from datadream.engines import checkpoint
+from datadream.engines.lora_training import LoraTrainer, load_shots
+from datadream.layout import LORA_WEIGHTS, UNIT_MARKER, StoreLayout
+from datadream.markers import log_timing, record_files
 from datadream.runs import Run, open_run
-from datadream.stages import checkpoint
-from datadream.stages.lora_training import LoraTrainer
 from datadream.store import register_run
 from datadream.units import AdapterSpec, adapter_groups, adapter_specs, store_of
 
@@ -93,7 +97,7 @@ def train_data_parallel(run: Run, store: StoreLayout, groups: list[list[AdapterS
     for spec in (s for g in groups for s in g):
         if not group.is_main:
             if group.follow():
-                _trainer(run, store).train_and_save(spec, label=spec.name, group=group)
+                _train_and_save(run, store, spec, label=spec.name, group=group)
             continue
         with group.leading() as lead, locks.unit_lock(store.lock(spec.lock), f"adapter {spec.name}",
                                                       run.config.runtime.wait_for_locks):
@@ -102,7 +106,7 @@ def train_data_parallel(run: Run, store: StoreLayout, groups: list[list[AdapterS
                 continue
             atomic.remove_stale_temporaries(store.adapters, spec.fingerprint)
             lead.go()
-            _trainer(run, store).train_and_save(spec, label=spec.name, group=group)
+            _train_and_save(run, store, spec, label=spec.name, group=group)
 
 
 def _train_locked(run: Run, store: StoreLayout, group: list[AdapterSpec], label: str, wait: bool) -> list[AdapterSpec]:
@@ -132,20 +136,71 @@ def _train_locked(run: Run, store: StoreLayout, group: list[AdapterSpec], label:
 
 
 def _train(run: Run, store: StoreLayout, specs: list[AdapterSpec], label: str) -> None:
-    trainer = _trainer(run, store)
+    trainer = _trainer(run)
     if choose_engine(run.config.adapt, trainer.dtype) == "batched":
-        from datadream.stages.lora_batched import BatchedTrainer
+        from datadream.engines.lora_batched import BatchedTrainer
 
-        BatchedTrainer(trainer).train_all(specs, label)
+        def save(spec: AdapterSpec, losses: list[float], steps_per_epoch: int, started: float, index: int) -> None:
+            _save_adapter(run, store, trainer, spec, losses, steps_per_epoch, started, index=index, engine="batched")
+
+        samples = [load_shots(run, spec.classes, trainer.cfg.resolution) for spec in specs]
+        BatchedTrainer(trainer).train_all(specs, samples, save, label)
     else:
         for position, spec in enumerate(specs, 1):
-            trainer.train_and_save(spec, label=f"{label} {spec.name}" if len(specs) == 1
-                                   else f"{label} {position}/{len(specs)} {spec.name}")
+            _train_and_save(run, store, spec, label=f"{label} {spec.name}" if len(specs) == 1
+                            else f"{label} {position}/{len(specs)} {spec.name}")
     for spec in specs:
         checkpoint.discard(store.adapter_checkpoint(spec.fingerprint))
 
 
-def _trainer(run: Run, store: StoreLayout) -> LoraTrainer:
+def _train_and_save(run: Run, store: StoreLayout, spec: AdapterSpec, label: str,
+                    group: distributed.Group = distributed.SINGLE) -> None:
+    """Train and save one adapter, resuming from its checkpoint in the store; with a `group` of
+    several processes, data-parallel (every process calls this, rank 0 alone saves)."""
+    trainer = _trainer(run)
+    started = time.time()
+    samples = load_shots(run, spec.classes, trainer.cfg.resolution)
+    partial = store.adapter_checkpoint(spec.fingerprint)
+    losses = trainer.train(samples, [c.prompt for c in spec.classes], seed=trainer.unit_seed(spec), label=label,
+                           resume_from=partial, fingerprint=spec.fingerprint, group=group)
+    if group.is_main:
+        _save_adapter(run, store, trainer, spec, losses, math.ceil(len(samples) / trainer.cfg.batch_size), started,
+                      processes=group.size)
+        checkpoint.discard(partial)
+        log.info("adapt: %s done in %.1fs", spec.name, time.time() - started)
+    group.barrier()  # every process returns once the adapter is saved
+
+
+def _save_adapter(run: Run, store: StoreLayout, trainer: LoraTrainer, spec: AdapterSpec, losses: list[float],
+                  steps_per_epoch: int, started: float, index: int | None = None, engine: str = "sequential",
+                  processes: int = 1) -> None:
+    """The adapter the model holds (at `index` of a batched group) into the store, its marker last."""
+    with atomic.staged_directory(store.adapter(spec.fingerprint)) as staging:
+        trainer.model.save_lora(staging, trainer.cfg.train_text_encoder, index=index)
+        sort_safetensors_metadata(staging / LORA_WEIGHTS)
+        # Only what the adapter is made of, nothing that varies between identical runs (timings go
+        # to the log): the store shares it with every run of equal fingerprint.
+        atomic.write_json(staging / UNIT_MARKER, {
+            "classes": [c.name for c in spec.classes],
+            "fingerprint": spec.fingerprint,
+            "files": record_files(staging, [LORA_WEIGHTS]),
+            "steps": len(losses),
+            "loss_per_epoch": _epoch_means(losses, steps_per_epoch),
+            "engine": engine,
+            "device": str(trainer.device),
+            "precision": str(trainer.dtype).removeprefix("torch."),
+        })
+    log_timing(run.layout.timings, {"stage": "adapt", "unit": spec.name, "engine": engine,
+                                    "seconds": round(time.time() - started, 2),
+                                    **({"processes": processes} if processes > 1 else {})})
+
+
+def _epoch_means(losses: list[float], steps_per_epoch: int) -> list[float]:
+    return [round(sum(chunk) / len(chunk), 6)
+            for chunk in (losses[i:i + steps_per_epoch] for i in range(0, len(losses), steps_per_epoch))]
+
+
+def _trainer(run: Run) -> LoraTrainer:
     cfg = run.config
     key = stable_hash([cfg.generator.model, cfg.generator.config, cfg.runtime.device, cfg.runtime.precision,
                        cfg.adapt.rank, cfg.adapt.alpha, cfg.adapt.train_text_encoder, cfg.adapt.resolution,
@@ -154,8 +209,8 @@ def _trainer(run: Run, store: StoreLayout) -> LoraTrainer:
     trainer = _TRAINERS.get(key)
     if trainer is None:
         _TRAINERS.clear()  # one base model resident at a time
-        trainer = _TRAINERS[key] = LoraTrainer(run, store)
-    trainer.run, trainer.store, trainer.cfg, trainer.seed = run, store, cfg.adapt, cfg.runtime.seed
+        trainer = _TRAINERS[key] = LoraTrainer(cfg)
+    trainer.cfg, trainer.seed = cfg.adapt, cfg.runtime.seed
     trainer.model.guidance = cfg.synthesize.guidance  # FLUX.1-dev's embedded guidance: the one it samples with
     return trainer
 

@@ -49,7 +49,7 @@ from datadream.errors import UserError
 from datadream.layout import CLASSIFIER_MARKER, LORA_FOLDER, PROMPTS
 from datadream.markers import log_timing, record_files
 from datadream.runs import Run, open_run
-from datadream.stages import checkpoint
+from datadream.engines import checkpoint
 from datadream.units import classifier_fingerprint, real_repeats
 
 log = logging.getLogger(__name__)

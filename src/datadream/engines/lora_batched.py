@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from typing import Callable
 
 import torch
 from datadream.progress import progress
@@ -25,25 +26,29 @@ from datadream.progress import progress
 from datadream.components.grouped_lora import clip_grad_norm_per_group, make_grouped
 from datadream.components.seeds import derive_seed
 from datadream.errors import UserError
-from datadream.stages.lora_training import LoraTrainer, StepDraws, load_shots, make_optimizer
+from datadream.engines.lora_training import LoraTrainer, ShotImage, StepDraws, make_optimizer
 from datadream.units import AdapterSpec
 
 log = logging.getLogger(__name__)
+
+# What the stage does with each trained adapter: (adapter, losses, steps per epoch, start time, its
+# index in the model's stacked LoRA)
+Trained = Callable[[AdapterSpec, list[float], int, float, int], None]
 
 
 class BatchedTrainer:
     def __init__(self, trainer: LoraTrainer):
         self.t = trainer
 
-    def auto_group_size(self, units: list[AdapterSpec]) -> int:
+    def auto_group_size(self, units: list[AdapterSpec], samples: list[list[ShotImage]]) -> int:
         t = self.t
         if t.cfg.group_size:
             return t.cfg.group_size
         if t.device.type != "cuda":
             return len(units)
-        return self._probe_group_size(units)
+        return self._probe_group_size(units, samples)
 
-    def _probe_group_size(self, units: list[AdapterSpec]) -> int:
+    def _probe_group_size(self, units: list[AdapterSpec], samples: list[list[ShotImage]]) -> int:
         """One throw-away step with one adapter measures what a class costs in GPU memory; the
         group takes what fits in 85% of the free memory."""
         t = self.t
@@ -51,7 +56,7 @@ class BatchedTrainer:
         torch.cuda.empty_cache()  # cached blocks would count as used in mem_get_info
         torch.cuda.reset_peak_memory_stats(t.device)
         before = torch.cuda.memory_allocated(t.device)
-        self._train([units[0]], probe=True)
+        self._train([units[0]], samples[:1], probe=True)
         per_class = max(1, torch.cuda.max_memory_allocated(t.device) - before)
         torch.cuda.empty_cache()
         free, _ = torch.cuda.mem_get_info(t.device)
@@ -59,27 +64,31 @@ class BatchedTrainer:
         log.info("adapt: %.2f GiB per class in a group; %d classes per group", per_class / 2**30, size)
         return size
 
-    def train_all(self, units: list[AdapterSpec], label: str = "") -> None:
-        """Train one unit's adapters (equal shot counts, datadream.units.adapter_groups) together;
-        on a GPU in pieces of what fits in its memory."""
-        size = self.auto_group_size(units)
-        groups = [units[i:i + size] for i in range(0, len(units), size)]
-        for position, group in enumerate(groups, 1):
+    def train_all(self, units: list[AdapterSpec], samples: list[list[ShotImage]], trained: Trained,
+                  label: str = "") -> None:
+        """Train one unit's adapters (equal shot counts, datadream.units.adapter_groups) on their
+        `samples` together; on a GPU in parts of what fits in its memory. After each part,
+        `trained(adapter, losses, steps_per_epoch, started, index)` is called for each of its
+        adapters while the model holds them (index: its place in the model's stacked LoRA)."""
+        size = self.auto_group_size(units, samples)
+        parts = [range(i, min(i + size, len(units))) for i in range(0, len(units), size)]
+        for position, part in enumerate(parts, 1):
             started = time.time()
-            part = f" part {position}/{len(groups)}" if len(groups) > 1 else ""
-            losses, steps_per_epoch = self._train(group, label=f"{label}{part} {len(group)} classes")
+            group = [units[i] for i in part]
+            name = f" part {position}/{len(parts)}" if len(parts) > 1 else ""
+            losses, steps_per_epoch = self._train(group, [samples[i] for i in part],
+                                                  label=f"{label}{name} {len(group)} classes")
             for index, unit in enumerate(group):
-                self.t.save_unit(unit, losses[index], steps_per_epoch, started, index=index, engine="batched")
-            log.info("adapt: group %d/%d (%s ... %s) done in %.1fs", position, len(groups), group[0].name,
+                trained(unit, losses[index], steps_per_epoch, started, index)
+            log.info("adapt: group %d/%d (%s ... %s) done in %.1fs", position, len(parts), group[0].name,
                      group[-1].name, time.time() - started)
 
-    def _train(self, units: list[AdapterSpec], label: str = "", probe: bool = False):
+    def _train(self, units: list[AdapterSpec], samples: list[list[ShotImage]], label: str = "", probe: bool = False):
         """Train len(units) adapters together; returns (losses per adapter, steps per epoch)."""
         from diffusers.optimization import get_scheduler
 
         t, cfg = self.t, self.t.cfg
         groups = len(units)
-        samples = [load_shots(t.run, u.classes, cfg.resolution) for u in units]
         t.encoder.clear()
         seeds = [t.unit_seed(u) for u in units]
         generators = [torch.Generator().manual_seed(seed) for seed in seeds]

@@ -1,6 +1,7 @@
 """The LoRA trainer of stage 1, shared by both engines (sequential here, batched in
-stages/lora_batched.py): the base model is loaded once per process and adapters are trained one
-after another in place.
+engines/lora_batched.py): the base model is loaded once per process and adapters are trained one
+after another in place. It returns losses and leaves the trained LoRA in the model; the stage
+saves it (stages/adapt.py).
 
 Every random draw of an adapter (init, shuffling, crops, VAE sampling, noise, timesteps) comes from
 its own CPU generator seeded from (runtime.seed, seed key), so an adapter does not depend on which
@@ -11,30 +12,26 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from datadream import atomic
 from datadream.components import distributed
 from datadream.components.grouped_lora import make_single
 from datadream.components.latents import LatentEncoder, ShotImage
 from datadream.components.family_models import Conditioning, Prompts, family_model
 from datadream.components.models import (compile_module, load_generator, pipeline_family, resolve_device,
                                          resolve_dtype)
-from datadream.components.lora_weights import reset_lora, sort_safetensors_metadata
+from datadream.components.lora_weights import reset_lora
 from datadream.components.seeds import derive_seed
-from datadream.config import NEEDS_BITSANDBYTES, AdaptConfig
+from datadream.config import NEEDS_BITSANDBYTES, AdaptConfig, Config
 from datadream.data.fewshot import FewShotClass
 from datadream.data.images import load_rgb
 from datadream.errors import UserError
-from datadream.layout import LORA_WEIGHTS, UNIT_MARKER, StoreLayout
-from datadream.markers import log_timing, record_files
 from datadream.progress import progress as progress_bar
 from datadream.runs import Run
-from datadream.stages import checkpoint
+from datadream.engines import checkpoint
 from datadream.units import AdapterSpec
 
 log = logging.getLogger(__name__)
@@ -115,9 +112,7 @@ def draw_step(samples: list[ShotImage], chosen: list[int], size: int, latent_sha
 class LoraTrainer:
     """Holds the base model once and trains one adapter after another in place."""
 
-    def __init__(self, run: Run, store: StoreLayout):
-        cfg = run.config
-        self.run, self.store = run, store  # the run whose shots are trained; set anew for each run
+    def __init__(self, cfg: Config):
         self.cfg: AdaptConfig = cfg.adapt
         # Under a launcher, each process its own GPU (class-wise adapters are then shared out by
         # the locks, one whole adapter group per process; dataset-wise: data-parallel, see train).
@@ -177,43 +172,6 @@ class LoraTrainer:
         latents = self.model.latents((mean + std * draws.eps.to(self.device, mean.dtype)).float())
         return self.model.denoising_loss(self.denoiser_forward, latents, draws.noise.to(self.device), draws.timesteps,
                                          text, draws.shots, draws.offsets)
-
-    def save_unit(self, unit: AdapterSpec, losses: list[float], steps_per_epoch: int, started: float,
-                  index: int | None = None, engine: str = "sequential", processes: int = 1) -> None:
-        with atomic.staged_directory(self.store.adapter(unit.fingerprint)) as staging:
-            self.model.save_lora(staging, self.cfg.train_text_encoder, index=index)
-            sort_safetensors_metadata(staging / LORA_WEIGHTS)
-            # Nothing that varies between identical runs (such as timings, which go to the log)
-            # is in the marker: identical runs give identical files.
-            # Only what the adapter is made of: the store shares it with every run of equal fingerprint.
-            atomic.write_json(staging / UNIT_MARKER, {
-                "classes": [c.name for c in unit.classes],
-                "fingerprint": unit.fingerprint,
-                "files": record_files(staging, [LORA_WEIGHTS]),
-                "steps": len(losses),
-                "loss_per_epoch": _epoch_means(losses, steps_per_epoch),
-                "engine": engine,
-                "device": str(self.device),
-                "precision": str(self.dtype).removeprefix("torch."),
-            })
-        log_timing(self.run.layout.timings, {"stage": "adapt", "unit": unit.name, "engine": engine,
-                                             "seconds": round(time.time() - started, 2),
-                                             **({"processes": processes} if processes > 1 else {})})
-
-    def train_and_save(self, unit: AdapterSpec, label: str, group: distributed.Group = distributed.SINGLE) -> None:
-        """Train and save one adapter; with a `group` of several processes, data-parallel (every
-        process calls this, rank 0 alone saves)."""
-        started = time.time()
-        samples = load_shots(self.run, unit.classes, self.cfg.resolution)
-        partial = self.store.adapter_checkpoint(unit.fingerprint)
-        losses = self.train(samples, [c.prompt for c in unit.classes], seed=self.unit_seed(unit),
-                            label=label, resume_from=partial, fingerprint=unit.fingerprint, group=group)
-        if group.is_main:
-            self.save_unit(unit, losses, math.ceil(len(samples) / self.cfg.batch_size), started,
-                           processes=group.size)
-            checkpoint.discard(partial)
-            log.info("adapt: %s done in %.1fs", unit.name, time.time() - started)
-        group.barrier()  # every process returns once the adapter is saved
 
     def train(self, samples: list[ShotImage], prompts: list[str], seed: int,
               label: str = "", resume_from: Path | None = None, fingerprint: str = "",
@@ -310,8 +268,3 @@ def make_optimizer(params: list[torch.nn.Parameter], cfg: AdaptConfig) -> torch.
             raise UserError(NEEDS_BITSANDBYTES) from None
         return bitsandbytes.optim.AdamW8bit(params, **kwargs)
     return torch.optim.AdamW(params, **kwargs)
-
-
-def _epoch_means(losses: list[float], steps_per_epoch: int) -> list[float]:
-    return [round(sum(chunk) / len(chunk), 6)
-            for chunk in (losses[i:i + steps_per_epoch] for i in range(0, len(losses), steps_per_epoch))]
