@@ -523,7 +523,7 @@ def paper_table(costs: Costs, bench_file: Path, datasets: list[str] | None = Non
     """Every cell of the benchmark file; a generator method's adapters and synthetic set are made
     once per (dataset, seed) and shared by its settings through the store (one set of units)."""
     from datadream.benchmark import GENERATOR_METHODS, read_benchmark
-    from datadream.data.catalog import CATALOG
+    from datadream.catalog import CATALOG
 
     bench = read_benchmark(bench_file)
     if datasets:

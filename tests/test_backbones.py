@@ -108,12 +108,10 @@ def test_image_size_is_read_from_the_model(tmp_path):
 
 
 def test_unsupported_model_type_is_one_line_before_anything_trains(tmp_path):
-    from datadream.components.models import check_models_reachable
-
     folder = tmp_path / "bert"
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({"model_type": "bert"}), encoding="utf-8")
-    for load in (clip_ops.load_clip, lambda model: check_models_reachable(None, model)):
+    for load in (clip_ops.load_clip, clip_ops.check_classifier_reachable):
         with pytest.raises(UserError, match=r"^classifier\.model: .* is a 'bert' model; supported .*clip, siglip") as err:
             load(str(folder))
         assert "\n" not in str(err.value)

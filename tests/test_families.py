@@ -294,11 +294,11 @@ def test_eight_bit_adam_without_bitsandbytes_is_one_line_before_any_work(tiny_mo
 
 
 def test_single_file_checkpoint_with_another_familys_configs_is_refused(family_models, tmp_path):
-    from datadream.components.models import check_models_reachable, load_generator
+    from datadream.components.models import check_generator_reachable, load_generator
 
     checkpoint = tmp_path / "model.safetensors"
     checkpoint.write_bytes(b"\0" * 16)
-    for call in (lambda: check_models_reachable(str(checkpoint), None, str(family_models["sdxl"])),
+    for call in (lambda: check_generator_reachable(str(checkpoint), str(family_models["sdxl"])),
                  lambda: load_generator(str(checkpoint), config=str(family_models["sdxl"]))):
         with pytest.raises(UserError, match="is a model of the SDXL family; single-file checkpoints are read as SD 1.x/2.x only"):
             call()

@@ -18,7 +18,7 @@ def quick_recipe(monkeypatch):
 
 
 def test_captions_name_colours_never_shapes():
-    from datadream.data.toy import TOY_CLASSES
+    from datadream.components.toy_world import TOY_CLASSES
 
     images, captions = toy_pretrain.toy_world(200, seed=1)
     assert images.shape == (200, 3, 32, 32) and -1 <= images.min() and images.max() <= 1

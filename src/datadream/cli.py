@@ -386,7 +386,7 @@ def plan_command(args: argparse.Namespace) -> int:
 
 
 def datasets_command(args: argparse.Namespace) -> int:
-    from datadream.data.catalog import CATALOG
+    from datadream.catalog import CATALOG
 
     if args.action == "list":
         print(f"{'key':<14} {'classes':>7}  {'domain':<11} {'train/val/test (CoOp)':<24} dataset")

@@ -61,10 +61,10 @@ def export_classifier(run: Run, out: Path) -> None:
     from transformers import AutoTokenizer, CLIPImageProcessor, CLIPProcessor
     from transformers.image_utils import PILImageResampling
 
-    from datadream.components.models import explained_loading
     from datadream.artifacts import read_classifier_marker
+    from datadream.classifier_files import load_classifier
+    from datadream.components.models import explained_loading
     from datadream.layout import PROMPTS
-    from datadream.stages.classifier_files import load_classifier
 
     marker = read_classifier_marker(run)
     model, tokens, size = load_classifier(run, marker)

@@ -191,7 +191,7 @@ def group_size_table() -> list[str]:
 
 
 def dataset_table(root: Path) -> list[str]:
-    from datadream.data.catalog import CATALOG
+    from datadream.catalog import CATALOG
 
     lines = [
         "## The ten benchmark datasets (16 shots, 500 images per class, synthetic+real)",

@@ -29,13 +29,17 @@ def init_run(config: Config, root: Path) -> Run:
     holds another config, or anything that is not a run, is refused and left untouched. The
     models of the stages the run will do (runtime.until) are checked first: a mistyped model must
     not leave a run that refuses the fix, and a generation-only run needs no classifier."""
-    from datadream.components.models import check_models_reachable
-
     layout = RunLayout(Path(root).resolve())
     needs_generator = config.classifier.train_on in ("synthetic", "synthetic+real")
     needs_classifier = config.runtime.until == "evaluate"
-    check_models_reachable(config.generator.model if needs_generator else None,
-                           config.classifier.model if needs_classifier else None, config.generator.config)
+    if needs_generator:
+        from datadream.components.models import check_generator_reachable
+
+        check_generator_reachable(config.generator.model, config.generator.config)
+    if needs_classifier:
+        from datadream.components.clip import check_classifier_reachable
+
+        check_classifier_reachable(config.classifier.model)
     if needs_generator:
         from datadream.components.families import check_settings, family_of
 

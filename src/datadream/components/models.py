@@ -17,7 +17,7 @@ from typing import Iterator
 
 import torch
 
-from datadream.components.weights import DEFAULT_GENERATOR
+from datadream.config import DEFAULT_GENERATOR
 from datadream.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -156,7 +156,7 @@ def missing_weights(folder: Path, name: str, index: str) -> str | None:
     return next((shard for shard in sorted(shards) if not (folder / shard).is_file()), None)
 
 
-def _refuse_missing(key: str, sub: Path, missing: str) -> UserError:
+def refuse_missing(key: str, sub: Path, missing: str) -> UserError:
     return UserError(f"{key}: {sub} has its configs but not its weights ({missing} is missing); copy the weights"
                      f" into it, or set {key} to a complete model (`datadream models download` fetches one)")
 
@@ -178,16 +178,7 @@ def check_generator_weights(folder: Path, key: str) -> None:
         if library in names and (sub / "config.json").is_file():
             missing = missing_weights(sub, *names[library])
             if missing:
-                raise _refuse_missing(key, sub, missing)
-
-
-def check_classifier_weights(folder: Path) -> None:
-    """A local transformers folder has the weights transformers would load."""
-    from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME
-
-    missing = missing_weights(folder, SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME)
-    if missing and missing_weights(folder, WEIGHTS_NAME, WEIGHTS_INDEX_NAME):
-        raise _refuse_missing("classifier.model", folder, missing)
+                raise refuse_missing(key, sub, missing)
 
 
 def _load_single_file(path: Path, dtype: torch.dtype, config: str):
@@ -211,7 +202,7 @@ def _load_single_file(path: Path, dtype: torch.dtype, config: str):
     if known is not None:
         check = weights.check_file(path, path.name, known.single_files[path.name])
         weights.warn_if_not_official([check], known, f"generator.model={path}")
-    source = config or weights.DEFAULT_GENERATOR
+    source = config or DEFAULT_GENERATOR
     folder = Path(source).expanduser()
     if folder.is_dir():
         if not (folder / "model_index.json").is_file():
@@ -235,37 +226,30 @@ def compile_module(module: torch.nn.Module) -> torch.nn.Module:
     return torch.compile(module, backend=os.environ.get("DATADREAM_COMPILE_BACKEND", "inductor"))
 
 
-def check_models_reachable(generator: str | None, classifier: str | None, generator_config: str = "") -> None:
-    """Read only the models' configs (small files, cached or local) and see that a local folder
+def check_generator_reachable(generator: str, generator_config: str = "") -> None:
+    """Read only the generator's configs (small files, cached or local) and see that a local folder
     has its weights: a misspelt id, a withdrawn repository, a missing folder or one without its
     weights stops a run before any training starts rather than hours into it."""
-    if generator is not None:
-        from diffusers import DiffusionPipeline
+    from diffusers import DiffusionPipeline
 
-        from datadream.components.families import family_named, folder_family, require_sd
+    from datadream.components.families import family_named, folder_family, require_sd
 
-        local = Path(generator).expanduser()
-        if local.suffix == ".safetensors" or local.is_file():
-            if not local.is_file():
-                raise UserError(f"generator.model: checkpoint file not found: {local}")
-            source = generator_config or DEFAULT_GENERATOR
-            folder = Path(source).expanduser()
-            if (folder / "model_index.json").is_file():
-                require_sd(folder_family(folder, source), source)
-            elif not folder.is_dir():
-                with explained_loading(SINGLE_FILE_CONFIGS, source, "generator.config", "diffusers"):
-                    index = DiffusionPipeline.load_config(source)
-                require_sd(family_named(index.get("_class_name", ""), source), source)
-        else:
-            with explained_loading("generator", generator, "generator.model", "diffusers"):
-                index = DiffusionPipeline.load_config(generator)
-            # An unknown pipeline class would otherwise fail deep inside adapt with a traceback.
-            family_named(index.get("_class_name", ""), generator)
-            if local.is_dir():
-                check_generator_weights(local, "generator.model")
-    if classifier is not None:
-        from datadream.components.clip import model_family
-
-        model_family(classifier)  # an unsupported family, too, stops the run before the generator trains
-        if Path(classifier).expanduser().is_dir():
-            check_classifier_weights(Path(classifier).expanduser())
+    local = Path(generator).expanduser()
+    if local.suffix == ".safetensors" or local.is_file():
+        if not local.is_file():
+            raise UserError(f"generator.model: checkpoint file not found: {local}")
+        source = generator_config or DEFAULT_GENERATOR
+        folder = Path(source).expanduser()
+        if (folder / "model_index.json").is_file():
+            require_sd(folder_family(folder, source), source)
+        elif not folder.is_dir():
+            with explained_loading(SINGLE_FILE_CONFIGS, source, "generator.config", "diffusers"):
+                index = DiffusionPipeline.load_config(source)
+            require_sd(family_named(index.get("_class_name", ""), source), source)
+    else:
+        with explained_loading("generator", generator, "generator.model", "diffusers"):
+            index = DiffusionPipeline.load_config(generator)
+        # An unknown pipeline class would otherwise fail deep inside adapt with a traceback.
+        family_named(index.get("_class_name", ""), generator)
+        if local.is_dir():
+            check_generator_weights(local, "generator.model")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from datadream import atomic, locks
 from datadream.artifacts import read_classifier_marker
+from datadream.classifier_files import load_classifier
 from datadream.components.metrics import accuracy_text, confusion_summary, macro_accuracy, summarize
 from datadream.components.models import resolve_device, resolve_dtype
 from datadream.components.scoring import loader_workers, top_predictions
@@ -25,7 +26,6 @@ from datadream.data.labelled import EvalImages
 from datadream.data.samples import Sample, split_samples
 from datadream.errors import UserError
 from datadream.markers import read_marker
-from datadream.stages.classifier_files import load_classifier
 from datadream.runs import Run, open_run
 from datadream.units import classifier_fingerprint
 
