@@ -174,6 +174,17 @@ def test_stages_do_not_import_each_other():
     assert not crossing, "a stage reads what another wrote, never its code:\n" + "\n".join(crossing)
 
 
+def test_test_models_stay_out_of_the_work_path():
+    # Tiny and random models say nothing about model quality: they may be built by the demo, the
+    # CLI and API and named by the report, but no stage, runner or run-state module reaches them.
+    wing, allowed = "datadream.components.testmodels", ("datadream.data.toy",)
+    commands = next(i for i, (name, _) in enumerate(LAYERS) if name == "commands")
+    reaching = [f"{m} imports {t}" for m, edges in sorted(import_graph().items()) for t in sorted(edges)
+                if t.startswith(wing + ".") and not m.startswith(wing + ".") and m not in allowed
+                and (layer_of(m) or 0) < commands]
+    assert not reaching, "\n".join(reaching)
+
+
 def _documented_layers() -> list[tuple[str, tuple[str, ...]]]:
     """The rows of the table between the layer markers of docs/architecture.md, bottom first."""
     text = DOC.read_text(encoding="utf-8")

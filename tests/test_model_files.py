@@ -21,8 +21,8 @@ from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, Repo
 
 from conftest import TINY, tiny_config, write_config
 from datadream.cli import main
-from datadream.components import hub, weights
-from datadream.components.models import check_generator_reachable, check_generator_weights, load_generator
+from datadream.components.loading import hub, weights
+from datadream.components.loading.models import check_generator_reachable, check_generator_weights, load_generator
 from datadream.config import DEFAULT_GENERATOR, load_config
 from datadream.errors import UserError
 from ldm_checkpoint import write_ldm_checkpoint
@@ -272,7 +272,7 @@ def test_wrapped_hub_errors_are_classified():
 
 
 def test_clip_classifier_goes_through_the_same_messages():
-    from datadream.components.clip import check_classifier_reachable, load_clip
+    from datadream.components.classifiers.clip import check_classifier_reachable, load_clip
 
     with pytest.raises(UserError, match=r"cannot load CLIP model 'no-such-org/clip'.*offline.*classifier.model"):
         load_clip("no-such-org/clip")
@@ -343,8 +343,8 @@ def test_run_on_a_single_file_matches_stock_diffusers_on_the_folder(tmp_path, ti
     from diffusers import StableDiffusionPipeline
     from PIL import Image
 
-    from datadream.stages.adapt import adapt
     from datadream.runs import init_run
+    from datadream.stages.adapt import adapt
     from datadream.stages.synthesize import synthesize
 
     config = tiny_config(tiny_models, toy_data / "train", data={"shots": 1},

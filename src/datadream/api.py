@@ -17,7 +17,7 @@ runner calls), `api.run_ray([RUN, ...])` runs them as Ray tasks, `api.status(RUN
 gives inspect's data-quality figures for feature matrices of your own.
 """
 
-from datadream.components.tiny import build_tiny_models
+from datadream.components.testmodels.tiny import build_tiny_models
 from datadream.config import Config, load_config
 from datadream.errors import UserError
 from datadream.export import export
@@ -59,7 +59,7 @@ def quality_metrics(real_features, synthetic_features, *, l2_normalize: bool = T
     from runtime.seed).
     Bad input is one UserError line.
     """
-    from datadream.components import quality
+    from datadream.components.measures import quality
 
     try:
         real, synthetic = quality.feature_sets(real_features, synthetic_features, l2_normalize=l2_normalize)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from datadream.components import clip as clip_ops
+from datadream.components.classifiers import clip as clip_ops
 from datadream.layout import LORA_FOLDER, PROMPTS
 from datadream.runs import Run
 

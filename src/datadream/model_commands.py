@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from datadream import atomic
-from datadream.components import hub, weights
-from datadream.components.hub import NEEDED_PATTERNS, explain, is_hub_id
+from datadream.components.loading import hub, weights
+from datadream.components.loading.hub import NEEDED_PATTERNS, explain, is_hub_id
 from datadream.config import DEFAULT_GENERATOR
 from datadream.errors import UserError
 

@@ -101,7 +101,7 @@ def warnings(plan: Plan) -> list[str]:
 def _with_family_defaults(config) -> None:
     """The settings `init` would give the generator's family (priced as the run would do them),
     where its model_index.json can be read here; otherwise the config's own values."""
-    from datadream.components.families import family_of
+    from datadream.components.generators.families import family_of
     from datadream.errors import UserError
     from datadream.runs import apply_family_defaults
 

@@ -1,5 +1,5 @@
 """A toy image-classification dataset drawn by code (no download): the toy world's shapes
-(components/toy_world.py) written as a folder per class, with random colours or, with
+(components/testmodels/toy_world.py) written as a folder per class, with random colours or, with
 `distinct=True`, a hue of the class's own, so that the classes differ in colour as well as shape.
 For the demo and tests only."""
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from datadream.components.toy_world import TOY_CLASSES, TOY_HUES, draw_shape
+from datadream.components.testmodels.toy_world import TOY_CLASSES, TOY_HUES, draw_shape
 
 
 def write_toy_dataset(root: Path, per_class: dict[str, int], size: int = 48, seed: int = 0,

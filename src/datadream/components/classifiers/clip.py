@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from datadream.components.models import refuse_missing, explained_loading, missing_weights
+from datadream.components.loading.models import refuse_missing, explained_loading, missing_weights
 from datadream.errors import UserError
 
 # The same module names in CLIPModel and SiglipModel. SigLIP's attention-pooling head

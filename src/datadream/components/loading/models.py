@@ -63,7 +63,7 @@ def explained_loading(kind: str, model: str, key: str, folder_kind: str) -> Iter
     gone, gated, machine offline) and what to set instead."""
     from safetensors import SafetensorError
 
-    from datadream.components.hub import explain
+    from datadream.components.loading.hub import explain
 
     try:
         yield
@@ -72,7 +72,7 @@ def explained_loading(kind: str, model: str, key: str, folder_kind: str) -> Iter
 
 
 def load_generator(model: str, dtype: torch.dtype = torch.float32, config: str = ""):
-    """The stock diffusers pipeline of `model`'s family (components/families.py: read from its
+    """The stock diffusers pipeline of `model`'s family (components/generators/families.py: read from its
     model_index.json) from a hub id or a local diffusers folder, or a `StableDiffusionPipeline`
     from a single-file checkpoint (`.safetensors`, original layout; its configs come from
     `config`). Weights are read from safetensors only, and checked against the official hashes
@@ -102,7 +102,7 @@ def load_generator(model: str, dtype: torch.dtype = torch.float32, config: str =
 
 def pipeline_family(pipeline):
     """The family record of a loaded pipeline."""
-    from datadream.components.families import BY_PIPELINE
+    from datadream.components.generators.families import BY_PIPELINE
 
     return BY_PIPELINE[type(pipeline).__name__]
 
@@ -110,9 +110,9 @@ def pipeline_family(pipeline):
 def _diffusers_folder(model: str, local: Path):
     """The local folder of a diffusers model (fetching a hub id's needed files first), its
     weights checked against the official hashes when it is a known model, and its family."""
-    from datadream.components import hub, weights
-    from datadream.components.families import folder_family
-    from datadream.components.hub import NEEDED_PATTERNS, is_hub_id
+    from datadream.components.generators.families import folder_family
+    from datadream.components.loading import hub, weights
+    from datadream.components.loading.hub import NEEDED_PATTERNS, is_hub_id
 
     if is_hub_id(model):
         with explained_loading("generator", model, "generator.model", "diffusers"):
@@ -187,9 +187,9 @@ def _load_single_file(path: Path, dtype: torch.dtype, config: str):
     generator's, a few MB, read from the HF cache when present)."""
     from diffusers import StableDiffusionPipeline
 
-    from datadream.components import hub, weights
-    from datadream.components.families import folder_family, require_sd
-    from datadream.components.hub import CONFIG_PATTERNS
+    from datadream.components.generators.families import folder_family, require_sd
+    from datadream.components.loading import hub, weights
+    from datadream.components.loading.hub import CONFIG_PATTERNS
 
     if path.suffix != ".safetensors":
         raise UserError(
@@ -232,7 +232,7 @@ def check_generator_reachable(generator: str, generator_config: str = "") -> Non
     weights stops a run before any training starts rather than hours into it."""
     from diffusers import DiffusionPipeline
 
-    from datadream.components.families import family_named, folder_family, require_sd
+    from datadream.components.generators.families import family_named, folder_family, require_sd
 
     local = Path(generator).expanduser()
     if local.suffix == ".safetensors" or local.is_file():
