@@ -73,14 +73,14 @@ def main() -> None:
                         help="the device's dense bf16 peak, for the FLOP utilisation column (989: H100 SXM)")
     args = parser.parse_args()
 
-    from datadream.components.families import FAMILIES
-    from datadream.components.random_models import FULL_SIZE_NAMES, build_random_family
-    from datadream.components.tiny import build_tiny_clip, build_tiny_stable_diffusion
-    from datadream.components.tiny_families import BUILDERS
+    from datadream.components.generators.families import FAMILIES
+    from datadream.components.testmodels.random_models import FULL_SIZE_NAMES, build_random_family
+    from datadream.components.testmodels.tiny import build_tiny_clip, build_tiny_stable_diffusion
+    from datadream.components.testmodels.tiny_families import BUILDERS
     from datadream.config import load_config
     from datadream.data.toy import write_toy_dataset
-    from datadream.stages.adapt import adapt
     from datadream.runs import init_run
+    from datadream.stages.adapt import adapt
 
     family = FAMILIES[args.family]
     resolution = args.resolution or (family.resolution if args.full else 32)

@@ -103,11 +103,11 @@ def measure_sd() -> dict[str, float]:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from datadream.components.random_models import SD21_BASE_TEXT, SD21_BASE_UNET, SD21_BASE_VAE
+    from datadream.components.testmodels.random_models import SD21_BASE_TEXT, SD21_BASE_UNET, SD21_BASE_VAE
     from types import SimpleNamespace
 
-    from datadream.components.families import FAMILIES
-    from datadream.components.family_models import family_model
+    from datadream.components.generators.families import FAMILIES
+    from datadream.components.generators.family_models import family_model
 
     bf16 = torch.bfloat16
     out: dict[str, float] = {}
@@ -154,7 +154,7 @@ def measure_sd() -> dict[str, float]:
 def measure_clip() -> dict[str, float]:
     from transformers import CLIPConfig, CLIPModel
 
-    from datadream.components.clip import add_lora
+    from datadream.components.classifiers.clip import add_lora
 
     bf16 = torch.bfloat16
     config = CLIPConfig(
@@ -222,7 +222,7 @@ def main() -> None:
 
 def families(check: bool) -> None:
     """FAMILY_FLOPS of src/datadream/costs.py: every family counted on the meta device (seconds)."""
-    from datadream.components.random_models import count_family_flops
+    from datadream.components.testmodels.random_models import count_family_flops
     from datadream.costs import FAMILY_FLOPS
 
     counted = {family: count_family_flops(family) for family in FAMILY_FLOPS}

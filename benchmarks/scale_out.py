@@ -139,11 +139,11 @@ def workload(args: argparse.Namespace) -> Workload:
 
 
 def build_models(folder: Path, full: bool) -> dict[str, Path]:
-    from datadream.components.tiny import build_tiny_models
+    from datadream.components.testmodels.tiny import build_tiny_models
 
     if not full:
         return build_tiny_models(folder)
-    from datadream.components.random_models import build_random_sd21_base
+    from datadream.components.testmodels.random_models import build_random_sd21_base
 
     return {"sd": build_random_sd21_base(folder / "sd"), "clip": build_random_clip_b16(folder / "clip")}
 
@@ -154,7 +154,7 @@ def build_random_clip_b16(folder: Path) -> Path:
     import torch
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
-    from datadream.components.tiny import tiny_tokenizer
+    from datadream.components.testmodels.tiny import tiny_tokenizer
 
     torch.manual_seed(0)
     tokenizer = tiny_tokenizer()
@@ -521,7 +521,7 @@ def paper_table(costs: Costs, bench_file: Path, datasets: list[str] | None = Non
     """Every cell of the benchmark file; a generator method's adapters and synthetic set are made
     once per (dataset, seed) and shared by its settings through the store (one set of units)."""
     from datadream.benchmark import GENERATOR_METHODS, read_benchmark
-    from datadream.data.catalog import CATALOG
+    from datadream.catalog import CATALOG
 
     bench = read_benchmark(bench_file)
     if datasets:

@@ -75,14 +75,14 @@ def main() -> None:
     parser.add_argument("--no-report", action="store_true")
     args = parser.parse_args()
 
-    from datadream.components.families import FAMILIES
-    from datadream.components.random_models import FULL_SIZE_NAMES, build_random_family
-    from datadream.components.tiny import TINY_RESOLUTION, build_tiny_clip, build_tiny_stable_diffusion
-    from datadream.components.tiny_families import BUILDERS
+    from datadream.components.generators.families import FAMILIES
+    from datadream.components.testmodels.random_models import FULL_SIZE_NAMES, build_random_family
+    from datadream.components.testmodels.tiny import TINY_RESOLUTION, build_tiny_clip, build_tiny_stable_diffusion
+    from datadream.components.testmodels.tiny_families import BUILDERS
     from datadream.config import load_config
     from datadream.data.toy import write_toy_dataset
-    from datadream.stages.adapt import adapt
     from datadream.runs import init_run
+    from datadream.stages.adapt import adapt
     from datadream.stages.synthesize import synthesize
 
     work = Path(tempfile.mkdtemp(prefix="datadream-bench-"))

@@ -19,15 +19,15 @@ TINY = 32  # pixels: the resolution the tiny generator is built for
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
-    from datadream.components.tiny import build_tiny_models
+    from datadream.components.testmodels.tiny import build_tiny_models
 
     return build_tiny_models(tmp_path_factory.mktemp("tiny-models"))
 
 
 @pytest.fixture(scope="session")
 def family_models(tmp_path_factory) -> dict[str, Path]:
-    """Tiny random SDXL, SD 3 and FLUX models (components/tiny_families.py)."""
-    from datadream.components.tiny_families import BUILDERS
+    """Tiny random SDXL, SD 3 and FLUX models (components/testmodels/tiny_families.py)."""
+    from datadream.components.testmodels.tiny_families import BUILDERS
 
     root = tmp_path_factory.mktemp("tiny-families")
     return {name: build(root / name) for name, build in BUILDERS.items()}
@@ -42,9 +42,9 @@ def generator_models(request, tiny_models, family_models) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def toy_generator(request) -> Path:
-    """The tiny generator pretrained on toy images (components/toy_pretrain.py), built once and kept
-    in pytest's cache folder; DATADREAM_CACHE points the demo's subprocesses at it."""
-    from datadream.components.toy_pretrain import toy_generator as build
+    """The tiny generator pretrained on toy images (components/testmodels/toy_pretrain.py), built
+    once and kept in pytest's cache folder; DATADREAM_CACHE points the demo's subprocesses at it."""
+    from datadream.components.testmodels.toy_pretrain import toy_generator as build
 
     os.environ["DATADREAM_CACHE"] = str(request.config.cache.mkdir("datadream"))
     return build()

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from datadream import api, cli
-from datadream.components import quality
+from datadream.components.measures import quality
 
 RUN_COMMANDS = {"init": "init_run", "adapt": "adapt", "synthesize": "synthesize", "train": "train",
                 "evaluate": "evaluate", "run": "run", "report": "report", "predict": "predict",

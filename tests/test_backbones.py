@@ -11,15 +11,15 @@ import pytest
 import torch
 
 from conftest import TINY, tiny_config, write_config
-from datadream.components import clip as clip_ops
-from datadream.components.augment import center_crop, normalize
+from datadream.components.classifiers import clip as clip_ops
+from datadream.components.classifiers.augment import center_crop, normalize
 from datadream.data.images import load_rgb
 from datadream.errors import UserError
 
 
 @pytest.fixture(scope="module")
 def siglip(tmp_path_factory) -> Path:
-    from datadream.components.tiny import build_tiny_siglip
+    from datadream.components.testmodels.tiny import build_tiny_siglip
 
     return build_tiny_siglip(tmp_path_factory.mktemp("tiny-siglip") / "siglip")
 
@@ -78,7 +78,7 @@ def test_siglip_logits_are_its_own_forward(siglip):
 
 @pytest.mark.parametrize("builder", ["clip", "siglip"])
 def test_lora_only_on_q_and_v_of_both_towers(tmp_path, builder):
-    from datadream.components import tiny
+    from datadream.components.testmodels import tiny
 
     folder = getattr(tiny, f"build_tiny_{builder}")(tmp_path / builder)
     model, _ = clip_ops.load_clip(str(folder))
@@ -95,7 +95,7 @@ def test_lora_only_on_q_and_v_of_both_towers(tmp_path, builder):
 def test_image_size_is_read_from_the_model(tmp_path):
     from transformers import CLIPModel
 
-    from datadream.components.tiny import build_tiny_clip
+    from datadream.components.testmodels.tiny import build_tiny_clip
 
     folder = build_tiny_clip(tmp_path / "clip48")
     model = CLIPModel.from_pretrained(folder)
@@ -108,12 +108,10 @@ def test_image_size_is_read_from_the_model(tmp_path):
 
 
 def test_unsupported_model_type_is_one_line_before_anything_trains(tmp_path):
-    from datadream.components.models import check_models_reachable
-
     folder = tmp_path / "bert"
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({"model_type": "bert"}), encoding="utf-8")
-    for load in (clip_ops.load_clip, lambda model: check_models_reachable(None, model)):
+    for load in (clip_ops.load_clip, clip_ops.check_classifier_reachable):
         with pytest.raises(UserError, match=r"^classifier\.model: .* is a 'bert' model; supported .*clip, siglip") as err:
             load(str(folder))
         assert "\n" not in str(err.value)

@@ -10,11 +10,11 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import tiny_config, write_config
-from datadream.components.grouped_lora import GroupedLinear, clip_grad_norm_per_group
+from datadream.components.generators.grouped_lora import GroupedLinear, clip_grad_norm_per_group
 from datadream.config import load_config
 from datadream.layout import LORA_WEIGHTS, UNIT_MARKER
-from datadream.stages.adapt import adapt
 from datadream.runs import init_run
+from datadream.stages.adapt import adapt
 
 
 def test_grouped_linear_applies_each_groups_weights():

@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from datadream.components.augment import TrainAugment, center_crop, mix_within, random_resized_crop
-from datadream.components.losses import origin_weighted_loss
-from datadream.components.metrics import summarize, topk_correct
+from datadream.components.classifiers.augment import TrainAugment, center_crop, mix_within, random_resized_crop
+from datadream.components.classifiers.losses import origin_weighted_loss
+from datadream.components.measures.metrics import summarize, topk_correct
 
 
 @pytest.fixture()
@@ -99,7 +99,7 @@ def test_metrics_count_per_sample_and_keep_empty_classes_apart():
 
 
 def test_macro_accuracy_and_confusion_summary():
-    from datadream.components.metrics import confusion_summary, macro_accuracy
+    from datadream.components.measures.metrics import confusion_summary, macro_accuracy
 
     assert macro_accuracy({"a": 100.0, "b": 50.0, "c": None}) == 75.0  # c has no test image: left out
     assert macro_accuracy({"a": None}) is None

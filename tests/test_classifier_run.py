@@ -14,8 +14,8 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import run_cli, tiny_config, write_config
-from datadream.components.augment import center_crop, normalize, to_uint8_tensor
-from datadream.components.clip import image_normalisation
+from datadream.components.classifiers.augment import center_crop, normalize, to_uint8_tensor
+from datadream.components.classifiers.clip import image_normalisation
 from datadream.config import load_config
 from datadream.data.images import list_images, load_rgb
 from datadream.pipeline import run_all
@@ -107,7 +107,7 @@ def test_report_banner_only_for_random_weight_models_and_pages_for_many_classes(
     import shutil
 
     from datadream import report as report_module
-    from datadream.components.tiny import TINY_MODEL_MARKER
+    from datadream.components.testmodels.tiny import TINY_MODEL_MARKER
     from datadream.report import write_report
 
     clip = tmp_path / "clip-copy"

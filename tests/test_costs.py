@@ -15,7 +15,7 @@ TOLERANCE = 0.02
 @pytest.mark.parametrize("family", ["sd", "sdxl", "sd3", "flux"])
 def test_family_costs_match_a_count_of_the_model_graph(family):
     from datadream import costs
-    from datadream.components.random_models import count_family_flops
+    from datadream.components.testmodels.random_models import count_family_flops
 
     counted = count_family_flops(family)
     assert counted.keys() == costs.FAMILY_FLOPS[family].keys()

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from conftest import tiny_config, write_config
 from datadream.components import distributed
-from datadream.components.losses import origin_weighted_loss
+from datadream.components.classifiers.losses import origin_weighted_loss
 from datadream.components.seeds import derive_seed
 from datadream.config import load_config
 from datadream.layout import LORA_WEIGHTS, UNIT_MARKER

@@ -25,7 +25,7 @@ def test_tiny_family_model_samples_with_its_stock_pipeline(family_models, name):
     import diffusers
     import torch
 
-    from datadream.components.tiny import tiny_model_note
+    from datadream.components.testmodels.tiny import tiny_model_note
 
     pipeline_class = getattr(diffusers, PIPELINES[name])
     pipeline = pipeline_class.from_pretrained(family_models[name])
@@ -39,7 +39,7 @@ def test_tiny_family_model_samples_with_its_stock_pipeline(family_models, name):
 
 
 def test_family_is_read_from_model_index(family_models, tiny_models, tmp_path):
-    from datadream.components.families import FAMILIES, family_of
+    from datadream.components.generators.families import FAMILIES, family_of
 
     for name, folder in family_models.items():
         assert family_of(str(folder)) is FAMILIES[name]
@@ -52,7 +52,7 @@ def test_family_is_read_from_model_index(family_models, tiny_models, tmp_path):
 
 
 def test_family_targets_and_text_encoders_follow_the_published_recipes():
-    from datadream.components.families import FAMILIES
+    from datadream.components.generators.families import FAMILIES
 
     assert FAMILIES["sd"].denoiser == FAMILIES["sdxl"].denoiser == "unet"
     assert FAMILIES["sd3"].denoiser == FAMILIES["flux"].denoiser == "transformer"
@@ -68,7 +68,7 @@ def test_family_targets_and_text_encoders_follow_the_published_recipes():
 def test_family_denoiser_targets_exist_in_the_tiny_model(family_models, name):
     import diffusers
 
-    from datadream.components.families import FAMILIES
+    from datadream.components.generators.families import FAMILIES
 
     family = FAMILIES[name]
     pipeline = getattr(diffusers, PIPELINES[name]).from_pretrained(family_models[name])
@@ -81,7 +81,7 @@ def test_family_denoiser_targets_exist_in_the_tiny_model(family_models, name):
 
 
 def test_unknown_pipeline_class_is_one_line(tmp_path):
-    from datadream.components.families import family_of
+    from datadream.components.generators.families import family_of
 
     folder = tmp_path / "kandinsky"
     folder.mkdir()
@@ -94,7 +94,7 @@ def test_unknown_pipeline_class_is_one_line(tmp_path):
 
 
 def test_uncached_hub_id_is_one_line_offline():
-    from datadream.components.families import family_of
+    from datadream.components.generators.families import family_of
 
     with pytest.raises(UserError, match="offline") as err:
         family_of("no-such-org/no-such-model")
@@ -127,7 +127,7 @@ def test_family_runs_end_to_end_and_stock_diffusers_reproduces_its_images(family
     swapped in place)."""
     from safetensors import safe_open
 
-    from datadream.components.families import FAMILIES
+    from datadream.components.generators.families import FAMILIES
 
     family = FAMILIES[name]
     models = {**tiny_models, "sd": family_models[name]}
@@ -169,7 +169,7 @@ def test_family_runs_end_to_end_and_stock_diffusers_reproduces_its_images(family
 
 
 def test_loading_a_family_folder_gives_its_own_pipeline(family_models):
-    from datadream.components.models import load_generator, pipeline_family
+    from datadream.components.loading.models import load_generator, pipeline_family
 
     # Stock StableDiffusionPipeline.from_pretrained would load the SDXL folder, minus its second
     # text encoder, without a word: the folder's model_index.json decides the class.
@@ -262,8 +262,8 @@ def test_offloaded_text_encoders_visit_the_device_only_to_encode(train_text_enco
 
     import torch
 
-    from datadream.components.families import FAMILIES
-    from datadream.components.family_models import family_model
+    from datadream.components.generators.families import FAMILIES
+    from datadream.components.generators.family_models import family_model
 
     log: list = []
     names = ("text_encoder", "text_encoder_2", "text_encoder_3")
@@ -294,11 +294,11 @@ def test_eight_bit_adam_without_bitsandbytes_is_one_line_before_any_work(tiny_mo
 
 
 def test_single_file_checkpoint_with_another_familys_configs_is_refused(family_models, tmp_path):
-    from datadream.components.models import check_models_reachable, load_generator
+    from datadream.components.loading.models import check_generator_reachable, load_generator
 
     checkpoint = tmp_path / "model.safetensors"
     checkpoint.write_bytes(b"\0" * 16)
-    for call in (lambda: check_models_reachable(str(checkpoint), None, str(family_models["sdxl"])),
+    for call in (lambda: check_generator_reachable(str(checkpoint), str(family_models["sdxl"])),
                  lambda: load_generator(str(checkpoint), config=str(family_models["sdxl"]))):
         with pytest.raises(UserError, match="is a model of the SDXL family; single-file checkpoints are read as SD 1.x/2.x only"):
             call()
@@ -313,7 +313,7 @@ def test_single_file_checkpoint_with_another_familys_configs_is_refused(family_m
 def test_full_size_random_family_models_have_the_published_sizes(name, expected):
     """The GPU benchmarks' random models are the published architectures (counted on the meta
     device: nothing is allocated)."""
-    from datadream.components.random_models import random_family_pipeline
+    from datadream.components.testmodels.random_models import random_family_pipeline
 
     pipeline = random_family_pipeline(name, "meta")
     counts = {part: round(sum(p.numel() for p in getattr(pipeline, part).parameters()) / 1e6, 1) for part in expected}
@@ -355,9 +355,9 @@ def test_training_sigmas_are_shifted_as_the_sampler_shifts_them(family_models, n
     import torch
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    from datadream.components.families import FAMILIES
-    from datadream.components.family_models import family_model
-    from datadream.components.models import load_generator
+    from datadream.components.generators.families import FAMILIES
+    from datadream.components.generators.family_models import family_model
+    from datadream.components.loading.models import load_generator
     from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
     pipeline = load_generator(str(family_models[name]))
@@ -385,9 +385,9 @@ def test_training_conditioning_is_the_stock_pipelines_encode_prompt(family_model
     """What the denoiser is trained on is, bit for bit, what the stock pipeline feeds it at sampling."""
     import torch
 
-    from datadream.components.families import FAMILIES
-    from datadream.components.family_models import family_model
-    from datadream.components.models import load_generator
+    from datadream.components.generators.families import FAMILIES
+    from datadream.components.generators.family_models import family_model
+    from datadream.components.loading.models import load_generator
 
     pipeline = load_generator(str(tiny_models["sd"] if name == "sd" else family_models[name]))
     model = family_model(pipeline, FAMILIES[name], torch.device("cpu"), torch.float32, resolution=TINY)
@@ -418,9 +418,9 @@ def test_t5_reads_the_published_prompt_length(family_models, name, guidance_embe
     tiny models' tokenizers take fewer, so their limit is lifted here to see the published one."""
     import torch
 
-    from datadream.components.families import FAMILIES
-    from datadream.components.family_models import family_model
-    from datadream.components.models import load_generator
+    from datadream.components.generators.families import FAMILIES
+    from datadream.components.generators.family_models import family_model
+    from datadream.components.loading.models import load_generator
 
     pipeline = load_generator(str(family_models[name]))
     if guidance_embeds is not None:
@@ -451,7 +451,7 @@ def test_sd3_folder_without_t5_is_one_line(family_models, tmp_path):
     encoder of a family, and stock from_pretrained refuses the folder; that is one line."""
     from diffusers import StableDiffusion3Pipeline
 
-    from datadream.components.models import load_generator
+    from datadream.components.loading.models import load_generator
 
     pipeline = StableDiffusion3Pipeline.from_pretrained(family_models["sd3"])
     pipeline.text_encoder_3 = pipeline.tokenizer_3 = None
@@ -467,7 +467,7 @@ def test_hub_downloads_fetch_sharded_weights_and_the_t5_tokenizer():
     original single files at the repository root are not fetched."""
     from fnmatch import fnmatch
 
-    from datadream.components.hub import NEEDED_PATTERNS
+    from datadream.components.loading.hub import NEEDED_PATTERNS
 
     def fetched(path: str) -> bool:
         return any(fnmatch(path, pattern) for pattern in NEEDED_PATTERNS)
@@ -530,7 +530,7 @@ def test_native_resolution_is_read_from_the_denoiser_and_vae_configs(tmp_path):
     """SD 2.1 (768-v) is trained at 768 px: 96 latent pixels x 8."""
     import json
 
-    from datadream.components.families import FAMILIES, native_resolution
+    from datadream.components.generators.families import FAMILIES, native_resolution
 
     (tmp_path / "unet").mkdir()
     (tmp_path / "vae").mkdir()

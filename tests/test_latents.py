@@ -1,6 +1,6 @@
 import torch
 
-from datadream.components.latents import LatentEncoder, ShotImage
+from datadream.components.generators.latents import LatentEncoder, ShotImage
 
 
 def load_vae(tiny_models):
@@ -39,7 +39,7 @@ def test_random_sd21_base_has_the_published_architecture():
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from datadream.components.random_models import SD21_BASE_TEXT, SD21_BASE_UNET, SD21_BASE_VAE
+    from datadream.components.testmodels.random_models import SD21_BASE_TEXT, SD21_BASE_UNET, SD21_BASE_VAE
 
     with torch.device("meta"):
         unet = UNet2DConditionModel(**SD21_BASE_UNET)

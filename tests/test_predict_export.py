@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from conftest import TINY, tiny_config, write_config
-from datadream.components.augment import center_crop, normalize, to_uint8_tensor
-from datadream.components.clip import image_normalisation
+from datadream.components.classifiers.augment import center_crop, normalize, to_uint8_tensor
+from datadream.components.classifiers.clip import image_normalisation
 from datadream.config import load_config
 from datadream.data.images import load_rgb
 from datadream.errors import UserError

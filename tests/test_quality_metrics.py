@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from datadream.components import quality as q
+from datadream.components.measures import quality as q
 
 
 def unit(n: int, dim: int, seed: int, centre: torch.Tensor | None = None, noise: float = 1.0) -> torch.Tensor:

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from datadream.components.randaugment import OPS, apply_op, magnitudes, rand_augment
+from datadream.components.classifiers.randaugment import OPS, apply_op, magnitudes, rand_augment
 
 
 def test_magnitudes_at_bin_9_are_torchvisions():

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from datadream import report
-from datadream.components.confusion import MARGIN, confusion_counts, seriate
+from datadream.components.measures.confusion import MARGIN, confusion_counts, seriate
 from datadream.errors import UserError
 
 

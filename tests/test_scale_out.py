@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import json
 import os
 import shutil
@@ -22,62 +21,7 @@ from datadream.errors import UserError
 SRC = Path(__file__).resolve().parents[1] / "src" / "datadream"
 
 
-# --- import direction ---------------------------------------------------------------------------
-
-def _imports(path: Path) -> tuple[set[str], set[str]]:
-    """(imports at module level, imports anywhere) of one module, as datadream module names."""
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    top, anywhere = set(), set()
-    for node in ast.walk(tree):
-        names = []
-        if isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-        names = [n for n in names if n.startswith("datadream")]
-        anywhere.update(names)
-        if node in tree.body:
-            top.update(names)
-    return top, anywhere
-
-
-def _modules() -> dict[str, Path]:
-    return {".".join(("datadream", *p.relative_to(SRC).with_suffix("").parts)).removesuffix(".__init__"): p
-            for p in SRC.rglob("*.py")}
-
-
-def test_imports_flow_downward_and_have_no_cycles():
-    modules = _modules()
-    graph: dict[str, set[str]] = {}
-    upper = ("datadream.stages", "datadream.runners", "datadream.cli", "datadream.api", "datadream.pipeline",
-             "datadream.benchmark", "datadream.report", "datadream.export", "datadream.status", "datadream.units",
-             "datadream.artifacts", "datadream.runs", "datadream.store", "datadream.demo")
-    stage_modules = {f"datadream.stages.{n}" for n in ("adapt", "synthesize", "train", "evaluate", "predict")}
-    for name, path in modules.items():
-        top, anywhere = _imports(path)
-        if name.startswith(("datadream.components", "datadream.data")):
-            wrong = sorted(i for i in anywhere if i.startswith(upper))
-            assert not wrong, f"{name} (a lower layer) imports {wrong}"
-        if name in stage_modules:
-            wrong = sorted(i for i in anywhere if any(i == s or i.startswith(s + ".") for s in stage_modules - {name}))
-            assert not wrong, f"stage {name} imports another stage: {wrong} (stages talk through files)"
-        graph[name] = {m for m in modules if m != name and any(i == m for i in top)}
-    # No cycle through module-level imports (Tarjan would name it; a DFS with colours is enough).
-    state: dict[str, int] = {}
-
-    def visit(node: str, path: list[str]) -> None:
-        state[node] = 1
-        for nxt in sorted(graph[node]):
-            if state.get(nxt) == 1:
-                pytest.fail("import cycle: " + " -> ".join(path[path.index(nxt):] + [nxt]) if nxt in path else nxt)
-            if nxt not in state:
-                visit(nxt, path + [nxt])
-        state[node] = 2
-
-    for node in sorted(graph):
-        if node not in state:
-            visit(node, [node])
-
+# --- torch-free planning ------------------------------------------------------------------------
 
 def test_planning_and_runner_modules_do_not_import_torch():
     code = ("import sys; import datadream.units, datadream.artifacts, datadream.store, datadream.locks,"

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from datadream.config import DataConfig, load_config
-from datadream.data.catalog import CATALOG
+from datadream.catalog import CATALOG
 from datadream.data.fewshot import build_manifest
 from datadream.data.leaks import find_leaks
 from datadream.data.sources import load_view

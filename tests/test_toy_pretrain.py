@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from datadream.components import toy_pretrain
+from datadream.components.testmodels import toy_pretrain
 
 
 @pytest.fixture()
@@ -18,7 +18,7 @@ def quick_recipe(monkeypatch):
 
 
 def test_captions_name_colours_never_shapes():
-    from datadream.data.toy import TOY_CLASSES
+    from datadream.components.testmodels.toy_world import TOY_CLASSES
 
     images, captions = toy_pretrain.toy_world(200, seed=1)
     assert images.shape == (200, 3, 32, 32) and -1 <= images.min() and images.max() <= 1
@@ -30,7 +30,7 @@ def test_captions_name_colours_never_shapes():
 def test_build_is_cached_by_recipe_and_replaces_leftovers(tmp_path, monkeypatch, quick_recipe, capsys):
     from diffusers import StableDiffusionPipeline
 
-    from datadream.components.tiny import tiny_model_note
+    from datadream.components.testmodels.tiny import tiny_model_note
 
     monkeypatch.setenv("DATADREAM_CACHE", str(tmp_path))
     folder = toy_pretrain.toy_generator()

@@ -17,7 +17,7 @@ runner calls), `api.run_ray([RUN, ...])` runs them as Ray tasks, `api.status(RUN
 gives inspect's data-quality figures for feature matrices of your own.
 """
 
-from datadream.components.tiny import build_tiny_models
+from datadream.components.testmodels.tiny import build_tiny_models
 from datadream.config import Config, load_config
 from datadream.errors import UserError
 from datadream.export import export
@@ -50,7 +50,7 @@ def quality_metrics(real_features, synthetic_features, *, l2_normalize: bool = T
 
     `l2_normalize=True` (the default, as inspect, whose image features are L2-normalised) scales
     every row to unit length first; with False the features are measured as given, FD in their
-    units (see datadream.components.quality for each metric). Returns the dict inspect writes per
+    units (see datadream.components.measures.quality for each metric). Returns the dict inspect writes per
     class, numbers to 4 significant digits: n_real, n_synth, fd, fd_std, kd, kd_std, precision,
     recall, density, coverage, prdc_k, diversity_real, diversity_synth, near_copy_share,
     near_copy_expected_share (what fresh samples would give), near_copy_count, near_copy_threshold,
@@ -59,7 +59,7 @@ def quality_metrics(real_features, synthetic_features, *, l2_normalize: bool = T
     from runtime.seed).
     Bad input is one UserError line.
     """
-    from datadream.components import quality
+    from datadream.components.measures import quality
 
     try:
         real, synthetic = quality.feature_sets(real_features, synthetic_features, l2_normalize=l2_normalize)

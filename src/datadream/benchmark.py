@@ -35,7 +35,7 @@ from pathlib import Path
 
 from datadream import atomic
 from datadream.config import SECTIONS, Config, config_from_raw, read_yaml
-from datadream.data.catalog import CATALOG
+from datadream.catalog import CATALOG
 from datadream.errors import UserError
 
 log = logging.getLogger(__name__)

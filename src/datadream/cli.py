@@ -289,7 +289,7 @@ def run_command(args: argparse.Namespace) -> int:
         from datadream.layout import RunLayout
         from datadream.stages.evaluate import evaluate
 
-        from datadream.components.metrics import accuracy_text
+        from datadream.components.measures.metrics import accuracy_text
 
         metrics = evaluate(args.run)
         print(f"{accuracy_text(metrics)}  on {metrics['n']} test images"
@@ -351,7 +351,7 @@ def run_command(args: argparse.Namespace) -> int:
 
         return model_commands.download(args.model, args.to) if args.action == "download" else model_commands.check(args.model)
     if args.command == "tiny-models":
-        from datadream.components.tiny import build_tiny_models
+        from datadream.components.testmodels.tiny import build_tiny_models
 
         for name, path in build_tiny_models(args.dir).items():
             print(f"{name}: {path}")
@@ -388,7 +388,7 @@ def plan_command(args: argparse.Namespace) -> int:
 
 
 def datasets_command(args: argparse.Namespace) -> int:
-    from datadream.data.catalog import CATALOG
+    from datadream.catalog import CATALOG
 
     if args.action == "list":
         print(f"{'key':<14} {'classes':>7}  {'domain':<11} {'train/val/test (CoOp)':<24} dataset")
@@ -425,7 +425,7 @@ def one_line(err: Exception) -> str:
 class Terminated(KeyboardInterrupt):
     """SIGTERM (`kill`, a batch scheduler's stop), raised where the program is, as Ctrl-C is: the
     same locks are released and temporaries removed, and the same resume line is printed.
-    DataLoader workers end quietly on it (components/scoring.py, start_loader)."""
+    DataLoader workers end quietly on it (components/classifiers/scoring.py, start_loader)."""
 
 
 def _terminate(signum, frame) -> None:

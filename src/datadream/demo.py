@@ -3,7 +3,7 @@
 Two runs on four toy classes that differ in shape and colour, both training the classifier on
 synthetic images only: `run` adapts the generator to each class's 4 shots, `run-unadapted` uses the
 generator as it is (adapt.mode=none). The generator is tiny and was pretrained in code on toy images
-whose captions never name a shape (components/toy_pretrain.py), so whatever tells a class apart in
+whose captions never name a shape (components/testmodels/toy_pretrain.py), so whatever tells a class apart in
 the synthetic images was learned from the shots. The summary says whether adaptation moved the
 synthetic images toward held-out real images of their class, and what a classifier trained on them
 alone scores on real test images, against chance and against the un-adapted generator. The CLIP
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from datadream.components.tiny import TINY_RESOLUTION
+from datadream.components.testmodels.tiny import TINY_RESOLUTION
 
 DEMO_NOTE = (
     "NOTE: the demo uses tiny models built in code (a generator pretrained for a few CPU minutes on toy"
@@ -49,8 +49,8 @@ def demo_config(generator: Path, clip: Path, data: Path, adapt_mode: str = "clas
 
 def run_demo(folder: Path) -> int:
     from datadream.compare import compare
-    from datadream.components.tiny import build_tiny_clip
-    from datadream.components.toy_pretrain import toy_generator
+    from datadream.components.testmodels.tiny import build_tiny_clip
+    from datadream.components.testmodels.toy_pretrain import toy_generator
     from datadream.config import load_config
     from datadream.data.toy import write_toy_dataset
     from datadream.pipeline import print_summary, run_all

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from datadream import atomic
-from datadream.components import clip as clip_ops
+from datadream.components.classifiers import clip as clip_ops
 from datadream.errors import UserError
 from datadream.layout import LORA_WEIGHTS, UNIT_MARKER
 from datadream.progress import progress
@@ -61,10 +61,10 @@ def export_classifier(run: Run, out: Path) -> None:
     from transformers import AutoTokenizer, CLIPImageProcessor, CLIPProcessor
     from transformers.image_utils import PILImageResampling
 
-    from datadream.components.models import explained_loading
     from datadream.artifacts import read_classifier_marker
+    from datadream.classifier_files import load_classifier
+    from datadream.components.loading.models import explained_loading
     from datadream.layout import PROMPTS
-    from datadream.stages.classifier_files import load_classifier
 
     marker = read_classifier_marker(run)
     model, tokens, size = load_classifier(run, marker)
@@ -176,7 +176,7 @@ def kohya_state_dict(adapter: Path, sdxl: bool | None = None) -> tuple[dict[str,
 
 def _is_sdxl(model: str) -> bool | None:
     """Whether the run's generator is SDXL (None when its model_index.json cannot be read here)."""
-    from datadream.components.families import family_of
+    from datadream.components.generators.families import family_of
 
     try:
         return family_of(model).name == "sdxl"
@@ -192,8 +192,8 @@ def export_adapters(run: Run, out: Path) -> None:
     have not written and tested; their diffusers files are what diffusers-format loaders read."""
     from safetensors.torch import save_file
 
-    from datadream.components.lora_weights import sort_safetensors_metadata
     from datadream.artifacts import adapter_is_complete
+    from datadream.components.generators.lora_weights import sort_safetensors_metadata
     from datadream.units import adapter_specs, store_of
 
     units = adapter_specs(run)

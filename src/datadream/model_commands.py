@@ -9,8 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from datadream import atomic
-from datadream.components import hub, weights
-from datadream.components.hub import NEEDED_PATTERNS, explain, is_hub_id
+from datadream.components.loading import hub, weights
+from datadream.components.loading.hub import NEEDED_PATTERNS, explain, is_hub_id
+from datadream.config import DEFAULT_GENERATOR
 from datadream.errors import UserError
 
 
@@ -30,7 +31,7 @@ def _report(checks: list[weights.FileCheck], what: str) -> None:
 def download(model: str | None, to: Path | None) -> int:
     """Fetch the safetensors weights, configs and tokenizer of a hub model (resuming a partial
     download), check them, and print the setting that uses them."""
-    model = model or weights.DEFAULT_GENERATOR
+    model = model or DEFAULT_GENERATOR
     if not is_hub_id(model):
         raise UserError(f"models download: '{model}' is not a hub id (org/name); to check a local copy use"
                         f" `datadream models check {model}`")
@@ -64,7 +65,7 @@ def download(model: str | None, to: Path | None) -> int:
 def check(model: str | None) -> int:
     """One line per file (ok / MISMATCH / unknown / missing) for a folder, a checkpoint file or a
     hub id's cached snapshot; a UserError (exit 2) when a file is missing or differs."""
-    model = model or weights.DEFAULT_GENERATOR
+    model = model or DEFAULT_GENERATOR
     path = Path(model).expanduser()
     if path.is_file():
         return _check_single_file(path)

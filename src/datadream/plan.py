@@ -90,7 +90,7 @@ def data_shape(config: Config, run: Path | None = None, classes: int | None = No
     val = test = 0
     source = ""
     if config.data.dataset:
-        from datadream.data.catalog import get_entry
+        from datadream.catalog import get_entry
 
         entry = get_entry(config.data.dataset)
         val, test = entry.sizes.get("val", 0), entry.sizes.get("test", 0)

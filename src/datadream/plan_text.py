@@ -127,7 +127,7 @@ def warnings(plan: Plan) -> list[str]:
 def _with_family_defaults(config) -> None:
     """The settings `init` would give the generator's family (priced as the run would do them),
     where its model_index.json can be read here; otherwise the config's own values."""
-    from datadream.components.families import family_of
+    from datadream.components.generators.families import family_of
     from datadream.errors import UserError
     from datadream.runs import apply_family_defaults
 
@@ -218,7 +218,7 @@ def group_size_table() -> list[str]:
 
 
 def dataset_table(root: Path) -> list[str]:
-    from datadream.data.catalog import CATALOG
+    from datadream.catalog import CATALOG
 
     lines = [
         "## The ten benchmark datasets (16 shots, 500 images per class, synthetic+real)",

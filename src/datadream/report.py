@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from datadream import atomic
-from datadream.components import confusion
+from datadream.components.measures import confusion
 from datadream.data.images import load_rgb
 from datadream.errors import UserError
 from datadream.layout import UNIT_MARKER, is_safe_component
@@ -59,7 +59,7 @@ def write_report(root: Path) -> Path:
     index = _read_index(layout.synthetic_index)
     predictions = _read_predictions(layout.predictions, len(run.manifest.classes)) if metrics else []
     previews = _read_previews(run)
-    from datadream.components.tiny import tiny_model_note
+    from datadream.components.testmodels.tiny import tiny_model_note
 
     notes = dict.fromkeys(note for m in (run.config.generator.model if index else None, run.config.classifier.model)
                           if (note := tiny_model_note(m)))

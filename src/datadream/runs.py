@@ -29,15 +29,19 @@ def init_run(config: Config, root: Path) -> Run:
     holds another config, or anything that is not a run, is refused and left untouched. The
     models of the stages the run will do (runtime.until) are checked first: a mistyped model must
     not leave a run that refuses the fix, and a generation-only run needs no classifier."""
-    from datadream.components.models import check_models_reachable
-
     layout = RunLayout(Path(root).resolve())
     needs_generator = config.classifier.train_on in ("synthetic", "synthetic+real")
     needs_classifier = config.runtime.until == "evaluate"
-    check_models_reachable(config.generator.model if needs_generator else None,
-                           config.classifier.model if needs_classifier else None, config.generator.config)
     if needs_generator:
-        from datadream.components.families import check_settings, family_of
+        from datadream.components.loading.models import check_generator_reachable
+
+        check_generator_reachable(config.generator.model, config.generator.config)
+    if needs_classifier:
+        from datadream.components.classifiers.clip import check_classifier_reachable
+
+        check_classifier_reachable(config.classifier.model)
+    if needs_generator:
+        from datadream.components.generators.families import check_settings, family_of
 
         family = family_of(config.generator.model)
         apply_family_defaults(config, family)
@@ -78,11 +82,11 @@ def init_run(config: Config, root: Path) -> Run:
 
 
 def apply_family_defaults(config: Config, family) -> None:
-    """Record the generator's family, and give the settings nobody set (components.families.
+    """Record the generator's family, and give the settings nobody set (components.generators.families.
     FAMILY_SETTINGS) the values its model was trained with; a set value that differs is kept, with
     one warning: a FLUX model sampled at SD's 512 px, or SDXL with SD's guidance, is a choice to
     make knowingly, not by default."""
-    from datadream.components.families import native_resolution, trained_settings
+    from datadream.components.generators.families import native_resolution, trained_settings
 
     if config.generator.family not in ("", family.name):
         raise UserError(f"generator.family={config.generator.family!r}, but {config.generator.model} is a"

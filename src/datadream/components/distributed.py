@@ -249,7 +249,7 @@ def start(device_spec: str) -> Group:
         return SINGLE
     from accelerate import PartialState
 
-    from datadream.components.models import resolve_device
+    from datadream.components.loading.models import resolve_device
 
     device = local_device(resolve_device(device_spec))
     if device.type not in ("cpu", "cuda"):

@@ -9,7 +9,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from datadream.config import DataConfig
-from datadream.data.catalog import get_entry
+from datadream.catalog import get_entry
 from datadream.data.leaks import content_duplicates
 from datadream.data.sources import SPLITS, load_view
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from datadream.components.prompts import class_prompt
 from datadream.config import DataConfig, stable_hash
-from datadream.data.catalog import get_entry
+from datadream.catalog import get_entry
 from datadream.data.images import load_rgb, sha256_file
 from datadream.data.sources import DatasetView, load_view
 from datadream.errors import UserError

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from datadream.components.augment import center_crop, random_resized_crop, to_uint8_tensor
+from datadream.components.classifiers.augment import center_crop, random_resized_crop, to_uint8_tensor
 from datadream.components.seeds import derive_seed
 from datadream.data.images import load_rgb
 from datadream.data.samples import REAL, Sample

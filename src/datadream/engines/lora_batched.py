@@ -2,7 +2,7 @@
 
 A batch of 8 leaves a GPU mostly idle; K classes x 8 samples fill it. It is the same optimisation
 as K separate runs, step for step:
-- each targeted layer applies adapter k only to class k's samples (components/grouped_lora.py);
+- each targeted layer applies adapter k only to class k's samples (components/generators/grouped_lora.py);
 - the loss is the sum over classes of each class's mean, so adapter k's gradient is exactly the
   gradient of its own loss;
 - gradient-norm clipping is computed and applied per adapter;
@@ -23,7 +23,7 @@ from typing import Callable
 import torch
 from datadream.progress import progress
 
-from datadream.components.grouped_lora import clip_grad_norm_per_group, make_grouped
+from datadream.components.generators.grouped_lora import clip_grad_norm_per_group, make_grouped
 from datadream.components.seeds import derive_seed
 from datadream.errors import UserError
 from datadream.engines.lora_training import LoraTrainer, ShotImage, StepDraws, make_optimizer

@@ -18,12 +18,12 @@ from pathlib import Path
 import torch
 
 from datadream.components import distributed
-from datadream.components.grouped_lora import make_single
-from datadream.components.latents import LatentEncoder, ShotImage
-from datadream.components.family_models import Conditioning, Prompts, family_model
-from datadream.components.models import (compile_module, load_generator, pipeline_family, resolve_device,
-                                         resolve_dtype)
-from datadream.components.lora_weights import reset_lora
+from datadream.components.generators.family_models import Conditioning, Prompts, family_model
+from datadream.components.generators.grouped_lora import make_single
+from datadream.components.generators.latents import LatentEncoder, ShotImage
+from datadream.components.generators.lora_weights import reset_lora
+from datadream.components.loading.models import (compile_module, load_generator, pipeline_family,
+                                                 resolve_device, resolve_dtype)
 from datadream.components.seeds import derive_seed
 from datadream.config import NEEDS_BITSANDBYTES, AdaptConfig, Config
 from datadream.data.fewshot import FewShotClass

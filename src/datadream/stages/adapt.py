@@ -33,7 +33,7 @@ import torch
 from datadream import atomic, locks
 from datadream.artifacts import adapter_is_complete, link_adapters
 from datadream.components import distributed
-from datadream.components.lora_weights import sort_safetensors_metadata
+from datadream.components.generators.lora_weights import sort_safetensors_metadata
 from datadream.config import AdaptConfig, stable_hash
 from datadream.engines import checkpoint
 from datadream.engines.lora_training import LoraTrainer, load_shots

@@ -3,7 +3,7 @@
     datadream evaluate RUN
 
 Writes RUN/classifier/metrics.json for `data.test`. The class-prompt features are computed once;
-accuracies are counted per sample. The same scoring (components/scoring.py) serves model
+accuracies are counted per sample. The same scoring (components/classifiers/scoring.py) serves model
 selection on `data.val` during training; the test split is never used for any choice.
 """
 
@@ -17,15 +17,15 @@ from pathlib import Path
 
 from datadream import atomic, locks
 from datadream.artifacts import read_classifier_marker
-from datadream.components.metrics import accuracy_text, confusion_summary, macro_accuracy, summarize
-from datadream.components.models import resolve_device, resolve_dtype
-from datadream.components.scoring import loader_workers, top_predictions
+from datadream.classifier_files import load_classifier
+from datadream.components.classifiers.scoring import loader_workers, top_predictions
+from datadream.components.loading.models import resolve_device, resolve_dtype
+from datadream.components.measures.metrics import accuracy_text, confusion_summary, macro_accuracy, summarize
 from datadream.config import stable_hash
 from datadream.data.labelled import EvalImages
 from datadream.data.samples import Sample, split_samples
 from datadream.errors import UserError
 from datadream.markers import read_marker
-from datadream.stages.classifier_files import load_classifier
 from datadream.runs import Run, open_run
 from datadream.units import classifier_fingerprint
 

@@ -2,7 +2,7 @@
 
 Per class and over all classes, in the feature space of the run's classifier backbone (the frozen
 CLIP image tower of `classifier.model`: nothing extra is downloaded), the synthetic images are set
-against the real shots (components/quality.py: Fréchet distance and kernel distance, each with its
+against the real shots (components/measures/quality.py: Fréchet distance and kernel distance, each with its
 bootstrap spread, precision / recall / density / coverage, diversity of each set, near-copies of shots,
 CLIP-score against the class prompt), and, when the dataset has a validation split, against those
 held-out real images too: the shots are what the generator was adapted to, the held-out images
@@ -24,11 +24,11 @@ import torch
 
 from datadream import atomic, locks
 from datadream.artifacts import completed_synthetic_set
-from datadream.components import clip as clip_ops
-from datadream.components import quality
-from datadream.components.augment import normalize
-from datadream.components.models import resolve_device, resolve_dtype
-from datadream.components.scoring import loader_workers, start_loader
+from datadream.components.classifiers import clip as clip_ops
+from datadream.components.classifiers.augment import normalize
+from datadream.components.classifiers.scoring import loader_workers, start_loader
+from datadream.components.loading.models import resolve_device, resolve_dtype
+from datadream.components.measures import quality
 from datadream.config import stable_hash
 from datadream.data.labelled import EvalImages
 from datadream.data.samples import Sample, real_shots, split_samples

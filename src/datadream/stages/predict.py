@@ -20,13 +20,13 @@ from pathlib import Path
 import torch
 
 from datadream.artifacts import read_classifier_marker
-from datadream.components.models import resolve_device, resolve_dtype
-from datadream.components.scoring import batched_logits, loader_workers
-from datadream.data.labelled import EvalImages
+from datadream.classifier_files import load_classifier
+from datadream.components.classifiers.scoring import batched_logits, loader_workers
+from datadream.components.loading.models import resolve_device, resolve_dtype
 from datadream.data.images import IMAGE_EXTENSIONS, list_images
+from datadream.data.labelled import EvalImages
 from datadream.data.samples import REAL, Sample
 from datadream.errors import UserError
-from datadream.stages.classifier_files import load_classifier
 from datadream.runs import open_run
 
 FORMATS = ("table", "csv", "json")

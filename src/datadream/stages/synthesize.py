@@ -15,7 +15,7 @@ The index unit then links RUN/synthetic/<class> to the store and writes RUN/synt
 the synthetic set's done-marker, which is all `train` reads.
 
 The base pipeline is loaded once per process and every adapter is read once; a class's adapter is
-copied into the pipeline's LoRA weights in place (components/lora_swap.py). Resume: a shard is
+copied into the pipeline's LoRA weights in place (components/generators/lora_swap.py). Resume: a shard is
 skipped when done, and within a shard a batch is skipped when all its files exist, so a re-run
 computes exactly the batches an uninterrupted run would have computed and writes the same files.
 An image whose size no longer matches its record (a power cut, a truncated copy) is generated again.
@@ -43,11 +43,11 @@ import torch
 from datadream import atomic, locks
 from datadream.artifacts import (adapter_is_complete, index_text, link_adapters, marker_time, preview_records,
                                  shard_records, stored_image_is_intact)
-from datadream.components.lora_swap import AdapterSwapper
-from datadream.components.families import check_settings
-from datadream.components.family_models import family_model
-from datadream.components.models import (compile_module, load_generator, pipeline_family, resolve_device,
-                                         resolve_dtype)
+from datadream.components.generators.families import check_settings
+from datadream.components.generators.family_models import family_model
+from datadream.components.generators.lora_swap import AdapterSwapper
+from datadream.components.loading.models import (compile_module, load_generator, pipeline_family,
+                                                 resolve_device, resolve_dtype)
 from datadream.config import stable_hash
 from datadream.errors import UserError
 from datadream.layout import CLASS_MARKER, PREVIEW_MARKER, StoreLayout, image_name, preview_name, shard_marker

@@ -35,12 +35,12 @@ from datadream.progress import progress
 
 from datadream import atomic, locks
 from datadream.artifacts import classifier_is_complete, completed_synthetic_set
-from datadream.components import clip as clip_ops
 from datadream.components import distributed
-from datadream.components.augment import TrainAugment, mix_within
-from datadream.components.losses import origin_weighted_loss
-from datadream.components.models import resolve_device, resolve_dtype
-from datadream.components.scoring import loader_workers, score, start_loader
+from datadream.components.classifiers import clip as clip_ops
+from datadream.components.classifiers.augment import TrainAugment, mix_within
+from datadream.components.classifiers.losses import origin_weighted_loss
+from datadream.components.classifiers.scoring import loader_workers, score, start_loader
+from datadream.components.loading.models import resolve_device, resolve_dtype
 from datadream.components.seeds import derive_seed
 from datadream.data.labelled import EvalImages, TrainImages
 from datadream.data.leaks import check_synthetic_not_in_evaluation

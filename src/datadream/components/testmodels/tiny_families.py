@@ -10,7 +10,8 @@ from pathlib import Path
 
 import torch
 
-from datadream.components.tiny import TINY_RESOLUTION, text_config_kwargs, mark_random_weights, tiny_tokenizer
+from datadream.components.testmodels.tiny import (TINY_RESOLUTION, mark_random_weights, text_config_kwargs,
+                                                 tiny_tokenizer)
 
 T5_LENGTH = 32  # tokens per prompt the tiny T5 encoders take (real ones: 256 or 512)
 

@@ -1,7 +1,7 @@
 """A tiny Stable Diffusion that has seen the toy world, trained here in code in a few CPU minutes.
 
 A tiny random-weight generator samples noise, so with it nothing can show that adaptation learns
-anything. This one is pretrained on toy images (data/toy.py: every shape in every colour) with
+anything. This one is pretrained on toy images (toy_world.py: every shape in every colour) with
 captions that often name the colour and never the shape. So it draws toy images and knows "a red
 thing", but has never seen the word "circle": what a class looks like only adaptation to its shots
 can tell it, which is what the learning test and the demo measure. It stands in for a real checkpoint's
@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from datadream import atomic
-from datadream.components.tiny import TINY_RESOLUTION, build_tiny_stable_diffusion, mark_tiny_model
+from datadream.components.testmodels.tiny import TINY_RESOLUTION, build_tiny_stable_diffusion, mark_tiny_model
+from datadream.components.testmodels.toy_world import TOY_CLASSES, draw_shape
 from datadream.config import stable_hash
 
 log = logging.getLogger(__name__)
@@ -55,8 +56,6 @@ def colour_name(hue: float) -> str:
 
 def toy_world(count: int, seed: int) -> tuple[torch.Tensor, list[str]]:
     """`count` toy images of any shape and hue, as a float tensor in [-1, 1], and their captions."""
-    from datadream.data.toy import TOY_CLASSES, draw_shape
-
     rng = random.Random(seed)
     images, captions = [], []
     for _ in range(count):
@@ -86,7 +85,7 @@ def is_built(folder: Path) -> bool:
 
 
 def build_pretrained_tiny_stable_diffusion(folder: Path) -> Path:
-    """The tiny generator of components/tiny.py, pretrained on the toy world (cached in `folder`)."""
+    """The tiny generator of tiny.py, pretrained on the toy world (cached in `folder`)."""
     folder = Path(folder)
     if is_built(folder):
         return folder

@@ -4,7 +4,7 @@ p 0.2 (sigma 0.1-2) -> solarize p 0.2 -> the model's own normalisation; Mixup/Cu
 
 Split in two so that the GPU does the heavy part: the crop runs on the CPU in the loader workers
 (images arrive in all sizes and must leave in one), everything else runs batched on the device:
-RandAugment with torchvision's definition (components/randaugment.py, per image), the rest with
+RandAugment with torchvision's definition (components/classifiers/randaugment.py, per image), the rest with
 kornia, whose ColorJitter follows torchvision's formulas. Deliberate difference: RandAugment runs
 after the crop instead of before it.
 """
@@ -17,7 +17,7 @@ import random
 import torch
 from PIL import Image
 
-from datadream.components.randaugment import rand_augment
+from datadream.components.classifiers.randaugment import rand_augment
 
 CROP_SCALE = (0.25, 1.0)
 CROP_RATIO = (3 / 4, 4 / 3)

@@ -83,7 +83,8 @@ def hub_failure(err: BaseException) -> str | None:
 
 def explain(kind: str, model: str, key: str, folder_kind: str, err: BaseException) -> str:
     """One line: what failed, why (gone, gated, offline), and what to set instead."""
-    from datadream.components.weights import DEFAULT_GENERATOR, known_by_repo
+    from datadream.components.loading.weights import known_by_repo
+    from datadream.config import DEFAULT_GENERATOR
 
     reason = hub_failure(err) if is_hub_id(model) else None
     local = f"a local {folder_kind} folder"

@@ -132,7 +132,7 @@ def build_tiny_siglip(folder: Path, seed: int = 0) -> Path:
     loads it from the folder like any other."""
     from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel
 
-    from datadream.components.clip import SIGLIP_TEXT_LENGTH
+    from datadream.components.classifiers.clip import SIGLIP_TEXT_LENGTH
 
     torch.manual_seed(seed)
     tokenizer = tiny_tokenizer()

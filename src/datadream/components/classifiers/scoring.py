@@ -14,9 +14,9 @@ from typing import Iterator
 import torch
 from torch.utils.data import Dataset
 
-from datadream.components import clip as clip_ops
-from datadream.components.augment import normalize
-from datadream.components.metrics import topk_correct
+from datadream.components.classifiers import clip as clip_ops
+from datadream.components.classifiers.augment import normalize
+from datadream.components.measures.metrics import topk_correct
 from datadream.progress import progress
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from datadream.components.tiny import mark_random_weights, tiny_tokenizer
+from datadream.components.testmodels.tiny import mark_random_weights, tiny_tokenizer
 
 SD21_BASE_UNET = dict(
     sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
@@ -96,7 +96,7 @@ def random_family_pipeline(family: str, device: str | torch.device = "cpu"):
     import diffusers
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler
 
-    from datadream.components.tiny_families import tiny_t5_tokenizer
+    from datadream.components.testmodels.tiny_families import tiny_t5_tokenizer
 
     clip, t5 = tiny_tokenizer(), tiny_t5_tokenizer()
     if family == "sd":
@@ -157,7 +157,7 @@ def build_random_family(family: str, folder: Path, seed: int = 0) -> Path:
 def count_family_flops(family: str) -> dict[str, int]:
     """Per sample, for `family`'s full-size published model at its native resolution, counted by
     torch's FlopCounterMode on the meta device (shapes only: no weights, no GPU, seconds) through
-    the very code adapt and synthesize run (components/family_models.py), with LoRA rank 16 on
+    the very code adapt and synthesize run (components/generators/family_models.py), with LoRA rank 16 on
     every published target:
         denoiser_lora_train_flops  one training step of the denoiser (forward and backward, base frozen)
         denoiser_fwd_flops         one evaluation of the denoiser (a sampling step, one image, no CFG pair)
@@ -170,8 +170,8 @@ def count_family_flops(family: str) -> dict[str, int]:
 
     from torch.utils.flop_counter import FlopCounterMode
 
-    from datadream.components.families import FAMILIES
-    from datadream.components.family_models import family_model
+    from datadream.components.generators.families import FAMILIES
+    from datadream.components.generators.family_models import family_model
 
     from datadream.costs import NATIVE_RESOLUTION
 

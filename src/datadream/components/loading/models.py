@@ -17,7 +17,7 @@ from typing import Iterator
 
 import torch
 
-from datadream.components.weights import DEFAULT_GENERATOR
+from datadream.config import DEFAULT_GENERATOR
 from datadream.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ def explained_loading(kind: str, model: str, key: str, folder_kind: str) -> Iter
     gone, gated, machine offline) and what to set instead."""
     from safetensors import SafetensorError
 
-    from datadream.components.hub import explain
+    from datadream.components.loading.hub import explain
 
     try:
         yield
@@ -72,7 +72,7 @@ def explained_loading(kind: str, model: str, key: str, folder_kind: str) -> Iter
 
 
 def load_generator(model: str, dtype: torch.dtype = torch.float32, config: str = ""):
-    """The stock diffusers pipeline of `model`'s family (components/families.py: read from its
+    """The stock diffusers pipeline of `model`'s family (components/generators/families.py: read from its
     model_index.json) from a hub id or a local diffusers folder, or a `StableDiffusionPipeline`
     from a single-file checkpoint (`.safetensors`, original layout; its configs come from
     `config`). Weights are read from safetensors only, and checked against the official hashes
@@ -102,7 +102,7 @@ def load_generator(model: str, dtype: torch.dtype = torch.float32, config: str =
 
 def pipeline_family(pipeline):
     """The family record of a loaded pipeline."""
-    from datadream.components.families import BY_PIPELINE
+    from datadream.components.generators.families import BY_PIPELINE
 
     return BY_PIPELINE[type(pipeline).__name__]
 
@@ -110,9 +110,9 @@ def pipeline_family(pipeline):
 def _diffusers_folder(model: str, local: Path):
     """The local folder of a diffusers model (fetching a hub id's needed files first), its
     weights checked against the official hashes when it is a known model, and its family."""
-    from datadream.components import hub, weights
-    from datadream.components.families import folder_family
-    from datadream.components.hub import NEEDED_PATTERNS, is_hub_id
+    from datadream.components.generators.families import folder_family
+    from datadream.components.loading import hub, weights
+    from datadream.components.loading.hub import NEEDED_PATTERNS, is_hub_id
 
     if is_hub_id(model):
         with explained_loading("generator", model, "generator.model", "diffusers"):
@@ -156,7 +156,7 @@ def missing_weights(folder: Path, name: str, index: str) -> str | None:
     return next((shard for shard in sorted(shards) if not (folder / shard).is_file()), None)
 
 
-def _refuse_missing(key: str, sub: Path, missing: str) -> UserError:
+def refuse_missing(key: str, sub: Path, missing: str) -> UserError:
     return UserError(f"{key}: {sub} has its configs but not its weights ({missing} is missing); copy the weights"
                      f" into it, or set {key} to a complete model (`datadream models download` fetches one)")
 
@@ -178,16 +178,7 @@ def check_generator_weights(folder: Path, key: str) -> None:
         if library in names and (sub / "config.json").is_file():
             missing = missing_weights(sub, *names[library])
             if missing:
-                raise _refuse_missing(key, sub, missing)
-
-
-def check_classifier_weights(folder: Path) -> None:
-    """A local transformers folder has the weights transformers would load."""
-    from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME
-
-    missing = missing_weights(folder, SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME)
-    if missing and missing_weights(folder, WEIGHTS_NAME, WEIGHTS_INDEX_NAME):
-        raise _refuse_missing("classifier.model", folder, missing)
+                raise refuse_missing(key, sub, missing)
 
 
 def _load_single_file(path: Path, dtype: torch.dtype, config: str):
@@ -196,9 +187,9 @@ def _load_single_file(path: Path, dtype: torch.dtype, config: str):
     generator's, a few MB, read from the HF cache when present)."""
     from diffusers import StableDiffusionPipeline
 
-    from datadream.components import hub, weights
-    from datadream.components.families import folder_family, require_sd
-    from datadream.components.hub import CONFIG_PATTERNS
+    from datadream.components.generators.families import folder_family, require_sd
+    from datadream.components.loading import hub, weights
+    from datadream.components.loading.hub import CONFIG_PATTERNS
 
     if path.suffix != ".safetensors":
         raise UserError(
@@ -211,7 +202,7 @@ def _load_single_file(path: Path, dtype: torch.dtype, config: str):
     if known is not None:
         check = weights.check_file(path, path.name, known.single_files[path.name])
         weights.warn_if_not_official([check], known, f"generator.model={path}")
-    source = config or weights.DEFAULT_GENERATOR
+    source = config or DEFAULT_GENERATOR
     folder = Path(source).expanduser()
     if folder.is_dir():
         if not (folder / "model_index.json").is_file():
@@ -235,37 +226,30 @@ def compile_module(module: torch.nn.Module) -> torch.nn.Module:
     return torch.compile(module, backend=os.environ.get("DATADREAM_COMPILE_BACKEND", "inductor"))
 
 
-def check_models_reachable(generator: str | None, classifier: str | None, generator_config: str = "") -> None:
-    """Read only the models' configs (small files, cached or local) and see that a local folder
+def check_generator_reachable(generator: str, generator_config: str = "") -> None:
+    """Read only the generator's configs (small files, cached or local) and see that a local folder
     has its weights: a misspelt id, a withdrawn repository, a missing folder or one without its
     weights stops a run before any training starts rather than hours into it."""
-    if generator is not None:
-        from diffusers import DiffusionPipeline
+    from diffusers import DiffusionPipeline
 
-        from datadream.components.families import family_named, folder_family, require_sd
+    from datadream.components.generators.families import family_named, folder_family, require_sd
 
-        local = Path(generator).expanduser()
-        if local.suffix == ".safetensors" or local.is_file():
-            if not local.is_file():
-                raise UserError(f"generator.model: checkpoint file not found: {local}")
-            source = generator_config or DEFAULT_GENERATOR
-            folder = Path(source).expanduser()
-            if (folder / "model_index.json").is_file():
-                require_sd(folder_family(folder, source), source)
-            elif not folder.is_dir():
-                with explained_loading(SINGLE_FILE_CONFIGS, source, "generator.config", "diffusers"):
-                    index = DiffusionPipeline.load_config(source)
-                require_sd(family_named(index.get("_class_name", ""), source), source)
-        else:
-            with explained_loading("generator", generator, "generator.model", "diffusers"):
-                index = DiffusionPipeline.load_config(generator)
-            # An unknown pipeline class would otherwise fail deep inside adapt with a traceback.
-            family_named(index.get("_class_name", ""), generator)
-            if local.is_dir():
-                check_generator_weights(local, "generator.model")
-    if classifier is not None:
-        from datadream.components.clip import model_family
-
-        model_family(classifier)  # an unsupported family, too, stops the run before the generator trains
-        if Path(classifier).expanduser().is_dir():
-            check_classifier_weights(Path(classifier).expanduser())
+    local = Path(generator).expanduser()
+    if local.suffix == ".safetensors" or local.is_file():
+        if not local.is_file():
+            raise UserError(f"generator.model: checkpoint file not found: {local}")
+        source = generator_config or DEFAULT_GENERATOR
+        folder = Path(source).expanduser()
+        if (folder / "model_index.json").is_file():
+            require_sd(folder_family(folder, source), source)
+        elif not folder.is_dir():
+            with explained_loading(SINGLE_FILE_CONFIGS, source, "generator.config", "diffusers"):
+                index = DiffusionPipeline.load_config(source)
+            require_sd(family_named(index.get("_class_name", ""), source), source)
+    else:
+        with explained_loading("generator", generator, "generator.model", "diffusers"):
+            index = DiffusionPipeline.load_config(generator)
+        # An unknown pipeline class would otherwise fail deep inside adapt with a traceback.
+        family_named(index.get("_class_name", ""), generator)
+        if local.is_dir():
+            check_generator_weights(local, "generator.model")

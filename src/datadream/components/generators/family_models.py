@@ -3,7 +3,7 @@ denoiser's conditioning, the training target, and the stock pipeline's sampling 
 
 Both adapt engines, dataset-wise training, the adapter swap and the file layout go through a
 `FamilyModel`, so none of them names a UNet or a text encoder. The published settings behind
-each family (targets, objective, timestep sampling) are the records of components/families.py.
+each family (targets, objective, timestep sampling) are the records of components/generators/families.py.
 
 - sd (SD 1.x/2.x): one CLIP encoder (its last hidden state); ε or v prediction, t uniform over
   the DDPM steps.
@@ -32,8 +32,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from datadream.components.families import CLIP_TEXT_TARGETS, FAMILIES, Family
-from datadream.components.lora_weights import ADAPTER
+from datadream.components.generators.families import CLIP_TEXT_TARGETS, FAMILIES, Family
+from datadream.components.generators.lora_weights import ADAPTER
 # Prompt length of the T5 encoder, in training and sampling alike (the stock pipelines' defaults;
 # a tokenizer that takes fewer, such as the tiny test models', caps it).
 T5_TOKENS = {"sd3": 256, "flux": 512}
@@ -145,7 +145,7 @@ class FamilyModel:
         import diffusers
         from peft.utils import get_peft_model_state_dict
 
-        from datadream.components.grouped_lora import adapter_state
+        from datadream.components.generators.grouped_lora import adapter_state
 
         kwargs = {}
         for name, module in self.lora_components(train_text_encoder).items():

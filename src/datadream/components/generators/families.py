@@ -139,7 +139,7 @@ def native_resolution(model: str, family: Family) -> int:
 
 
 def _config_json(model: str, name: str) -> dict | None:
-    from datadream.components.hub import is_hub_id, offline_mode
+    from datadream.components.loading.hub import is_hub_id, offline_mode
 
     try:
         if is_hub_id(model):
@@ -192,7 +192,7 @@ def family_of(model: str) -> Family:
     """The family of `model`: a local diffusers folder or a hub id (its model_index.json, from
     the Hugging Face cache when offline), or a single-file checkpoint (always sd: its configs
     come from a Stable Diffusion folder)."""
-    from datadream.components.hub import is_hub_id
+    from datadream.components.loading.hub import is_hub_id
 
     local = Path(model).expanduser()
     if local.is_file() or model.endswith((".safetensors", ".ckpt", ".bin", ".pt", ".pth")):
@@ -224,7 +224,7 @@ def family_from_index(index: str, model: str) -> Family:
 def _hub_index(model: str) -> str:
     from huggingface_hub import hf_hub_download
 
-    from datadream.components.hub import explain, offline_mode
+    from datadream.components.loading.hub import explain, offline_mode
 
     try:
         return Path(hf_hub_download(model, "model_index.json", local_files_only=offline_mode())).read_text(

@@ -1,10 +1,11 @@
-"""Loading a run's trained (or zero-shot) classifier: shared by evaluate, predict and export."""
+"""Loading a run's trained (or zero-shot) classifier from its files: shared by the evaluate and
+predict stages and by export, so it sits below the stages (a stage never imports another)."""
 
 from __future__ import annotations
 
 import json
 
-from datadream.components import clip as clip_ops
+from datadream.components.classifiers import clip as clip_ops
 from datadream.layout import LORA_FOLDER, PROMPTS
 from datadream.runs import Run
 
