@@ -121,7 +121,7 @@ def test_siglip_run_trains_evaluates_inspects_predicts_and_exports(siglip_run, s
     from transformers import AutoImageProcessor, SiglipModel
 
     from datadream.export import export
-    from datadream.stages.predict import predict
+    from datadream.predict import predict
 
     summary = siglip_run["summary"]
     run = summary.run

@@ -22,7 +22,7 @@ from datadream.data.images import load_rgb
 from datadream.errors import UserError
 from datadream.export import export
 from datadream.pipeline import run_all
-from datadream.stages.predict import format_predictions, predict
+from datadream.predict import format_predictions, predict
 
 NAMES = ["F/A-18", "colt's foot", "crème brûlée", "triangle"]  # labels, never path components
 README = Path(__file__).resolve().parents[1] / "README.md"

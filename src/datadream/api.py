@@ -28,7 +28,7 @@ from datadream.report import write_report as report
 from datadream.runners.execute import execute
 from datadream.stages.adapt import adapt
 from datadream.stages.evaluate import evaluate
-from datadream.stages.predict import predict
+from datadream.predict import predict
 from datadream.runs import Run, init_run, open_run
 from datadream.stages.synthesize import synthesize
 from datadream.stages.train import train

@@ -196,7 +196,7 @@ def add_use_commands(add) -> None:
 
 def use_command(args: argparse.Namespace) -> int:
     if args.command == "predict":
-        from datadream.stages.predict import format_predictions, predict
+        from datadream.predict import format_predictions, predict
 
         predictions = predict(args.run, args.images, args.top_k, args.batch_size, args.device)
         print(format_predictions(predictions, args.format), end="")
