@@ -326,11 +326,11 @@ def test_plan_prices_each_family_with_its_own_counted_costs(family_models, tiny_
     from datadream import costs
     from datadream.config import load_config
     from datadream.plan import make_plan
-    from datadream.plan_text import _with_family_defaults
+    from datadream.plan import with_family_defaults
 
     def adapt_flops(models, **overrides):
         config = load_config(write_config(tmp_path / "exp.yaml", tiny_config(models, toy_data / "train", **overrides)))
-        _with_family_defaults(config)
+        with_family_defaults(config)
         return config, make_plan(config, gpu="80").stage("adapt").flops
 
     flux_config, flux = adapt_flops({**tiny_models, "sd": family_models["flux"]}, adapt={"train_text_encoder": False})

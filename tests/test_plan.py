@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -239,6 +240,9 @@ def test_plan_run_and_status_count_the_same_units(tmp_path, tiny_models, mode, m
     run = tmp_path / "run"
     assert main(["init", str(config), str(run)]) == 0
     assert planned(run) == {stage: (n, 0) for stage, n in expected.items()}
+    capsys.readouterr()  # a speed setting given to --dry-run is the one the run will use: 1 shard a class
+    assert main(["run", str(config), str(run), "--dry-run", "--set", "synthesize.shard_size=4"]) == 0
+    assert re.search(r"^synthesize\s+5\s+0\s+0\s+5$", capsys.readouterr().out, re.M)
 
     executed = {"adapt": 0, "synthesize": 0}
     adapt, synthesize = adapt_stage.adapt, synthesize_stage.synthesize

@@ -11,8 +11,8 @@ ESTIMATES (FLOP counts x an assumed GPU throughput), printed as such.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-import json
 import math
 from collections import Counter
 from dataclasses import dataclass, field
@@ -22,7 +22,7 @@ from datadream import artifacts, costs
 from datadream.config import SECTIONS, Config, shown
 from datadream.errors import UserError
 from datadream.layout import DATASET_UNIT, RunLayout
-from datadream.runs import Run, open_run
+from datadream.runs import Run, apply_family_defaults, open_run
 from datadream.units import Outline, outline, plan_work, store_of, synthetic_specs
 
 # The plan keeps a few numbers per class; ImageNet-21k's 21,841 classes are the largest label set
@@ -83,7 +83,7 @@ class Plan:
         return next((s for s in self.stages if s.name == name), None)
 
 
-def data_shape(config: Config, run: Path | None = None, classes: int | None = None) -> DataShape:
+def data_shape(config: Config, run: Run | None = None, classes: int | None = None) -> DataShape:
     """Class and split sizes from RUN/fewshot.json, else --classes, else the data folders, else
     the benchmark catalog (CoOp split sizes)."""
     shots = config.data.shots
@@ -96,13 +96,12 @@ def data_shape(config: Config, run: Path | None = None, classes: int | None = No
         val, test = entry.sizes.get("val", 0), entry.sizes.get("test", 0)
         source = f"{entry.key}: class count and split sizes from the catalog (CoOp protocol)"
         counts = [shots] * entry.classes
-    if run is not None and RunLayout(run).fewshot.is_file():
-        manifest = json.loads(RunLayout(run).fewshot.read_text(encoding="utf-8"))
-        items = manifest["classes"]
+    if run is not None:
         if not config.data.dataset:
             val, test = _split_sizes(config)
-        return DataShape([len(c["images"]) for c in items], val, test, f"{RunLayout(run).fewshot}",
-                         [c["slug"] for c in items])
+        classes_of_run = run.manifest.classes
+        return DataShape([len(c.images) for c in classes_of_run], val, test, f"{run.layout.fewshot}",
+                         [c.slug for c in classes_of_run])
     if classes is not None:
         return DataShape([shots] * classes, val, test, f"--classes {classes}")
     if config.data.train or config.data.root:
@@ -138,6 +137,19 @@ def _split_sizes(config: Config) -> tuple[int, int]:
     return len(view.split("val")), len(view.split("test"))
 
 
+def with_family_defaults(config: Config) -> None:
+    """The settings `init` would give the generator's family (priced as the run would do them),
+    where its model_index.json can be read here; otherwise the config's own values."""
+    from datadream.components.generators.families import family_of
+
+    if config.classifier.train_on not in ("synthetic", "synthetic+real"):
+        return
+    try:
+        apply_family_defaults(config, family_of(config.generator.model))
+    except UserError:
+        return
+
+
 def check_counts(config: Config, classes: int | None) -> None:
     """Refuse, in one line, a count the plan cannot price."""
     if classes is not None and not 1 <= classes <= MAX_CLASSES:
@@ -156,12 +168,18 @@ def make_plan(config: Config, run: Path | None = None, gpu: str | None = None,
     """The run's units (datadream.units) priced stage by stage; a run folder's complete units and
     images are counted as done (datadream.artifacts)."""
     check_counts(config, classes)
-    run = Path(run).resolve() if run is not None else None
-    data = data_shape(config, run, classes)
+    config = copy.deepcopy(config)
+    with_family_defaults(config)  # priced as the run will do it; a run's own config already has them
+    existing = None
+    if run is not None and RunLayout(run).fewshot.is_file():
+        # The run's classes with this config: a speed setting given here (synthesize.shard_size,
+        # say) is what the run will use once `run` records it.
+        opened = open_run(Path(run).resolve())
+        existing = Run(opened.layout, config, opened.manifest)
+    data = data_shape(config, existing, classes)
     device = costs.find_gpu(gpu)
     precision = device.precision if config.runtime.precision == "auto" else config.runtime.precision
     plan = Plan(config, data, device, precision)
-    existing = open_run(run) if run is not None and RunLayout(run).fewshot.is_file() else None
     shape = outline(config, data.shots, has_test=bool(data.test))
     states = _unit_states(existing, bool(data.test)) if existing is not None else {}
     for name in shape.stages:

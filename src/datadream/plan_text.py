@@ -17,7 +17,7 @@ from datadream import costs
 from datadream.config import describe_differences, load_config, read_config_file
 from datadream.errors import UserError
 from datadream.layout import RunLayout
-from datadream.plan import Plan, make_plan
+from datadream.plan import Plan, make_plan, with_family_defaults
 
 GB = costs.GB
 REFERENCE_DATASET = "fgvc_aircraft"  # 100 classes: the paper's headline fine-grained case
@@ -49,7 +49,7 @@ def command_plan(config_path: Path | None, overrides: list[str], run: Path | Non
         config = read_config_file(RunLayout(run).config)
     else:
         config = load_config(config_path, overrides)
-        _with_family_defaults(config)
+        with_family_defaults(config)
         if run is not None and RunLayout(run).config.is_file():
             changes = describe_differences(read_config_file(RunLayout(run).config), config, results_only=True)
             if changes:
@@ -122,21 +122,6 @@ def warnings(plan: Plan) -> list[str]:
             out.append(f"{stage.name} may not fit in {plan.gpu.memory_gb:g} GB (estimated peak"
                        f" {stage.memory / GB:.1f} GB): {fix}")
     return out
-
-
-def _with_family_defaults(config) -> None:
-    """The settings `init` would give the generator's family (priced as the run would do them),
-    where its model_index.json can be read here; otherwise the config's own values."""
-    from datadream.components.generators.families import family_of
-    from datadream.errors import UserError
-    from datadream.runs import apply_family_defaults
-
-    if config.classifier.train_on not in ("synthetic", "synthetic+real"):
-        return
-    try:
-        apply_family_defaults(config, family_of(config.generator.model))
-    except UserError:
-        return
 
 
 def _hours(hours: float) -> str:
