@@ -12,19 +12,26 @@ predict and export.
 or stage by stage: `api.init_run(config, RUN)`, then `api.adapt(RUN)`, `api.synthesize(RUN)`,
 `api.train(RUN)`, `api.evaluate(RUN)`, `api.report(RUN)`; each resumes where it stopped.
 Scaling out: `api.plan_work(RUN)` lists the run's units, `api.execute(unit)` does one (what every
-runner calls), `api.run_ray([RUN, ...])` runs them as Ray tasks, `api.status(RUN)` and
+runner calls), `api.run_units([RUN, ...], runtime)` does them with a registered runner
+(`api.RUNNERS`: local, ray), `api.run_ray([RUN, ...])` as Ray tasks, `api.status(RUN)` and
 `api.store_gc(STORE_OR_RUN, dry_run=True)` say what is there. `api.quality_metrics(real, synthetic)`
 gives inspect's data-quality figures for feature matrices of your own.
 """
 
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
 from datadream.components.tiny import build_tiny_models
-from datadream.config import Config, load_config
+from datadream.config import Config, RuntimeConfig, load_config
 from datadream.errors import UserError
 from datadream.export import export
 from datadream.pipeline import Summary
 from datadream.pipeline import run_all as run
 from datadream.plan import make_plan as plan
 from datadream.report import write_report as report
+from datadream.runners import RUNNERS, get_runner
 from datadream.runners.execute import execute
 from datadream.stages.adapt import adapt
 from datadream.stages.evaluate import evaluate
@@ -37,11 +44,23 @@ from datadream.status import status_text as status
 from datadream.units import WorkUnit, plan_work
 
 
-def run_ray(runs, address: str = ""):
-    """Every unit of `runs` (initialised run folders) as Ray tasks; needs `pip install 'datadream[ray]'`."""
-    from datadream.runners.ray_runner import run_ray_or_fail
+def run_units(runs: Iterable[str | Path], runtime: RuntimeConfig | None = None) -> None:
+    """Do every unit of `runs` (initialised run folders) that is not complete, with the runner
+    `runtime.runner` names (one of RUNNERS) and its settings; default: the runtime section of the
+    first run's config. Failures end in one UserError, after what could be done is done:
 
-    return run_ray_or_fail(runs, address)
+        api.run_units(["runs/a", "runs/b"], api.load_config(None, ["runtime.runner=ray"]).runtime)
+    """
+    opened = {run.layout.root: run for run in (open_run(Path(folder)) for folder in runs)}
+    if opened:
+        runtime = runtime or next(iter(opened.values())).config.runtime
+        get_runner(runtime.runner)(list(opened), runtime)
+
+
+def run_ray(runs: Iterable[str | Path], address: str = "") -> None:
+    """`run_units` with the Ray runner, on the cluster at `address` ("": a local one); needs
+    `pip install 'datadream[ray]'`."""
+    run_units(runs, RuntimeConfig(runner="ray", ray_address=address))
 
 
 def quality_metrics(real_features, synthetic_features, *, l2_normalize: bool = True, seed: int = 0) -> dict:
@@ -68,6 +87,6 @@ def quality_metrics(real_features, synthetic_features, *, l2_normalize: bool = T
     return quality.summarise(real, synthetic, seed=seed)
 
 
-__all__ = ["Config", "Run", "Summary", "UserError", "WorkUnit", "adapt", "build_tiny_models", "evaluate", "execute",
-           "export", "init_run", "load_config", "open_run", "plan", "plan_work", "predict", "quality_metrics", "report",
-           "run", "run_ray", "status", "store_gc", "synthesize", "train"]
+__all__ = ["RUNNERS", "Config", "Run", "RuntimeConfig", "Summary", "UserError", "WorkUnit", "adapt", "build_tiny_models",
+           "evaluate", "execute", "export", "init_run", "load_config", "open_run", "plan", "plan_work", "predict",
+           "quality_metrics", "report", "run", "run_ray", "run_units", "status", "store_gc", "synthesize", "train"]

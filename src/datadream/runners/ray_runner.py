@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
+from datadream.config import RuntimeConfig
 from datadream.errors import UserError
 from datadream.runners.graph import GraphResult, Task, Tracker, collect_tasks, pending_line
 
@@ -286,11 +287,10 @@ def run_ray(
     return result
 
 
-def run_ray_or_fail(runs: Iterable[Path], address: str = "") -> GraphResult:
-    """run_ray for the CLI: failures (already logged one line each) end in one UserError."""
-    result = run_ray(runs, address)
-    result.raise_if_failed()
-    return result
+def run_units(runs: list[Path], runtime: RuntimeConfig) -> None:
+    """Registered as "ray": every run's units as one graph of Ray tasks on the cluster at
+    runtime.ray_address; failures (said one line each) end in one UserError."""
+    run_ray(runs, runtime.ray_address).raise_if_failed()
 
 
 def task_threads(setting: int, node_cpus: list[float]) -> int:
