@@ -19,8 +19,8 @@ DOC = ROOT / "docs" / "architecture.md"
 # Bottom to top. A module may import its own layer and those below it, never one above. A name
 # stands for that module and, for a package, every module under it.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("errors", "progress", "atomic", "layout", "markers", "catalog", "config", "costs", "locks",
-              "threads", "tracking")),
+    ("base", ("errors", "progress", "atomic", "layout", "markers", "catalog", "registry", "config", "costs",
+              "locks", "threads", "tracking")),
     ("components", ("components",)),
     ("data", ("data",)),
     ("run state", ("runs", "store", "units", "artifacts", "classifier_files")),

@@ -165,3 +165,15 @@ def test_benchmark_refuses_seed_overrides(tmp_path):
     path.write_text("datasets: {a: {}}\nseeds: [0, 1]\n")
     result = run_cli("benchmark", path, tmp_path / "out", "--set", "runtime.seed=3")
     assert result.returncode == 2 and "sets the seeds of its runs" in result.stderr
+
+
+def test_a_benchmark_is_done_by_one_runner(tmp_path):
+    """One runner does every cell (so that it can share work between them): datasets that name
+    different runners are refused before any run folder is made."""
+    from datadream.errors import UserError
+
+    path = tmp_path / "bench.yaml"
+    path.write_text("datasets:\n  a: {train: A}\n  b: {train: B, runtime: {runner: ray}}\nmethods: [real]\n")
+    with pytest.raises(UserError, match=r"need one runtime.runner; its datasets name local \(a\), ray \(b\)"):
+        run_benchmark(path, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

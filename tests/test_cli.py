@@ -21,6 +21,28 @@ def test_help_is_fast_and_light():
     assert "report" in run_help.stdout and "RUN/report/index.html" in run_help.stdout
 
 
+# What the command may import of datadream: the API it is a layer over, the error it turns into an
+# exit status, and the runner registry whose names `--runner` offers when the parser is built.
+CLI_MAY_IMPORT = {"datadream.api", "datadream.errors", "datadream.registry"}
+
+
+def test_the_command_line_is_a_layer_over_the_api_only():
+    import ast
+
+    import datadream.cli
+
+    imported = set()
+    for node in ast.walk(ast.parse(Path(datadream.cli.__file__).read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module == "datadream":
+            imported |= {f"datadream.{alias.name}" for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module)
+    ours = {name for name in imported if name.split(".")[0] == "datadream"}
+    assert "datadream.api" in ours and ours <= CLI_MAY_IMPORT, sorted(ours - CLI_MAY_IMPORT)
+
+
 @pytest.mark.slow
 def test_demo_learns_and_says_what_it_shows(tmp_path, toy_generator):
     """The evidence that the method learns, on the CPU: adapting the pretrained tiny generator to

@@ -18,7 +18,8 @@ import pytest
 
 import datadream
 from datadream.errors import UserError
-from datadream.runners.ray_runner import RayResult, check_reachable, collect_tasks, gpu_request, run_ray
+from datadream.runners.graph import GraphResult, collect_tasks
+from datadream.runners.ray_runner import check_reachable, gpu_request, run_ray
 
 GB = 10**9
 GPU_BYTES = 80 * GB
@@ -105,7 +106,7 @@ def make_runs(root: Path, names=("a", "b"), behaviour: dict[str, str] | None = N
     return plans
 
 
-def run_fake(plans: dict[Path, list[FakeUnit]], lines: list[str] | None = None, **options) -> RayResult:
+def run_fake(plans: dict[Path, list[FakeUnit]], lines: list[str] | None = None, **options) -> GraphResult:
     options.setdefault("gpu_memory_bytes", GPU_BYTES)
     return run_ray(list(plans), log=(lines.append if lines is not None else None), plan=plans.__getitem__,
                    execute=fake_execute, state=fake_state, **options)

@@ -26,7 +26,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import logging
 import re
 import statistics
 from dataclasses import dataclass
@@ -34,11 +33,9 @@ from importlib import resources
 from pathlib import Path
 
 from datadream import atomic
-from datadream.config import SECTIONS, Config, config_from_raw, read_yaml
+from datadream.config import SECTIONS, Config, RuntimeConfig, config_from_raw, read_yaml
 from datadream.catalog import CATALOG
 from datadream.errors import UserError
-
-log = logging.getLogger(__name__)
 
 GENERATOR_METHODS = {"sd": "none", "datadream-class": "class", "datadream-dataset": "dataset"}
 METHODS = ("zero-shot", "real", *GENERATOR_METHODS)
@@ -135,7 +132,8 @@ def read_benchmark(path: Path) -> Benchmark:
 def run_benchmark(path: Path, out: Path, overrides: list[str] = ()) -> Path:
     from datadream.layout import STORE_FOLDER, RunLayout
     from datadream.markers import read_marker
-    from datadream.pipeline import run_all
+    from datadream.report import write_report
+    from datadream.registry import get_runner
     from datadream.runs import init_run
 
     bench = read_benchmark(path)
@@ -148,25 +146,28 @@ def run_benchmark(path: Path, out: Path, overrides: list[str] = ()) -> Path:
     for config in configs.values():
         config.runtime.store = config.runtime.store or str(out / STORE_FOLDER)  # one store for every cell
     folders = {cell: out / cell.dataset / f"seed{cell.seed}" / cell.folder for cell in cells}
-    if any(config.runtime.runner == "ray" for config in configs.values()):
-        from datadream.report import write_report
-        from datadream.runners.ray_runner import run_ray_or_fail
-
-        for cell in cells:
-            init_run(configs[cell], folders[cell])
-        run_ray_or_fail([folders[c] for c in cells], configs[cells[0]].runtime.ray_address)
-        for cell in cells:
-            write_report(folders[cell])
-    else:
-        for position, cell in enumerate(cells, 1):
-            log.info("benchmark [%d/%d] %s seed %d: %s", position, len(cells), cell.dataset, cell.seed, cell.row)
-            run_all(configs[cell], folders[cell])
+    runtime = one_runtime(path, configs)
+    roots = [init_run(configs[cell], folders[cell]).layout.root for cell in cells]  # every cell checked first
+    get_runner(runtime.runner)(roots, runtime)
+    for root in roots:
+        write_report(root)
     results = [(cell, read_marker(RunLayout(folders[cell]).metrics), folders[cell]) for cell in cells]
     tables = write_tables(bench, out, results)
     from datadream.compare import compare
 
     compare([folders[c] for c in cells], out / "compare", title=f"datadream benchmark {path.name}: every run")
     return tables
+
+
+def one_runtime(path: Path, configs: dict[Cell, Config]) -> RuntimeConfig:
+    """The runtime section the runner of every cell is chosen and set up by: one runner does the
+    whole table, so that it can share work between cells and keep every GPU busy across them."""
+    runners = {config.runtime.runner: cell for cell, config in configs.items()}
+    if len(runners) > 1:
+        named = ", ".join(f"{name} ({cell.dataset})" for name, cell in runners.items())
+        raise UserError(f"{path}: the runs of a benchmark need one runtime.runner; its datasets name {named}:"
+                        " set runtime.runner in 'base' (or --runner) only")
+    return next(iter(configs.values())).runtime
 
 
 def published_rows() -> tuple[str, dict[str, dict[str, float]], dict]:

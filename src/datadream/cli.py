@@ -1,4 +1,5 @@
-"""The `datadream` command: a thin layer over the Python API.
+"""The `datadream` command: a thin layer over the Python API. Every command calls datadream.api;
+this module only parses arguments, prints results and turns errors into exit statuses.
 
 Heavy libraries (torch, diffusers) are imported only inside the subcommand that needs them, so
 `--help` and config validation answer at once. A user mistake prints one line and exits 2.
@@ -164,8 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_runner(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument("--runner", choices=["local", "ray"],
-                     help="local (this process) or ray (tasks on every GPU of a Ray cluster); sets runtime.runner")
+    from datadream.registry import RUNNERS, runner_help
+
+    sub.add_argument("--runner", choices=list(RUNNERS), help=f"{runner_help()}; sets runtime.runner")
     sub.add_argument("--ray-address", help="Ray cluster to join (auto, ray://HOST:10001); sets runtime.ray_address")
 
 
@@ -195,15 +197,13 @@ def add_use_commands(add) -> None:
 
 
 def use_command(args: argparse.Namespace) -> int:
+    from datadream import api
+
     if args.command == "predict":
-        from datadream.predict import format_predictions, predict
-
-        predictions = predict(args.run, args.images, args.top_k, args.batch_size, args.device)
-        print(format_predictions(predictions, args.format), end="")
+        predictions = api.predict(args.run, args.images, args.top_k, args.batch_size, args.device)
+        print(api.format_predictions(predictions, args.format), end="")
         return 0
-    from datadream.export import export
-
-    print(f"exported {args.what}: {export(args.run, args.out, args.what)}")
+    print(f"exported {args.what}: {api.export(args.run, args.out, args.what)}")
     return 0
 
 
@@ -243,125 +243,91 @@ def run_command(args: argparse.Namespace) -> int:
     if args.command in ("predict", "export"):
         return use_command(args)
     if args.command in ("adapt", "synthesize", "train", "evaluate", "inspect"):
-        # A stage run by hand does the run's units: the same thread count as any runner uses.
-        from datadream.threads import run_setting, use_threads
-
-        use_threads(run_setting(args.run.resolve()))
-    if args.command == "config":
-        from datadream.config import field_help, load_config, reference_markdown
-
-        if args.markdown:
-            print(reference_markdown(), end="")
-            return 0
-        if args.explain:
-            for key, text in field_help().items():
-                print(f"{key}: {text}")
-            return 0
-        print(load_config(args.config, args.overrides).to_yaml(), end="")
-        return 0
-    if args.command == "init":
-        from datadream.config import load_config
-        from datadream.runs import init_run
-
-        run = init_run(load_config(args.config, args.overrides), args.run)
-        print(f"run ready: {run.layout.root} ({len(run.manifest.classes)} classes)")
-        return 0
-    if args.command == "adapt":
-        from datadream.stages.adapt import adapt
-
-        folders = adapt(args.run)
-        from datadream.layout import RunLayout
-
-        print(f"adapters: {len(folders)} in {RunLayout(args.run.resolve()).adapters}")
-        return 0
-    if args.command == "synthesize":
-        from datadream.stages.synthesize import synthesize
-
-        index = synthesize(args.run)
-        print(f"synthetic set: {index}" if index else "synthetic set: none needed (classifier.train_on has no synthetic)")
-        return 0
-    if args.command == "train":
-        from datadream.stages.train import train
-
-        print(f"classifier: {train(args.run)}")
-        return 0
-    if args.command == "evaluate":
-        from datadream.layout import RunLayout
-        from datadream.stages.evaluate import evaluate
-
-        from datadream.components.measures.metrics import accuracy_text
-
-        metrics = evaluate(args.run)
-        print(f"{accuracy_text(metrics)}  on {metrics['n']} test images"
-              f"  ({RunLayout(args.run.resolve()).metrics})")
-        return 0
+        return stage_command(args)
     if args.command == "plan" or (args.command == "run" and args.dry_run):
         return plan_command(args)
-    if args.command == "run":
-        from datadream.config import load_config
-        from datadream.pipeline import print_summary, run_all
-
-        print_summary(run_all(load_config(args.config, runner_overrides(args)), args.run))
-        return 0
-    if args.command == "inspect":
-        from datadream.stages.inspect import inspect
-
-        overall = inspect(args.run)["overall"]
-        keys = ("fd", "fd_std", "kd", "kd_std", "precision", "recall", "density", "coverage", "diversity_real",
-                "diversity_synth", "near_copy_share", "near_copy_expected_share", "clip_score_real", "clip_score_synth")
-        print(f"inspect: {overall['n_classes']} classes, synthetic vs shots, mean over classes")
-        for key in keys:
-            if overall.get(key) is not None:
-                print(f"  {key:<26} {overall[key]}")
-        from datadream.layout import RunLayout
-
-        print(f"figures per class and what each means: {RunLayout(args.run.resolve()).inspect}")
-        return 0
-    if args.command == "compare":
-        from datadream.compare import compare
-
-        print(f"comparison: {compare(args.runs, args.out)} (table: {args.out / 'compare.csv'})")
-        return 0
-    if args.command == "status":
-        from datadream.status import status_text
-
-        print(status_text(args.run), end="")
-        return 0
-    if args.command == "store":
-        from datadream.status import gc_text
-
-        print(gc_text(args.target, args.dry_run, None if args.yes else _ask), end="")
-        return 0
-    if args.command == "report":
-        from datadream.report import write_report
-
-        print(f"report: {write_report(args.run)}")
-        return 0
-    if args.command == "benchmark":
-        from datadream.benchmark import run_benchmark
-
-        results = run_benchmark(args.bench, args.out, runner_overrides(args))
-        print(results.read_text(encoding="utf-8"))
-        print(f"tables: {results} and {results.with_suffix('.csv')}; one row per run: {results.parent / 'runs.csv'}")
-        return 0
+    if args.command == "config":
+        return config_command(args)
     if args.command == "datasets":
         return datasets_command(args)
     if args.command == "models":
-        from datadream import model_commands
+        return models_command(args)
+    from datadream import api
 
-        return model_commands.download(args.model, args.to) if args.action == "download" else model_commands.check(args.model)
-    if args.command == "tiny-models":
-        from datadream.components.testmodels.tiny import build_tiny_models
-
-        for name, path in build_tiny_models(args.dir).items():
+    if args.command == "init":
+        run = api.init_run(api.load_config(args.config, args.overrides), args.run)
+        print(f"run ready: {run.layout.root} ({len(run.manifest.classes)} classes)")
+    elif args.command == "run":
+        api.print_summary(api.run(api.load_config(args.config, runner_overrides(args)), args.run))
+    elif args.command == "compare":
+        print(f"comparison: {api.compare(args.runs, args.out)} (table: {args.out / 'compare.csv'})")
+    elif args.command == "status":
+        print(api.status(args.run), end="")
+    elif args.command == "store":
+        print(api.store_gc(args.target, args.dry_run, None if args.yes else _ask), end="")
+    elif args.command == "report":
+        print(f"report: {api.report(args.run)}")
+    elif args.command == "benchmark":
+        results = api.benchmark(args.bench, args.out, runner_overrides(args))
+        print(results.read_text(encoding="utf-8"))
+        print(f"tables: {results} and {results.with_suffix('.csv')}; one row per run: {results.parent / 'runs.csv'}")
+    elif args.command == "tiny-models":
+        for name, path in api.build_tiny_models(args.dir).items():
             print(f"{name}: {path}")
         print("tiny random-weight models: for tests and demos only, they generate noise")
-        return 0
-    if args.command == "demo":
-        from datadream.demo import run_demo
+    elif args.command == "demo":
+        return api.demo(args.dir)
+    else:
+        raise AssertionError(args.command)
+    return 0
 
-        return run_demo(args.dir)
-    raise AssertionError(args.command)
+
+def stage_command(args: argparse.Namespace) -> int:
+    from datadream import api
+
+    layout = api.RunLayout(args.run.resolve())
+    if args.command == "adapt":
+        print(f"adapters: {len(api.adapt(args.run))} in {layout.adapters}")
+    elif args.command == "synthesize":
+        index = api.synthesize(args.run)
+        print(f"synthetic set: {index}" if index else "synthetic set: none needed (classifier.train_on has no synthetic)")
+    elif args.command == "train":
+        print(f"classifier: {api.train(args.run)}")
+    elif args.command == "evaluate":
+        metrics = api.evaluate(args.run)
+        print(f"{api.accuracy_text(metrics)}  on {metrics['n']} test images  ({layout.metrics})")
+    else:
+        print_inspection(api.inspect(args.run)["overall"], layout.inspect)
+    return 0
+
+
+def print_inspection(overall: dict, path: Path) -> None:
+    keys = ("fd", "fd_std", "kd", "kd_std", "precision", "recall", "density", "coverage", "diversity_real",
+            "diversity_synth", "near_copy_share", "near_copy_expected_share", "clip_score_real", "clip_score_synth")
+    print(f"inspect: {overall['n_classes']} classes, synthetic vs shots, mean over classes")
+    for key in keys:
+        if overall.get(key) is not None:
+            print(f"  {key:<26} {overall[key]}")
+    print(f"figures per class and what each means: {path}")
+
+
+def config_command(args: argparse.Namespace) -> int:
+    from datadream import api
+
+    if args.markdown:
+        print(api.config_markdown(), end="")
+    elif args.explain:
+        for key, text in api.config_help().items():
+            print(f"{key}: {text}")
+    else:
+        print(api.load_config(args.config, args.overrides).to_yaml(), end="")
+    return 0
+
+
+def models_command(args: argparse.Namespace) -> int:
+    from datadream import api
+
+    return api.download_model(args.model, args.to) if args.action == "download" else api.check_model(args.model)
 
 
 def _ask(question: str) -> bool:
@@ -376,36 +342,30 @@ def _ask(question: str) -> bool:
 
 
 def plan_command(args: argparse.Namespace) -> int:
-    from datadream.plan_text import hardware_markdown, plan_text
+    from datadream import api
 
     if getattr(args, "markdown", False):
-        print(hardware_markdown(Path.cwd()), end="")
+        print(api.hardware_markdown(Path.cwd()), end="")
         return 0
     run = args.run if args.command == "run" else None
-    print(plan_text(args.config, runner_overrides(args), run, args.gpu, getattr(args, "classes", None),
-                    as_json=getattr(args, "json", False)), end="")
+    print(api.plan_text(args.config, runner_overrides(args), run, args.gpu, getattr(args, "classes", None),
+                        as_json=getattr(args, "json", False)), end="")
     return 0
 
 
 def datasets_command(args: argparse.Namespace) -> int:
-    from datadream.catalog import CATALOG
+    from datadream import api
 
     if args.action == "list":
         print(f"{'key':<14} {'classes':>7}  {'domain':<11} {'train/val/test (CoOp)':<24} dataset")
-        for entry in CATALOG.values():
+        for entry in api.CATALOG.values():
             sizes = "/".join(str(entry.sizes.get(s, "-")) for s in ("train", "val", "test"))
             print(f"{entry.key:<14} {entry.classes:>7}  {entry.domain.strip() or '-':<11} {sizes:<24} {entry.title}")
         print("\nHow to obtain each one: docs/datasets.md. Check a copy: datadream datasets check KEY --root DIR")
         return 0
-    from datadream.config import load_config
-    from datadream.data.check import check_dataset
-
     if not args.key or not args.root:
         raise UserError("usage: datadream datasets check KEY --root DIR [--split-file F] [--classnames F]")
-    overrides = [f"data.dataset={args.key}", f"data.root={args.root}"]
-    overrides += [f"data.split_file={args.split_file}"] if args.split_file else []
-    overrides += [f"data.classnames={args.classnames}"] if args.classnames else []
-    report = check_dataset(args.key, load_config(None, overrides).data)
+    report = api.check_dataset(args.key, args.root, args.split_file, args.classnames)
     print("\n".join(report.lines))
     if report.problems:
         raise UserError(f"{args.key}: {len(report.problems)} problem(s) in {args.root}: {report.problems[0]}")

@@ -24,6 +24,7 @@ import yaml
 
 from datadream.catalog import get_entry
 from datadream.errors import UserError
+from datadream.registry import RUNNERS, runner_help
 
 # The default generator: a community mirror of the withdrawn stabilityai repository (why this
 # one: docs/models.md). components/loading/weights.py checks its files against the official hashes.
@@ -224,8 +225,7 @@ class RuntimeConfig:
     until: str = _field("evaluate", "the last stage `run` does: adapt (only the adapters), synthesize (the synthetic"
                         " set, no classifier model needed) or evaluate (everything); a later `run` without it"
                         " continues in the same folder", choices=UNTIL, result=False)
-    runner: str = _field("local", "local: this process works through the units; ray: Ray tasks on every GPU"
-                         " of a Ray cluster (pip install 'datadream[ray]')", choices=("local", "ray"), result=False)
+    runner: str = _field("local", runner_help(), choices=tuple(RUNNERS), result=False)
     ray_address: str = _field("", "Ray cluster to join (e.g. auto or ray://head:10001); empty: start a local"
                               " Ray cluster with every visible GPU", result=False)
     threads: int = _field(0, "torch CPU threads of every unit of work (0: the cores the unit was given: under Ray the"

@@ -31,6 +31,7 @@ def run_all(config: Config, root: Path) -> Summary:
     configured runner, and write the report."""
     from datadream.markers import read_marker
     from datadream.report import write_report
+    from datadream.registry import get_runner
     from datadream.runs import init_run
     from datadream.units import adapter_specs, needs_generator
 
@@ -40,14 +41,7 @@ def run_all(config: Config, root: Path) -> Summary:
     if not needs_generator(run):
         log.info("run: classifier.train_on=%s needs no synthetic images; adapt and synthesize skipped",
                  config.classifier.train_on)
-    if config.runtime.runner == "ray":
-        from datadream.runners.ray_runner import run_ray_or_fail
-
-        run_ray_or_fail([root], config.runtime.ray_address)
-    else:
-        from datadream.runners.local import run_local
-
-        run_local(root)
+    get_runner(config.runtime.runner)([root], config.runtime)
     report = write_report(root)
     log.info("run: wall time %s", format_duration(time.monotonic() - started))
     index = run.layout.synthetic_index if needs_generator(run) and config.runtime.until != "adapt" else None

@@ -1,2 +1,2 @@
-"""Runners execute a run's units of work (datadream.units): in this process (local) or as Ray
-tasks (ray_runner, an optional extra). Every runner calls the same datadream.runners.execute."""
+"""The runners: `local` (this process) and `ray_runner` (Ray tasks), each calling `execute`, over the
+task graph of `graph`. They are registered by name in datadream.registry."""

@@ -1,6 +1,6 @@
-"""The one function every runner calls to do units of work.
+"""The one function every runner calls to do units of work, and what does each stage's units.
 
-Importing this module does not import torch: the stages are imported when a unit runs, so a Ray
+Importing this module does not import torch: a stage is imported when a unit of it runs, so a Ray
 driver or `datadream status` never loads a model. Every unit is idempotent and safe to run twice
 at once: complete work is skipped, a unit is done under its lock, and its output appears by an
 atomic rename with its done-marker last.
@@ -8,7 +8,54 @@ atomic rename with its done-marker last.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Callable
+
 from datadream.units import WorkUnit
+
+
+def _adapt(run: Path, units: list[WorkUnit]) -> None:
+    from datadream.stages.adapt import adapt
+
+    adapt(run, groups=[u.members for u in units])
+
+
+def _synthesize(run: Path, units: list[WorkUnit]) -> None:
+    from datadream.stages.synthesize import synthesize
+
+    synthesize(run, shards=[m for u in units for m in u.members])
+
+
+# The stages below have one unit per run: the unit is the whole stage.
+def _index(run: Path, units: list[WorkUnit]) -> None:
+    from datadream.stages.synthesize import write_index
+
+    write_index(run)
+
+
+def _inspect(run: Path, units: list[WorkUnit]) -> None:
+    from datadream.stages.inspect import inspect
+
+    inspect(run)
+
+
+def _train(run: Path, units: list[WorkUnit]) -> None:
+    from datadream.stages.train import train
+
+    train(run)
+
+
+def _evaluate(run: Path, units: list[WorkUnit]) -> None:
+    from datadream.stages.evaluate import evaluate
+
+    evaluate(run)
+
+
+# A stage's name (WorkUnit.stage; datadream.units.STAGES is their order) -> what does its units of one run.
+STAGE_FUNCTIONS: dict[str, Callable[[Path, list[WorkUnit]], None]] = {
+    "adapt": _adapt, "synthesize": _synthesize, "index": _index, "inspect": _inspect, "train": _train,
+    "evaluate": _evaluate,
+}
 
 
 def execute(units: WorkUnit | list[WorkUnit]) -> None:
@@ -21,32 +68,9 @@ def execute(units: WorkUnit | list[WorkUnit]) -> None:
     stage, run = units[0].stage, units[0].run
     if any(u.stage != stage or u.run != run for u in units):
         raise ValueError("execute: units of one stage of one run at a time")
+    if stage not in STAGE_FUNCTIONS:
+        raise ValueError(f"execute: unknown stage {stage!r}")
     from datadream.threads import run_setting, use_threads
 
     use_threads(run_setting(run))  # the same bytes whoever runs the unit
-    if stage == "adapt":
-        from datadream.stages.adapt import adapt
-
-        adapt(run, groups=[u.members for u in units])
-    elif stage == "synthesize":
-        from datadream.stages.synthesize import synthesize
-
-        synthesize(run, shards=[m for u in units for m in u.members])
-    elif stage == "index":
-        from datadream.stages.synthesize import write_index
-
-        write_index(run)
-    elif stage == "inspect":
-        from datadream.stages.inspect import inspect
-
-        inspect(run)
-    elif stage == "train":
-        from datadream.stages.train import train
-
-        train(run)
-    elif stage == "evaluate":
-        from datadream.stages.evaluate import evaluate
-
-        evaluate(run)
-    else:
-        raise ValueError(f"execute: unknown stage {stage!r}")
+    STAGE_FUNCTIONS[stage](run, units)

@@ -1,8 +1,9 @@
 """Run the units of one or more runs as Ray tasks, on a local machine or a cluster.
 
 The driver plans every run, keeps the units whose files do not say "complete", and submits one
-Ray task per unit *key*: two runs that share work (benchmark cells that share adapters through
-the content-addressed store) share one task, and each run's dependents wait on that task. A
+Ray task per unit *key* (datadream.runners.graph, which holds everything here that is not a Ray
+call): two runs that share work (benchmark cells that share adapters through the
+content-addressed store) share one task, and each run's dependents wait on that task. A
 unit's dependencies go to its task as ObjectRefs, so Ray starts it the moment they are done and
 the cluster stays busy across stages and runs (few-shot -> adapters -> synthetic shards ->
 index -> classifier -> evaluation) instead of stage by stage.
@@ -26,12 +27,12 @@ import os
 import socket
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
+from datadream.config import RuntimeConfig
 from datadream.errors import UserError
-from datadream.progress import format_duration, interval_seconds
+from datadream.runners.graph import GraphResult, Task, Tracker, collect_tasks, pending_line
 
 if TYPE_CHECKING:  # units.py is torch-free, but the runner only needs the shape of a unit
     from datadream.units import WorkUnit
@@ -66,46 +67,6 @@ class UnitError(RuntimeError):
     Only the message crosses back to the driver, so an error that cannot be pickled (some CUDA
     and C-extension errors) still reports cleanly.
     """
-
-
-@dataclass(frozen=True)
-class UnitFailure:
-    unit: str  # the unit's id in `run`
-    run: Path
-    message: str  # one line
-    user_error: bool  # a UserError: the user can fix it; anything else is a bug or the machine
-    other_runs: int = 0  # further runs that share the unit (same key) and so failed with it
-
-    def describe(self) -> str:
-        shared = f" (and {self.other_runs} other run{'s' if self.other_runs > 1 else ''})" if self.other_runs else ""
-        return f"FAILED {self.unit} in run {self.run}{shared}: {self.message}"
-
-
-@dataclass
-class RayResult:
-    submitted: int = 0  # tasks: one per key that was not complete
-    done: int = 0
-    already_complete: int = 0  # units (not keys) that planning found complete: not submitted
-    not_run: int = 0  # tasks skipped because a unit they depend on failed
-    failures: list[UnitFailure] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.failures and not self.not_run
-
-
-@dataclass
-class _Task:
-    """One Ray task: every not-complete unit that shares `key`, across runs."""
-
-    key: str
-    units: list[Any]  # the first one names the task in logs and failures
-    deps: set[str] = field(default_factory=set)  # keys of tasks that must finish first
-    gpu_memory: float = 0.0
-
-    @property
-    def label(self) -> str:
-        return self.units[0].id
 
 
 def import_ray() -> Any:
@@ -158,58 +119,6 @@ def gpu_request(gpu_memory: float, gpu_memory_bytes: float | None, cluster_gpus:
         return 1.0
     steps = math.ceil(gpu_memory / gpu_memory_bytes * GPU_STEPS - 1e-9)
     return min(GPU_STEPS, max(1, steps)) / GPU_STEPS
-
-
-def collect_tasks(runs: Sequence[Path], plan: Callable[[Path], list], state: Callable[[Any], str]
-                  ) -> tuple[list[_Task], int]:
-    """The tasks to submit, in an order where every task comes after the tasks it depends on,
-    and the number of units already complete. Plain Python (no Ray), so it is tested alone."""
-    tasks: dict[str, _Task] = {}
-    complete = 0
-    for run in runs:
-        units = plan(run)
-        key_of = {unit.id: unit.key for unit in units}
-        for unit in units:
-            # "running" is submitted too: `execute` waits for a live owner of the unit's lock
-            # and takes over a dead one's, so the unit ends complete either way.
-            if state(unit) == "complete":
-                complete += 1
-                continue
-            task = tasks.setdefault(unit.key, _Task(unit.key, []))
-            task.units.append(unit)
-            task.gpu_memory = max(task.gpu_memory, float(unit.gpu_memory))
-            for dep in unit.deps:
-                if dep not in key_of:
-                    raise ValueError(f"unit {unit.id} of {run} depends on {dep}, which the run's plan does not hold")
-                if key_of[dep] != unit.key:
-                    task.deps.add(key_of[dep])
-    for task in tasks.values():
-        task.deps &= tasks.keys()  # complete dependencies need no waiting
-    return _dependency_order(tasks), complete
-
-
-def _dependency_order(tasks: dict[str, _Task]) -> list[_Task]:
-    """Depth-first, in first-seen order: each run's plan order is kept where it can be (so the
-    logs read stage by stage), and a key shared by two runs still comes after the dependencies
-    that either run gives it."""
-    order: list[_Task] = []
-    state: dict[str, str] = {}
-    position = {key: i for i, key in enumerate(tasks)}
-
-    def visit(key: str) -> None:
-        if state.get(key) == "done":
-            return
-        if state.get(key) == "visiting":
-            raise ValueError(f"the units' dependencies form a cycle through {tasks[key].label}")
-        state[key] = "visiting"
-        for dep in sorted(tasks[key].deps, key=position.__getitem__):
-            visit(dep)
-        state[key] = "done"
-        order.append(tasks[key])
-
-    for key in tasks:
-        visit(key)
-    return order
 
 
 def _gpu_total_memory() -> int | None:
@@ -329,7 +238,7 @@ def run_ray(
     plan: Callable[[Path], list[WorkUnit]] | None = None,
     execute: Callable[[WorkUnit], None] | None = None,
     state: Callable[[WorkUnit], str] | None = None,
-) -> RayResult:
+) -> GraphResult:
     """Do every unit of `runs` (initialised run folders) that is not complete, as Ray tasks.
 
     address: "" starts a local Ray cluster that uses every CPU and GPU of this machine (and is
@@ -361,12 +270,8 @@ def run_ray(
 
     folders = list(dict.fromkeys(Path(run).resolve() for run in runs))
     tasks, complete = collect_tasks(folders, plan, state)
-    pending_units = sum(len(task.units) for task in tasks)
-    result = RayResult(submitted=len(tasks), already_complete=complete)
-    shared = pending_units - len(tasks)
-    say(f"ray: {len(tasks)} unit(s) to run over {len(folders)} run(s)"
-        + (f", {complete} already complete" if complete else "")
-        + (f", {shared} shared between runs" if shared else ""))
+    say(pending_line("ray", tasks, len(folders), complete))
+    result = GraphResult(submitted=len(tasks), already_complete=complete)
     if not tasks:
         return result
 
@@ -375,21 +280,18 @@ def run_ray(
         check_reachable(address)
         ray.init(address=address or None)
     try:
-        _submit_and_wait(ray, tasks, folders, result, say, gpu_memory_bytes, max_retries, keep_workers, execute)
+        refs = _submit(ray, tasks, folders, say, gpu_memory_bytes, max_retries, keep_workers, execute)
+        _wait(ray, refs, Tracker("ray", result, len(folders) > 1, say))
     finally:
         if started_here:
             ray.shutdown()
     return result
 
 
-def run_ray_or_fail(runs: Iterable[Path], address: str = "") -> RayResult:
-    """run_ray for the CLI: failures (already logged one line each) end in one UserError."""
-    result = run_ray(runs, address)
-    if not result.ok:
-        first = result.failures[0].describe() if result.failures else "a unit's dependency failed"
-        raise UserError(f"{len(result.failures)} unit(s) failed and {result.not_run} were not run (first: {first});"
-                        " fix the cause and run the same command again: finished units are kept")
-    return result
+def run_units(runs: list[Path], runtime: RuntimeConfig) -> None:
+    """Registered as "ray": every run's units as one graph of Ray tasks on the cluster at
+    runtime.ray_address; failures (said one line each) end in one UserError."""
+    run_ray(runs, runtime.ray_address).raise_if_failed()
 
 
 def task_threads(setting: int, node_cpus: list[float]) -> int:
@@ -408,15 +310,33 @@ def task_threads(setting: int, node_cpus: list[float]) -> int:
     return max(1, min(threads.local_default(), smallest) if smallest else threads.local_default())
 
 
-def _submit_and_wait(ray: Any, tasks: list[_Task], folders: list[Path], result: RayResult,
-                     say: Callable[[str], None], gpu_memory_bytes: float | None, max_retries: int,
-                     keep_workers: bool, execute: Callable[[Any], None]) -> None:
+def _cluster_gpu_memory(ray: Any, tasks: list[Task], say: Callable[[str], None],
+                        gpu_memory_bytes: float | None) -> tuple[float, float | None]:
+    """The cluster's GPU count and the memory of one GPU (given, or probed when a task needs one)."""
     cluster_gpus = float(ray.cluster_resources().get("GPU", 0))
     if cluster_gpus and gpu_memory_bytes is None and any(task.gpu_memory > 0 for task in tasks):
         gpu_memory_bytes = probe_gpu_memory(ray)
         say(f"ray: {cluster_gpus:g} GPU(s) of {gpu_memory_bytes / 2**30:.1f} GiB (smallest)" if gpu_memory_bytes
             else f"ray: {cluster_gpus:g} GPU(s) of unknown memory: one whole GPU per GPU unit")
+    return cluster_gpus, gpu_memory_bytes
 
+
+def _threads_of(ray: Any, tasks: list[Task], folders: list[Path]) -> dict[str, int]:
+    """Each task's torch threads, all checked before anything is submitted."""
+    from datadream.threads import run_setting
+
+    node_cpus = [float(node.get("Resources", {}).get("CPU", 0)) for node in ray.nodes() if node.get("Alive")]
+    node_cpus = [cpus for cpus in node_cpus if cpus > 0]
+    settings = {run: run_setting(run) for run in folders}
+    return {task.key: task_threads(settings.get(Path(task.units[0].run).resolve(), 0), node_cpus) for task in tasks}
+
+
+def _submit(ray: Any, tasks: list[Task], folders: list[Path], say: Callable[[str], None],
+            gpu_memory_bytes: float | None, max_retries: int, keep_workers: bool,
+            execute: Callable[[Any], None]) -> dict[Any, tuple[int, Task]]:
+    """One Ray task per graph task, in dependency order: each gets its dependencies' ObjectRefs
+    as arguments, so Ray starts it when they are done. Returns ref -> (submission index, task)."""
+    cluster_gpus, gpu_memory_bytes = _cluster_gpu_memory(ray, tasks, say, gpu_memory_bytes)
     # max_calls is the number of tasks a worker process runs before it exits. Ray 2.60 makes it 1
     # for a function whose @ray.remote asks for GPUs (RemoteFunction.__init__, "set the task
     # non-recyclable by default", ray-project/ray#29624), so that each GPU task frees the GPU
@@ -427,17 +347,10 @@ def _submit_and_wait(ray: Any, tasks: list[_Task], folders: list[Path], result: 
     # keep_workers=False (max_calls=1) trades that for a fresh process per unit, for code that
     # leaks GPU memory. Ray does not count an idle worker's GPU memory against later requests.
     remote = ray.remote(max_calls=0 if keep_workers else 1)(_run_units)
-    node_cpus = [float(node.get("Resources", {}).get("CPU", 0)) for node in ray.nodes() if node.get("Alive")]
-    node_cpus = [cpus for cpus in node_cpus if cpus > 0]
-    from datadream.threads import run_setting
-
-    settings = {run: run_setting(run) for run in folders}
-    threads_of = {task.key: task_threads(settings.get(Path(task.units[0].run).resolve(), 0), node_cpus)
-                  for task in tasks}  # checked before anything is submitted
+    threads_of = _threads_of(ray, tasks, folders)
     log_level = logging.getLogger("datadream").getEffectiveLevel()
-    multi_run = len(folders) > 1
     refs: dict[str, Any] = {}
-    task_of: dict[Any, tuple[int, _Task]] = {}
+    task_of: dict[Any, tuple[int, Task]] = {}
     for index, task in enumerate(tasks):
         gpus = gpu_request(task.gpu_memory, gpu_memory_bytes, cluster_gpus)
         threads = threads_of[task.key]
@@ -455,15 +368,13 @@ def _submit_and_wait(ray: Any, tasks: list[_Task], folders: list[Path], result: 
         ).remote(execute, tuple(task.units), log_level, threads, *(refs[dep] for dep in sorted(task.deps)))
         refs[task.key] = ref
         task_of[ref] = (index, task)
+    return task_of
 
-    total, finished = len(tasks), 0
-    broken: set[str] = set()  # keys that failed or were not run
-    started = last_progress = time.monotonic()
-    interval = max(1.0, interval_seconds())  # 0 would make the wait below spin
+
+def _wait(ray: Any, task_of: dict[Any, tuple[int, Task]], tracker: Tracker) -> None:
     waiting = list(task_of)
     while waiting:
-        timeout = max(0.0, last_progress + interval - time.monotonic())
-        ready, waiting = ray.wait(waiting, num_returns=1, timeout=timeout)
+        ready, waiting = ray.wait(waiting, num_returns=1, timeout=tracker.seconds_to_progress())
         if ready and waiting:  # take every other finished task too, without waiting
             more, waiting = ray.wait(waiting, num_returns=len(waiting), timeout=0)
             ready += more
@@ -471,29 +382,12 @@ def _submit_and_wait(ray: Any, tasks: list[_Task], folders: list[Path], result: 
         # dependency is always seen before the dependents that it stopped.
         for ref in sorted(ready, key=lambda r: task_of[r][0]):
             task = task_of[ref][1]
-            finished += 1
-            where = f" (run {task.units[0].run.name})" if multi_run else ""
             try:
                 info = ray.get(ref)
             except ray.exceptions.RayError as error:
-                broken.add(task.key)
-                if task.deps & broken:
-                    result.not_run += 1
-                    continue
-                message, user_error = failure_message(error)
-                runs = list(dict.fromkeys(unit.run for unit in task.units))
-                failure = UnitFailure(task.label, runs[0], message, user_error, len(runs) - 1)
-                result.failures.append(failure)
-                say(f"ray: [{finished}/{total}] {failure.describe()}")
+                tracker.failed(task, *failure_message(error))
                 continue
-            result.done += 1
-            say(f"ray: [{finished}/{total}] {task.label}{where} done in {info['seconds']:.1f}s on node {info['node']}")
-        now = time.monotonic()
-        if waiting and now - last_progress >= interval:
-            last_progress = now
-            failed = f" ({len(result.failures)} failed)" if result.failures else ""
-            say(f"ray: {finished}/{total} units finished{failed}, {format_duration(now - started)} elapsed")
-    if result.not_run:
-        say(f"ray: {result.not_run} unit(s) not run because a unit they depend on failed")
-    say(f"ray: {result.done} done, {len(result.failures)} failed, {result.not_run} not run,"
-        f" in {format_duration(time.monotonic() - started)}")
+            tracker.done(task, info["seconds"], info["node"])
+        if waiting:
+            tracker.progress()
+    tracker.close()
