@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from cli_process import run_datadream
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -80,11 +81,14 @@ def write_config(path: Path, config: dict) -> Path:
     return path
 
 
-def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """The real console entry point in a fresh interpreter, as a user runs it."""
+def run_cli(*args: str, timeout: float = 300, fresh: bool = False) -> subprocess.CompletedProcess:
+    """`python -m datadream ARGS` in a process of its own, as a user runs it (cli_process.py: forked
+    from a server that imported torch and diffusers once; `fresh`: a fresh interpreter, with its own
+    hash seed, for tests of what two processes do alike)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "datadream", *map(str, args)], capture_output=True,
-                          text=True, env=env, timeout=timeout)
+    if fresh:
+        env["DATADREAM_TEST_SUBPROCESS"] = "1"
+    return run_datadream([str(arg) for arg in args], env, timeout)
 
 
 def tree_bytes(root: Path) -> dict[str, bytes]:

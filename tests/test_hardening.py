@@ -337,10 +337,11 @@ def test_checkpoint_cadence_does_not_change_the_adapter(tmp_path, tiny_models, t
 
 
 def test_two_identical_runs_give_identical_bytes(tmp_path, config_file):
-    """In two processes (safetensors' metadata order used to differ per process)."""
+    """In two fresh interpreters, each with its own hash seed (safetensors' metadata order used to
+    differ per process)."""
     trees = []
     for name in ("one", "two"):  # each with its own store, beside it
-        result = run_cli("run", config_file, tmp_path / name / "run")
+        result = run_cli("run", config_file, tmp_path / name / "run", fresh=True)
         assert result.returncode == 0, result.stderr
         # logs hold timings, the report names its folder, dotfiles are locks with pids
         trees.append({k: v for k, v in tree_bytes(tmp_path / name).items()

@@ -1,0 +1,110 @@
+"""`python -m datadream ARGS` for the tests, without paying its imports each time.
+
+Importing torch, diffusers, transformers and peft takes about 5 s of a tiny command's 6 on the
+2-core machine, and the suite runs over a hundred commands. So a command runs in a process forked
+from a server that imported them once (multiprocessing's forkserver): a process of its own, with
+its own exit code, signals, threads, stdout and stderr, started from an interpreter that has done
+nothing but import. Where that could differ from a fresh interpreter, a fresh one runs the command:
+when the environment differs from the server's in a variable a library reads while it is imported
+(HF_HUB_OFFLINE, HF_HOME, OMP_NUM_THREADS, ...), and always with DATADREAM_TEST_SUBPROCESS=1, which
+runs the whole suite the slow, literal way. tests/test_cli.py starts the real console entry point
+itself."""
+
+from __future__ import annotations
+
+import atexit
+import multiprocessing
+import os
+import runpy
+import subprocess
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+
+# What a command imports before its work starts; the server imports these once.
+PRELOAD = [
+    "torch", "diffusers", "transformers", "peft", "safetensors.torch", "PIL.Image", "yaml",
+    "diffusers.models", "diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion",
+    "transformers.models.clip.modeling_clip",
+    "datadream.cli", "datadream.api", "datadream.pipeline", "datadream.stages.adapt",
+    "datadream.stages.synthesize", "datadream.stages.train", "datadream.stages.evaluate",
+    "datadream.stages.inspect", "datadream.components.loading.models", "datadream.report",
+]
+# Read by a library when it is imported, so the server's value would win over the command's.
+IMPORT_TIME_PREFIXES = ("HF_", "HUGGINGFACE", "TRANSFORMERS", "DIFFUSERS", "TORCH", "PYTORCH", "XDG_",
+                        "OMP_", "MKL_", "CUDA", "TOKENIZERS", "LC_", "LANG", "PYTHONPATH", "PYTHONHASHSEED")
+
+_server: multiprocessing.context.BaseContext | None = None
+_server_env: dict[str, str] = {}
+
+
+def _forked_server() -> multiprocessing.context.BaseContext:
+    global _server, _server_env
+    if _server is None:
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(PRELOAD)
+        _server, _server_env = context, dict(os.environ)
+    return _server
+
+
+def _import_time_difference(env: dict[str, str]) -> bool:
+    names = set(env) | set(_server_env)
+    return any(name.startswith(IMPORT_TIME_PREFIXES) and env.get(name) != _server_env.get(name)
+               for name in names)
+
+
+def _command(args: list[str], env: dict[str, str], cwd: str, stdout: str, stderr: str) -> None:
+    """The forked process: `python -m datadream ARGS` from here on, exit code included."""
+    os.environ.clear()
+    os.environ.update(env)
+    os.chdir(cwd)
+    for fd, path in ((1, stdout), (2, stderr)):
+        os.dup2(os.open(path, os.O_WRONLY | os.O_TRUNC), fd)
+    sys.stdout = open(1, "w", encoding="utf-8", buffering=1, closefd=False)
+    sys.stderr = open(2, "w", encoding="utf-8", buffering=1, closefd=False)
+    sys.argv = ["datadream", *args]
+    code = 0
+    try:
+        runpy.run_module("datadream", run_name="__main__", alter_sys=True)
+    except SystemExit as stop:
+        if isinstance(stop.code, str):
+            print(stop.code, file=sys.stderr)
+        code = 1 if isinstance(stop.code, str) else (stop.code or 0)
+    except KeyboardInterrupt:
+        traceback.print_exc()
+        code = 130
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    atexit._run_exitfuncs()  # os._exit skips them, and a fresh interpreter would run them
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def run_datadream(args: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "datadream", *args]
+    if env.get("DATADREAM_TEST_SUBPROCESS") == "1" or sys.platform != "linux":
+        return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
+    server = _forked_server()
+    if _import_time_difference(env):
+        return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
+    with tempfile.TemporaryDirectory(prefix="datadream-cli-") as folder:
+        stdout, stderr = Path(folder, "stdout"), Path(folder, "stderr")
+        stdout.touch()
+        stderr.touch()
+        process = server.Process(target=_command, args=(args, env, os.getcwd(), str(stdout), str(stderr)))
+        process.start()
+        process.join(timeout)
+        timed_out = process.is_alive()
+        if timed_out:
+            process.kill()
+            process.join()
+        code = process.exitcode
+        process.close()
+        out = stdout.read_text(encoding="utf-8", errors="replace")
+        err = stderr.read_text(encoding="utf-8", errors="replace")
+    if timed_out:
+        raise subprocess.TimeoutExpired(command, timeout, out, err)
+    return subprocess.CompletedProcess(command, code, out, err)
