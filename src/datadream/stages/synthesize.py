@@ -44,7 +44,7 @@ from datadream import atomic, locks
 from datadream.artifacts import (adapter_is_complete, index_text, link_adapters, marker_time, preview_records,
                                  shard_records, stored_image_is_intact)
 from datadream.components.generators.families import check_settings
-from datadream.components.generators.family_models import family_model
+from datadream.components.generators.families.model import family_model
 from datadream.components.generators.lora_swap import AdapterSwapper
 from datadream.components.loading.models import (compile_module, load_generator, pipeline_family,
                                                  resolve_device, resolve_dtype)

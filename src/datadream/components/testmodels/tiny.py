@@ -82,7 +82,7 @@ def build_tiny_stable_diffusion(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
-# Written beside the weights of every model built in code (here, random_models.py, toy_pretrain.py),
+# Written beside the weights of every model built in code (here, parts.py, toy_pretrain.py),
 # saying what the model is, so that what a run made from it (its report) can say what its numbers
 # do not mean.
 TINY_MODEL_MARKER = "datadream-tiny-model.txt"
