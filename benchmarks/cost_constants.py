@@ -155,7 +155,7 @@ def measure_sd() -> dict[str, float]:
 def measure_clip() -> dict[str, float]:
     from transformers import CLIPConfig, CLIPModel
 
-    from datadream.components.classifiers.clip import add_lora
+    from datadream.components.classifiers.backbones import ClipClassifier
 
     bf16 = torch.bfloat16
     config = CLIPConfig(
@@ -172,7 +172,10 @@ def measure_clip() -> dict[str, float]:
     with torch.no_grad():
         out["clip_image_fwd_flops"] = flops(lambda: clip.get_image_features(pixel_values=pixels))
         out["clip_text_fwd_flops"] = flops(lambda: clip.get_text_features(input_ids=tokens))
-    model = add_lora(clip, rank=16, alpha=32, dropout=0.1)
+    classifier = ClipClassifier("random ViT-B/16", clip, tokenizer=None, image_size=224,
+                                normalisation=((0.0,) * 3, (1.0,) * 3))
+    classifier.add_lora(rank=16, alpha=32, dropout=0.1)
+    model = classifier.model
     out["clip_lora_params"] = params(model, trainable=True)
     model.train()
 
