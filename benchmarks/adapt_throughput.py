@@ -74,9 +74,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from datadream.components.generators.families import FAMILIES
-    from datadream.components.testmodels.random_models import FULL_SIZE_NAMES, build_random_family
-    from datadream.components.testmodels.tiny import build_tiny_clip, build_tiny_stable_diffusion
-    from datadream.components.testmodels.tiny_families import BUILDERS
+    from datadream.components.testmodels.families import build_random_family, full_size_name, tiny_builders
+    from datadream.components.testmodels.tiny import build_tiny_clip
     from datadream.config import load_config
     from datadream.data.toy import write_toy_dataset
     from datadream.runs import init_run
@@ -91,7 +90,7 @@ def main() -> None:
         if args.full:
             model = build_random_family(args.family, work / args.family)
         else:
-            model = (BUILDERS.get(args.family) or build_tiny_stable_diffusion)(work / args.family)
+            model = tiny_builders()[args.family](work / args.family)
         classes = tuple(f"class{i:03d}" for i in range(args.classes))
         data = write_toy_dataset(work / "data", {"train": 16}, size=resolution, classes=classes)
         precision = "auto"
@@ -130,7 +129,7 @@ def main() -> None:
     lines += [f"| {name} | {sec:.1f} | {sps:.1f} | {spc:.2f} | {utilisation(per_sample, sps, args.peak_tflops) if args.full else 'n/a'} |"
               + (f" {reference / sec:.2f}x |" if reference else "") + f" {sequential / sec:.2f}x |"
               for name, sec, sps, spc in rows]
-    size = f"full-size random {FULL_SIZE_NAMES[args.family]}" if args.full else f"tiny random {family.title}"
+    size = f"full-size random {full_size_name(args.family)}" if args.full else f"tiny random {family.title}"
     what = (f"{size} at {resolution} px{''.join(' ' + o for o in args.set)}, "
             f"{args.classes} classes x 16 shots, {args.epochs} epochs at batch 8, median of {args.repeats}; "
             "wall time of `adapt` including model loading")

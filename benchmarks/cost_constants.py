@@ -2,7 +2,7 @@
 
     python benchmarks/cost_constants.py            # CPU, about 2-4 minutes and ~8 GB of RAM
     python benchmarks/cost_constants.py --check    # and compare with src/datadream/costs.py
-    python benchmarks/cost_constants.py --families [--check]   # FAMILY_FLOPS, on the meta device (~40 s)
+    python benchmarks/cost_constants.py --families [--check]   # each family record's costs, on the meta device (~40 s)
 
 Builds SD 2.1-base (UNet, VAE, OpenCLIP ViT-H text encoder) and CLIP ViT-B/16 at full size with
 random weights (FLOPs and activation sizes do not depend on the weight values), then counts with
@@ -103,11 +103,12 @@ def measure_sd() -> dict[str, float]:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from datadream.components.testmodels.random_models import SD21_BASE_TEXT, SD21_BASE_UNET, SD21_BASE_VAE
+    from datadream.components.generators.families.sd.testmodel import SD21_BASE_TEXT, SD21_BASE_UNET
+    from datadream.components.testmodels.parts import SD21_BASE_VAE
     from types import SimpleNamespace
 
     from datadream.components.generators.families import FAMILIES
-    from datadream.components.generators.family_models import family_model
+    from datadream.components.generators.families.model import family_model
 
     bf16 = torch.bfloat16
     out: dict[str, float] = {}
@@ -154,7 +155,7 @@ def measure_sd() -> dict[str, float]:
 def measure_clip() -> dict[str, float]:
     from transformers import CLIPConfig, CLIPModel
 
-    from datadream.components.classifiers.clip import add_lora
+    from datadream.components.classifiers.backbones import ClipClassifier
 
     bf16 = torch.bfloat16
     config = CLIPConfig(
@@ -171,7 +172,10 @@ def measure_clip() -> dict[str, float]:
     with torch.no_grad():
         out["clip_image_fwd_flops"] = flops(lambda: clip.get_image_features(pixel_values=pixels))
         out["clip_text_fwd_flops"] = flops(lambda: clip.get_text_features(input_ids=tokens))
-    model = add_lora(clip, rank=16, alpha=32, dropout=0.1)
+    classifier = ClipClassifier("random ViT-B/16", clip, tokenizer=None, image_size=224,
+                                normalisation=((0.0,) * 3, (1.0,) * 3))
+    classifier.add_lora(rank=16, alpha=32, dropout=0.1)
+    model = classifier.model
     out["clip_lora_params"] = params(model, trainable=True)
     model.train()
 
@@ -221,18 +225,20 @@ def main() -> None:
 
 
 def families(check: bool) -> None:
-    """FAMILY_FLOPS of src/datadream/costs.py: every family counted on the meta device (seconds)."""
-    from datadream.components.testmodels.random_models import count_family_flops
-    from datadream.costs import FAMILY_FLOPS
+    """The `costs` of every family record (components/generators/families/<name>/__init__.py),
+    counted on the meta device (seconds)."""
+    from datadream.components.generators.families import FAMILIES
+    from datadream.components.testmodels.families import count_family_flops
 
-    counted = {family: count_family_flops(family) for family in FAMILY_FLOPS}
+    counted = {family: count_family_flops(family) for family in FAMILIES}
     print(json.dumps(counted, indent=4))
     if check:
         stale = [f"{family}.{k}" for family, values in counted.items() for k, v in values.items()
-                 if v != FAMILY_FLOPS[family].get(k)]
+                 if v != FAMILIES[family].costs.get(k)]
         if stale:
-            sys.exit(f"src/datadream/costs.py FAMILY_FLOPS is stale for: {', '.join(stale)}; paste the dictionary above")
-        print("src/datadream/costs.py FAMILY_FLOPS matches")
+            sys.exit(f"family costs are stale for: {', '.join(stale)}; paste each family's dictionary above into"
+                     " its record's costs (components/generators/families/<name>/__init__.py)")
+        print("every family record's costs match")
 
 
 if __name__ == "__main__":

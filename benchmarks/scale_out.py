@@ -143,7 +143,7 @@ def build_models(folder: Path, full: bool) -> dict[str, Path]:
 
     if not full:
         return build_tiny_models(folder)
-    from datadream.components.testmodels.random_models import build_random_sd21_base
+    from datadream.components.testmodels.families import build_random_sd21_base
 
     return {"sd": build_random_sd21_base(folder / "sd"), "clip": build_random_clip_b16(folder / "clip")}
 

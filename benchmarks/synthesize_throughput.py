@@ -76,9 +76,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from datadream.components.generators.families import FAMILIES
-    from datadream.components.testmodels.random_models import FULL_SIZE_NAMES, build_random_family
-    from datadream.components.testmodels.tiny import TINY_RESOLUTION, build_tiny_clip, build_tiny_stable_diffusion
-    from datadream.components.testmodels.tiny_families import BUILDERS
+    from datadream.components.testmodels.families import build_random_family, full_size_name, tiny_builders
+    from datadream.components.testmodels.tiny import TINY_RESOLUTION, build_tiny_clip
     from datadream.config import load_config
     from datadream.data.toy import write_toy_dataset
     from datadream.runs import init_run
@@ -90,7 +89,7 @@ def main() -> None:
         # init checks every model a run needs; this benchmark never trains the classifier.
         classifier = build_tiny_clip(work / "clip")
         if args.tiny:
-            model = (BUILDERS.get(args.family) or build_tiny_stable_diffusion)(work / args.family)
+            model = tiny_builders()[args.family](work / args.family)
         else:
             model = build_random_family(args.family, work / args.family)
         family = FAMILIES[args.family]
@@ -148,7 +147,7 @@ def main() -> None:
     print("\n" + table)
     if not args.no_report:
         size = (f"tiny random {family.title} (smoke test)" if args.tiny
-                else f"full-size random {FULL_SIZE_NAMES[args.family]}")
+                else f"full-size random {full_size_name(args.family)}")
         what = (f"{size} at {resolution} px, {args.classes} classes x {args.images} images, {args.steps} steps,"
                 f" guidance 2.0, median of {args.repeats}; wall time including pipeline loading")
         append_report("Stage 2: synthesis throughput", what, table, device_description(args.device), versions(),

@@ -27,11 +27,12 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def family_models(tmp_path_factory) -> dict[str, Path]:
-    """Tiny random SDXL, SD 3 and FLUX models (components/testmodels/tiny_families.py)."""
-    from datadream.components.testmodels.tiny_families import BUILDERS
+    """Tiny random SDXL, SD 3 and FLUX models (each family folder's testmodel.py); SD's is in
+    tiny_models."""
+    from datadream.components.testmodels.families import tiny_builders
 
     root = tmp_path_factory.mktemp("tiny-families")
-    return {name: build(root / name) for name, build in BUILDERS.items()}
+    return {name: build(root / name) for name, build in tiny_builders().items() if name != "sd"}
 
 
 @pytest.fixture()

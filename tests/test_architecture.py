@@ -19,11 +19,11 @@ DOC = ROOT / "docs" / "architecture.md"
 # Bottom to top. A module may import its own layer and those below it, never one above. A name
 # stands for that module and, for a package, every module under it.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("errors", "progress", "atomic", "layout", "markers", "catalog", "registry", "config", "costs",
-              "locks", "threads", "tracking")),
+    ("base", ("errors", "progress", "atomic", "layout", "markers", "catalog", "registry", "config", "locks",
+              "threads", "tracking")),
     ("components", ("components",)),
     ("data", ("data",)),
-    ("run state", ("runs", "store", "units", "artifacts", "classifier_files")),
+    ("run state", ("runs", "store", "units", "artifacts", "classifier_files", "costs")),
     ("engines", ("engines",)),
     ("stages", ("stages",)),
     ("runners", ("runners",)),
@@ -174,15 +174,29 @@ def test_stages_do_not_import_each_other():
     assert not crossing, "a stage reads what another wrote, never its code:\n" + "\n".join(crossing)
 
 
+def in_test_model_wing(module: str) -> bool:
+    """components/testmodels/, and each generator family's testmodel.py (its tiny and full-size
+    random models, kept in the family's folder)."""
+    return (module.startswith("datadream.components.testmodels.")
+            or re.fullmatch(r"datadream\.components\.generators\.families\.\w+\.testmodel", module) is not None)
+
+
 def test_test_models_stay_out_of_the_work_path():
     # Tiny and random models say nothing about model quality: they may be built by the demo, the
     # CLI and API and named by the report, but no stage, runner or run-state module reaches them.
-    wing, allowed = "datadream.components.testmodels", ("datadream.data.toy",)
+    allowed = ("datadream.data.toy",)
     commands = next(i for i, (name, _) in enumerate(LAYERS) if name == "commands")
     reaching = [f"{m} imports {t}" for m, edges in sorted(import_graph().items()) for t in sorted(edges)
-                if t.startswith(wing + ".") and not m.startswith(wing + ".") and m not in allowed
+                if in_test_model_wing(t) and not in_test_model_wing(m) and m not in allowed
                 and (layer_of(m) or 0) < commands]
     assert not reaching, "\n".join(reaching)
+
+
+def test_each_family_has_its_test_models():
+    # The wing's rule above finds a family's test models by this name.
+    families = SRC / "components" / "generators" / "families"
+    folders = [p for p in families.iterdir() if (p / "__init__.py").is_file()]
+    assert folders and all((p / "testmodel.py").is_file() and (p / "model.py").is_file() for p in folders)
 
 
 def _documented_layers() -> list[tuple[str, tuple[str, ...]]]:

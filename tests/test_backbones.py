@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import TINY, tiny_config, write_config
-from datadream.components.classifiers import clip as clip_ops
+from datadream.components.classifiers import backbones
 from datadream.components.classifiers.augment import center_crop, normalize
 from datadream.data.images import load_rgb
 from datadream.errors import UserError
@@ -39,40 +39,45 @@ def siglip_run(tmp_path_factory, tiny_models, siglip) -> dict:
 
 
 def test_siglip_loads_with_its_own_normalisation_and_tokenisation(siglip):
-    model, tokenizer = clip_ops.load_clip(str(siglip))
-    assert type(model).__name__ == "SiglipModel"
-    assert clip_ops.normalisation(model) == ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
-    tokens = clip_ops.tokenize(model, tokenizer, ["a photo of a cat", "dog"])
-    assert list(tokens) == ["input_ids"] and tokens["input_ids"].shape == (2, clip_ops.SIGLIP_TEXT_LENGTH)
+    classifier = backbones.load_pretrained(str(siglip))
+    assert isinstance(classifier, backbones.SiglipClassifier) and type(classifier.model).__name__ == "SiglipModel"
+    assert classifier.normalisation == ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    tokens = classifier.tokenize(["a photo of a cat", "dog"])
+    assert list(tokens) == ["input_ids"] and tokens["input_ids"].shape == (2, classifier.text_length)
     # Everything that scores images normalises with the model's statistics: white becomes 1.
     white = torch.full((1, 3, 4, 4), 255, dtype=torch.uint8)
-    assert torch.allclose(normalize(white, *clip_ops.normalisation(model)), torch.ones(1, 3, 4, 4))
+    assert torch.allclose(normalize(white, *classifier.normalisation), torch.ones(1, 3, 4, 4))
+
+
+def test_every_backbone_is_registered_under_its_model_type():
+    assert backbones.BACKBONES == {"clip": backbones.ClipClassifier, "siglip": backbones.SiglipClassifier}
 
 
 def test_siglip2_reads_prompts_lower_cased_and_other_towers_as_written(siglip):
     """SigLIP 2 is a SigLIP model with Gemma's tokenizer, trained on lower-cased text."""
-    model, tokenizer = clip_ops.load_clip(str(siglip))
+    classifier = backbones.load_pretrained(str(siglip))
+    tokenizer = classifier.tokenizer
     prompts = ["a aircraft photo of a Boeing 737-800", "a photo of a F/A-18"]
-    assert clip_ops.model_text(model, tokenizer, prompts) == prompts
+    assert classifier.model_text(prompts) == prompts
 
     class GemmaTokenizerFast:  # stands for SigLIP 2's tokenizer; records what it is given
         def __call__(self, texts, **options):
             self.seen = texts
             return tokenizer(texts, **options)
 
-    gemma = GemmaTokenizerFast()
-    clip_ops.tokenize(model, gemma, prompts)
+    classifier.tokenizer = gemma = GemmaTokenizerFast()
+    classifier.tokenize(prompts)
     assert gemma.seen == ["a aircraft photo of a boeing 737-800", "a photo of a f/a-18"]
 
 
 def test_siglip_logits_are_its_own_forward(siglip):
-    model, tokenizer = clip_ops.load_clip(str(siglip))
-    model.eval()
-    tokens = clip_ops.tokenize(model, tokenizer, ["a photo of a cat", "a dog"])
+    classifier = backbones.load_pretrained(str(siglip))
+    classifier.model.eval()
+    tokens = classifier.tokenize(["a photo of a cat", "a dog"])
     pixels = torch.randn(3, 3, TINY, TINY)
     with torch.no_grad():
-        ours = clip_ops.logits(model, clip_ops.image_features(model, pixels), clip_ops.text_features(model, tokens))
-        stock = model(**tokens, pixel_values=pixels).logits_per_image
+        ours = classifier.logits(classifier.image_features(pixels), classifier.text_features(tokens))
+        stock = classifier.model(**tokens, pixel_values=pixels).logits_per_image
     assert torch.allclose(ours, stock, atol=1e-5)
 
 
@@ -81,15 +86,28 @@ def test_lora_only_on_q_and_v_of_both_towers(tmp_path, builder):
     from datadream.components.testmodels import tiny
 
     folder = getattr(tiny, f"build_tiny_{builder}")(tmp_path / builder)
-    model, _ = clip_ops.load_clip(str(folder))
-    peft_model = clip_ops.add_lora(model, 4, 8, 0.0)
-    trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
+    classifier = backbones.load_pretrained(str(folder))
+    classifier.add_lora(4, 8, 0.0)
+    trainable = [n for n, p in classifier.model.named_parameters() if p.requires_grad]
     assert trainable and all(".lora_" in n and (".q_proj." in n or ".v_proj." in n) for n in trainable)
     for tower in ("text_model", "vision_model"):
         for layer in range(2):
             for proj in ("q_proj", "v_proj"):
                 assert any(f"{tower}.encoder.layers.{layer}.self_attn.{proj}.lora_A" in n for n in trainable)
     assert not any(".head." in n for n in trainable)  # SigLIP's pooling head stays frozen
+
+
+@pytest.mark.parametrize("builder", ["clip", "siglip"])
+def test_saved_preprocessing_has_the_tokenizer_as_published(tmp_path, builder):
+    """A fast tokenizer keeps the padding and truncation of its last call: the export must not
+    carry the classifier's into the tokenizer a user loads."""
+    from datadream.components.testmodels import tiny
+
+    folder = getattr(tiny, f"build_tiny_{builder}")(tmp_path / builder)
+    classifier = backbones.load_pretrained(str(folder))
+    classifier.tokenize(["a photo of a cat", "a dog"])
+    classifier.save_preprocessing(tmp_path / "out")
+    assert (tmp_path / "out" / "tokenizer.json").read_bytes() == (folder / "tokenizer.json").read_bytes()
 
 
 def test_image_size_is_read_from_the_model(tmp_path):
@@ -101,17 +119,17 @@ def test_image_size_is_read_from_the_model(tmp_path):
     model = CLIPModel.from_pretrained(folder)
     model.config.vision_config.image_size = 48
     CLIPModel(model.config).save_pretrained(folder)  # position embeddings for 48 px
-    loaded, _ = clip_ops.load_clip(str(folder))
-    assert clip_ops.image_size(loaded) == 48
+    loaded = backbones.load_pretrained(str(folder))
+    assert loaded.image_size == 48
     with torch.no_grad():
-        assert clip_ops.image_features(loaded, torch.randn(2, 3, 48, 48)).shape == (2, 32)
+        assert loaded.image_features(torch.randn(2, 3, 48, 48)).shape == (2, 32)
 
 
 def test_unsupported_model_type_is_one_line_before_anything_trains(tmp_path):
     folder = tmp_path / "bert"
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({"model_type": "bert"}), encoding="utf-8")
-    for load in (clip_ops.load_clip, clip_ops.check_classifier_reachable):
+    for load in (backbones.load_pretrained, backbones.check_classifier_reachable):
         with pytest.raises(UserError, match=r"^classifier\.model: .* is a 'bert' model; supported .*clip, siglip") as err:
             load(str(folder))
         assert "\n" not in str(err.value)

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from conftest import run_cli, tiny_config, write_config
 from datadream.components.classifiers.augment import center_crop, normalize, to_uint8_tensor
-from datadream.components.classifiers.clip import image_normalisation
+from datadream.components.classifiers.backbones import image_normalisation
 from datadream.config import load_config
 from datadream.data.images import list_images, load_rgb
 from datadream.pipeline import run_all

@@ -263,7 +263,7 @@ def test_offloaded_text_encoders_visit_the_device_only_to_encode(train_text_enco
     import torch
 
     from datadream.components.generators.families import FAMILIES
-    from datadream.components.generators.family_models import family_model
+    from datadream.components.generators.families.model import family_model
 
     log: list = []
     names = ("text_encoder", "text_encoder_2", "text_encoder_3")
@@ -313,7 +313,7 @@ def test_single_file_checkpoint_with_another_familys_configs_is_refused(family_m
 def test_full_size_random_family_models_have_the_published_sizes(name, expected):
     """The GPU benchmarks' random models are the published architectures (counted on the meta
     device: nothing is allocated)."""
-    from datadream.components.testmodels.random_models import random_family_pipeline
+    from datadream.components.testmodels.families import random_family_pipeline
 
     pipeline = random_family_pipeline(name, "meta")
     counts = {part: round(sum(p.numel() for p in getattr(pipeline, part).parameters()) / 1e6, 1) for part in expected}
@@ -356,7 +356,7 @@ def test_training_sigmas_are_shifted_as_the_sampler_shifts_them(family_models, n
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     from datadream.components.generators.families import FAMILIES
-    from datadream.components.generators.family_models import family_model
+    from datadream.components.generators.families.model import family_model
     from datadream.components.loading.models import load_generator
     from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
@@ -386,7 +386,7 @@ def test_training_conditioning_is_the_stock_pipelines_encode_prompt(family_model
     import torch
 
     from datadream.components.generators.families import FAMILIES
-    from datadream.components.generators.family_models import family_model
+    from datadream.components.generators.families.model import family_model
     from datadream.components.loading.models import load_generator
 
     pipeline = load_generator(str(tiny_models["sd"] if name == "sd" else family_models[name]))
@@ -419,7 +419,7 @@ def test_t5_reads_the_published_prompt_length(family_models, name, guidance_embe
     import torch
 
     from datadream.components.generators.families import FAMILIES
-    from datadream.components.generators.family_models import family_model
+    from datadream.components.generators.families.model import family_model
     from datadream.components.loading.models import load_generator
 
     pipeline = load_generator(str(family_models[name]))

@@ -39,7 +39,8 @@ def test_random_sd21_base_has_the_published_architecture():
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from datadream.components.testmodels.random_models import SD21_BASE_TEXT, SD21_BASE_UNET, SD21_BASE_VAE
+    from datadream.components.generators.families.sd.testmodel import SD21_BASE_TEXT, SD21_BASE_UNET
+    from datadream.components.testmodels.parts import SD21_BASE_VAE
 
     with torch.device("meta"):
         unet = UNet2DConditionModel(**SD21_BASE_UNET)

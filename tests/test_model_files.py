@@ -272,10 +272,10 @@ def test_wrapped_hub_errors_are_classified():
 
 
 def test_clip_classifier_goes_through_the_same_messages():
-    from datadream.components.classifiers.clip import check_classifier_reachable, load_clip
+    from datadream.components.classifiers.backbones import check_classifier_reachable, load_pretrained
 
     with pytest.raises(UserError, match=r"cannot load CLIP model 'no-such-org/clip'.*offline.*classifier.model"):
-        load_clip("no-such-org/clip")
+        load_pretrained("no-such-org/clip")
     with pytest.raises(UserError, match="cannot load CLIP model 'no-such-org/clip'.*offline"):
         check_classifier_reachable("no-such-org/clip")
 

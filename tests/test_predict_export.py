@@ -16,7 +16,7 @@ import torch
 
 from conftest import TINY, tiny_config, write_config
 from datadream.components.classifiers.augment import center_crop, normalize, to_uint8_tensor
-from datadream.components.classifiers.clip import image_normalisation
+from datadream.components.classifiers.backbones import image_normalisation
 from datadream.config import load_config
 from datadream.data.images import load_rgb
 from datadream.errors import UserError

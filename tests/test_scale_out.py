@@ -87,6 +87,15 @@ def test_lock_naming_another_host_counts_while_its_heartbeat_is_fresh(tmp_path):
     locks.try_lock(path).release()
 
 
+
+def test_a_busy_unit_is_left_for_later_or_refused(tmp_path):
+    """A stage working through many units does the others first (runtime.wait_for_locks), or stops."""
+    path = tmp_path / "unit.lock"
+    path.write_text(json.dumps({"host": "other-node", "pid": 1, "started": None, "since": time.time()}))
+    assert locks.claim(path, "adapter x", wait=False, defer=True) is None
+    with pytest.raises(UserError, match="^adapter x is being worked on by other-node pid 1"):
+        locks.claim(path, "adapter x", wait=False)
+
 # --- the store ----------------------------------------------------------------------------------
 
 def test_run_views_of_store_entries(tmp_path, monkeypatch):

@@ -1,9 +1,10 @@
 """What one sample costs on a GPU: FLOPs, memory and disk, as ESTIMATES for `datadream plan`.
 
-Torch-free. The generator families' FLOPs (FAMILY_FLOPS) are counted through the very code adapt
-and synthesize run, on each family's full-size published architecture, by torch's
-FlopCounterMode on the meta device (`python benchmarks/cost_constants.py --families`;
-tests/test_costs.py counts again and compares). The other figures (MEASURED) were counted once
+Torch-free. The generator families' FLOPs (each family record's `costs`, in
+components/generators/families/) are counted through the very code adapt and synthesize run, on
+each family's full-size published architecture, by torch's FlopCounterMode on the meta device
+(`python benchmarks/cost_constants.py --families`; tests/test_costs.py counts again and
+compares). The other figures (MEASURED) were counted once
 with `python benchmarks/cost_constants.py` on full-size random-weight models on a CPU. A GPU's time
 is FLOPs / (its dense bf16/fp16 tensor peak x an assumed utilisation). No figure here was measured
 on a GPU: docs/benchmarks.md holds no GPU measurement yet.
@@ -12,6 +13,8 @@ on a GPU: docs/benchmarks.md holds no GPU measurement yet.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from datadream.components.generators.families import FAMILIES
 
 # Printed by benchmarks/cost_constants.py (CPU, torch 2.13.0, diffusers 0.42.1, transformers 5.23.0).
 # FLOPs per sample (one image, one prompt); bytes per sample in bf16.
@@ -32,49 +35,6 @@ MEASURED: dict[str, int] = {
     "sd_vae_encode_flops": 1082298728448,
     "sd_vae_params": 83653863,
 }
-
-# Per sample at the family's native resolution (NATIVE_RESOLUTION), LoRA rank 16 on every published
-# target (components/testmodels/random_models.py count_family_flops): one denoiser training step (forward and
-# backward, base frozen), one denoiser evaluation (a sampling step of one image; classifier-free
-# guidance evaluates two), one prompt through the trained CLIP encoders; parameters of the
-# denoiser, of every text encoder (T5 included) and of the LoRA. The meta device counts attention,
-# which the CPU kernels of the first count left out (SD 2.1's UNet: 19% more than that count).
-# Counted with torch 2.13.0, diffusers 0.42.1, transformers 5.23.0.
-FAMILY_FLOPS: dict[str, dict[str, int]] = {
-    "sd": {
-        "denoiser_params": 865910724,
-        "text_params": 340387840,
-        "lora_params": 6334464,
-        "denoiser_lora_train_flops": 1725552676864,
-        "text_lora_train_flops": 91713785856,
-        "denoiser_fwd_flops": 808835182592,
-    },
-    "sdxl": {
-        "denoiser_params": 2567463684,
-        "text_params": 817720320,
-        "lora_params": 29646848,
-        "denoiser_lora_train_flops": 14187923292160,
-        "text_lora_train_flops": 224279123968,
-        "denoiser_fwd_flops": 6802618204160,
-    },
-    "sd3": {
-        "denoiser_params": 2243171520,
-        "text_params": 5580620800,
-        "lora_params": 15810560,
-        "denoiser_lora_train_flops": 25052388065280,
-        "text_lora_train_flops": 225438183424,
-        "denoiser_fwd_flops": 10706352390144,
-    },
-    "flux": {
-        "denoiser_params": 11901408320,
-        "text_params": 4885371136,
-        "lora_params": 46006272,
-        "denoiser_lora_train_flops": 142862744813568,
-        "text_lora_train_flops": 27082395648,
-        "denoiser_fwd_flops": 65470006296576,
-    },
-}
-NATIVE_RESOLUTION = {"sd": 512, "sdxl": 1024, "sd3": 1024, "flux": 1024}
 
 CLIP_FP32_BYTES = 4  # the classifier keeps CLIP's weights in fp32 and autocasts
 LORA_STATE_BYTES = 16  # fp32 weight, gradient, and AdamW's two moments per trainable parameter
@@ -144,16 +104,21 @@ GB = 1024 ** 3
 
 
 def family_value(family: str, name: str) -> float:
-    """A FAMILY_FLOPS figure; an unknown family ("" when the model could not be read) is priced
-    as SD 2.1-base (plan says so)."""
-    return float(FAMILY_FLOPS.get(family, FAMILY_FLOPS["sd"])[name])
+    """A figure of the family record's `costs`; an unknown family ("" when the model could not be
+    read) is priced as SD 2.1-base (plan says so)."""
+    return float(FAMILIES.get(family, FAMILIES["sd"]).costs[name])
+
+
+def native_resolution(family: str) -> int:
+    """Where the family's costs were counted (an unknown family is priced as SD 2.1-base)."""
+    return FAMILIES.get(family, FAMILIES["sd"]).resolution
 
 
 def pixels(family: str, resolution: int) -> float:
     """`resolution`'s pixel count relative to the family's native one (where its costs were
     counted). Costs scale linearly with it: exact for convolutions and MLPs, an underestimate above
     the native size where attention, which grows with its square, is a large share."""
-    return (resolution / NATIVE_RESOLUTION.get(family, 512)) ** 2
+    return (resolution / native_resolution(family)) ** 2
 
 
 def denoiser_evaluations(family: str, steps: int, guidance: float, sampler: str = "default") -> int:
@@ -231,7 +196,7 @@ def synthesize_memory(precision: str, batch: int, cfg_factor: int, pixels: float
     sampling = (value("sd_unet_infer_peak_bytes") * _activation_scale(family, "denoiser_fwd_flops")
                 * batch * cfg_factor * scale * pixels)
     # The VAE decodes at the image's pixel count, whatever the family's native size.
-    decoding = value("sd_vae_decode_peak_bytes") * batch * scale * pixels * (NATIVE_RESOLUTION.get(family, 512) / 512) ** 2
+    decoding = value("sd_vae_decode_peak_bytes") * batch * scale * pixels * (native_resolution(family) / 512) ** 2
     return _generator_weights(family, precision) + CUDA_OVERHEAD_GB * GB + max(sampling, decoding)
 
 

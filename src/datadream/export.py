@@ -19,7 +19,6 @@ from pathlib import Path
 import torch
 
 from datadream import atomic
-from datadream.components.classifiers import clip as clip_ops
 from datadream.errors import UserError
 from datadream.layout import LORA_WEIGHTS, UNIT_MARKER
 from datadream.progress import progress
@@ -55,52 +54,31 @@ def export(run_dir: Path, out: Path, what: str) -> Path:
 # --- classifier ---------------------------------------------------------------------------------
 
 def export_classifier(run: Run, out: Path) -> None:
-    """The classifier as one stock `CLIPModel` or `SiglipModel` (LoRA merged into the weights),
-    its processor (CLIP) or its tokenizer and image processor (SigLIP), and the class prompts and
-    their normalised text features (so a user can skip the text tower)."""
-    from transformers import AutoTokenizer, CLIPImageProcessor, CLIPProcessor
-    from transformers.image_utils import PILImageResampling
-
+    """The classifier as one stock transformers model (`CLIPModel`, `SiglipModel`; LoRA merged
+    into the weights), its preprocessing (components/classifiers/backbones.py,
+    `save_preprocessing`), and the class prompts and their normalised text features (so a user
+    can skip the text tower)."""
     from datadream.artifacts import read_classifier_marker
-    from datadream.classifier_files import load_classifier
-    from datadream.components.loading.models import explained_loading
-    from datadream.layout import PROMPTS
+    from datadream.classifier_files import class_prompts, load_classifier
 
     marker = read_classifier_marker(run)
-    model, tokens, size = load_classifier(run, marker)
+    classifier = load_classifier(run, marker)
     if marker["train_on"] != "none":
-        model = model.merge_and_unload()
-    model.eval()
+        classifier.merge_lora()
+    model = classifier.model.eval()
+    names, prompts = class_prompts(run)
     with torch.no_grad():
-        text = clip_ops.text_features(model, tokens)
-        logit_scale = float(model.logit_scale.exp())
-        bias = {"logit_bias": float(model.logit_bias)} if model.config.model_type == "siglip" else {}
-    classes = json.loads((run.layout.classifier / PROMPTS).read_text(encoding="utf-8"))
-    names, prompts = classes["classes"], classes["prompts"]
+        text = classifier.text_features(classifier.tokenize(prompts))
+        logit_terms = classifier.logit_terms()
     model.config.id2label = dict(enumerate(names))
     model.config.label2id = {name: label for label, name in enumerate(names)}
     model.save_pretrained(out)
-    with explained_loading("CLIP", run.config.classifier.model, "classifier.model", "transformers"):
-        tokenizer = AutoTokenizer.from_pretrained(run.config.classifier.model)
-    # Our test transform (shorter side to `size`, bicubic, centre crop, the model's normalisation),
-    # so that stock preprocessing sees the images as `predict` and `evaluate` do. For SigLIP too,
-    # whose own processor squashes the image to a square instead of cropping it.
-    mean, std = clip_ops.normalisation(model)
-    image_processor = CLIPImageProcessor(
-        size={"shortest_edge": size}, crop_size={"height": size, "width": size}, resample=PILImageResampling.BICUBIC,
-        image_mean=list(mean), image_std=list(std),
-    )
-    if model.config.model_type == "clip":
-        CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out)
-    else:  # no processor class pairs a CLIP image processor with SigLIP's tokenizer: saved apart
-        image_processor.save_pretrained(out)
-        tokenizer.save_pretrained(out)
+    classifier.save_preprocessing(out)
     atomic.write_json(out / CLASSES_FILE, {
         "labels": list(range(len(names))),
         "class_names": names,
-        "prompts": clip_ops.model_text(model, tokenizer, prompts),  # as the text tower reads them
-        "logit_scale": logit_scale,
-        **bias,
+        "prompts": classifier.model_text(prompts),  # as the text tower reads them
+        **logit_terms,
         "train_on": marker["train_on"],
         "base_model": run.config.classifier.model,
         # L2-normalised, in label order: logits = logit_scale * normalised image feature @ these.T

@@ -176,16 +176,26 @@ def busy_error(what: str, busy: Busy) -> UserError:
                      " command again, or set runtime.wait_for_locks=true to wait")
 
 
+def claim(path: Path, what: str, wait: bool, defer: bool = False) -> HeldLock | None:
+    """The unit's lock. `wait`: wait while a live owner holds it. Otherwise taken at once, and a
+    busy unit is refused with one line, or, with `defer` (a stage working through many units under
+    runtime.wait_for_locks), left for later: None, and the caller does its other units first, then
+    comes back to this one with `wait`, to do it only if its owner died."""
+    if wait:
+        return wait_lock(path, what)
+    try:
+        return try_lock(path)
+    except Busy as busy:
+        if not defer:
+            raise busy_error(what, busy) from None
+        log.info("%s is being worked on by %s; doing the others first", what, busy)
+        return None
+
+
 @contextmanager
 def unit_lock(path: Path, what: str, wait: bool = True) -> Iterator[None]:
     """Hold the unit's lock for the block; `wait=False` refuses a busy unit with one line."""
-    if wait:
-        held = wait_lock(path, what)
-    else:
-        try:
-            held = try_lock(path)
-        except Busy as busy:
-            raise busy_error(what, busy) from None
+    held = claim(path, what, wait)
     try:
         yield
     finally:

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from datadream.artifacts import read_classifier_marker
-from datadream.classifier_files import load_classifier
+from datadream.classifier_files import class_prompts, load_classifier
 from datadream.components.classifiers.scoring import batched_logits, loader_workers
 from datadream.components.loading.models import resolve_device, resolve_dtype
 from datadream.data.images import IMAGE_EXTENSIONS, list_images
@@ -72,9 +72,9 @@ def predict(run_dir: Path, inputs: list[Path], top_k: int = 5, batch_size: int |
     cfg = run.config.classifier
     torch_device = resolve_device(device or run.config.runtime.device)
     dtype = resolve_dtype(run.config.runtime.precision, torch_device)
-    model, tokens, size = load_classifier(run, marker)
-    model.to(torch_device)
-    tokens = {k: v.to(torch_device) for k, v in tokens.items()}
+    classifier = load_classifier(run, marker).to(torch_device)
+    _, prompts = class_prompts(run)
+    tokens = classifier.tokenize(prompts, torch_device)
     names = [c.name for c in run.manifest.classes]
     k = min(top_k, len(names))
     samples = [Sample(str(path), -1, REAL) for path in images]  # label unknown: never read
@@ -82,8 +82,8 @@ def predict(run_dir: Path, inputs: list[Path], top_k: int = 5, batch_size: int |
     # No more loader processes than batches: starting eight workers for one photo costs seconds.
     workers = min(loader_workers(cfg.workers), math.ceil(len(samples) / batch_size))
     probabilities = []
-    for logits, _ in batched_logits(model, tokens, EvalImages(samples, size), batch_size, workers, torch_device, dtype,
-                                    desc="predict"):
+    for logits, _ in batched_logits(classifier, tokens, EvalImages(samples, classifier.image_size), batch_size, workers,
+                                    torch_device, dtype, desc="predict"):
         probabilities.append(logits.float().softmax(dim=-1).cpu())
     best, labels = torch.cat(probabilities).topk(k, dim=-1)
     return [Prediction(path, row.tolist(), [names[i] for i in row.tolist()], p.tolist())

@@ -37,7 +37,7 @@ def init_run(config: Config, root: Path) -> Run:
 
         check_generator_reachable(config.generator.model, config.generator.config)
     if needs_classifier:
-        from datadream.components.classifiers.clip import check_classifier_reachable
+        from datadream.components.classifiers.backbones import check_classifier_reachable
 
         check_classifier_reachable(config.classifier.model)
     if needs_generator:

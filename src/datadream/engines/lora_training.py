@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from datadream.components import distributed
-from datadream.components.generators.family_models import Conditioning, Prompts, family_model
+from datadream.components.generators.families.model import Conditioning, Prompts, family_model
 from datadream.components.generators.grouped_lora import make_single
 from datadream.components.generators.latents import LatentEncoder, ShotImage
 from datadream.components.generators.lora_weights import reset_lora

@@ -101,12 +101,19 @@ def train_data_parallel(run: Run, store: StoreLayout, groups: list[list[AdapterS
             continue
         with group.leading() as lead, locks.unit_lock(store.lock(spec.lock), f"adapter {spec.name}",
                                                       run.config.runtime.wait_for_locks):
-            if adapter_is_complete(run, store, spec):
-                checkpoint.discard(store.adapter_checkpoint(spec.fingerprint))
-                continue
-            atomic.remove_stale_temporaries(store.adapters, spec.fingerprint)
-            lead.go()
-            _train_and_save(run, store, spec, label=spec.name, group=group)
+            if _still_to_train(run, store, spec):
+                lead.go()
+                _train_and_save(run, store, spec, label=spec.name, group=group)
+
+
+def _still_to_train(run: Run, store: StoreLayout, spec: AdapterSpec) -> bool:
+    """Under the adapter's lock: whether it is still to train (not finished by another worker
+    meanwhile); if so, a killed trainer's temporaries are cleared for it."""
+    if adapter_is_complete(run, store, spec):
+        checkpoint.discard(store.adapter_checkpoint(spec.fingerprint))
+        return False
+    atomic.remove_stale_temporaries(store.adapters, spec.fingerprint)
+    return True
 
 
 def _train_locked(run: Run, store: StoreLayout, group: list[AdapterSpec], label: str, wait: bool) -> list[AdapterSpec]:
@@ -115,21 +122,14 @@ def _train_locked(run: Run, store: StoreLayout, group: list[AdapterSpec], label:
     with ExitStack() as held:
         mine = []
         for spec in group:
-            path = store.lock(spec.lock)
-            try:
-                lock = locks.wait_lock(path, f"adapter {spec.name}") if wait else locks.try_lock(path)
-            except locks.Busy as owner:
-                if not run.config.runtime.wait_for_locks:
-                    raise locks.busy_error(f"adapter {spec.name}", owner) from None
-                log.info("adapt: %s is being trained by %s; training the others first", spec.name, owner)
+            lock = locks.claim(store.lock(spec.lock), f"adapter {spec.name}", wait,
+                               defer=run.config.runtime.wait_for_locks)
+            if lock is None:
                 busy.append(spec)
                 continue
             held.callback(lock.release)
-            if adapter_is_complete(run, store, spec):  # finished by another worker meanwhile
-                checkpoint.discard(store.adapter_checkpoint(spec.fingerprint))
-                continue
-            atomic.remove_stale_temporaries(store.adapters, spec.fingerprint)
-            mine.append(spec)
+            if _still_to_train(run, store, spec):
+                mine.append(spec)
         if mine:
             _train(run, store, mine, label)
     return busy

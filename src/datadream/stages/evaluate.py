@@ -17,7 +17,7 @@ from pathlib import Path
 
 from datadream import atomic, locks
 from datadream.artifacts import read_classifier_marker
-from datadream.classifier_files import load_classifier
+from datadream.classifier_files import class_prompts, load_classifier
 from datadream.components.classifiers.scoring import loader_workers, top_predictions
 from datadream.components.loading.models import resolve_device, resolve_dtype
 from datadream.components.measures.metrics import accuracy_text, confusion_summary, macro_accuracy, summarize
@@ -82,11 +82,11 @@ def _evaluate(run: Run) -> dict:
         return recorded
     device = resolve_device(run.config.runtime.device)
     dtype = resolve_dtype(run.config.runtime.precision, device)
-    model, tokens, size = load_classifier(run, marker)
-    model.to(device)
-    tokens = {k: v.to(device) for k, v in tokens.items()}
+    classifier = load_classifier(run, marker).to(device)
+    _, prompts = class_prompts(run)
     cfg = run.config.classifier
-    labels, best, probabilities = top_predictions(model, tokens, EvalImages(samples, size), cfg.eval_batch_size,
+    labels, best, probabilities = top_predictions(classifier, classifier.tokenize(prompts, device),
+                                                  EvalImages(samples, classifier.image_size), cfg.eval_batch_size,
                                                   loader_workers(cfg.workers), device, dtype, desc="evaluate test")
     top1, top5 = best[:, 0] == labels, (best == labels.unsqueeze(-1)).any(dim=-1)
     names = [c.name for c in run.manifest.classes]

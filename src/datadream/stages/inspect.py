@@ -24,7 +24,7 @@ import torch
 
 from datadream import atomic, locks
 from datadream.artifacts import completed_synthetic_set
-from datadream.components.classifiers import clip as clip_ops
+from datadream.components.classifiers.backbones import Classifier, load_pretrained
 from datadream.components.classifiers.augment import normalize
 from datadream.components.classifiers.scoring import loader_workers, start_loader
 from datadream.components.loading.models import resolve_device, resolve_dtype
@@ -118,17 +118,17 @@ def _device(run: Run) -> tuple[torch.device, torch.dtype]:
 
 
 def prompt_features(run: Run) -> torch.Tensor:
-    model, tokenizer = FeatureCache.model(run)
+    classifier = FeatureCache.classifier(run)
     device, _ = _device(run)
-    tokens = {k: v.to(device) for k, v in clip_ops.tokenize(model, tokenizer, [c.prompt for c in run.manifest.classes]).items()}
+    tokens = classifier.tokenize([c.prompt for c in run.manifest.classes], device)
     with torch.no_grad():
-        return clip_ops.text_features(model, tokens).cpu()
+        return classifier.text_features(tokens).cpu()
 
 
 class FeatureCache:
     """Image features of the run's CLIP, one row per image, kept in RUN/.cache/ between calls."""
 
-    _loaded: dict[str, tuple] = {}
+    _loaded: dict[str, Classifier] = {}
 
     def __init__(self, run: Run):
         self.run = run
@@ -136,13 +136,13 @@ class FeatureCache:
         self.path = run.layout.root / ".cache" / f"features-{name}.safetensors"
 
     @classmethod
-    def model(cls, run: Run):
+    def classifier(cls, run: Run) -> Classifier:
         key = run.config.classifier.model
         if key not in cls._loaded:
             cls._loaded.clear()
-            model, tokenizer = clip_ops.load_clip(key)
             device, _ = _device(run)
-            cls._loaded[key] = (model.to(device).eval(), tokenizer)
+            cls._loaded[key] = load_pretrained(key).to(device)
+            cls._loaded[key].model.eval()
         return cls._loaded[key]
 
     @staticmethod
@@ -163,16 +163,17 @@ class FeatureCache:
         return torch.stack([cached[k] for k in keys]) if keys else torch.zeros(0)
 
     def _compute(self, samples: list[Sample]) -> list[torch.Tensor]:
-        model, _ = self.model(self.run)
+        classifier = self.classifier(self.run)
         device, dtype = _device(self.run)
         cfg = self.run.config.classifier
-        loader = torch.utils.data.DataLoader(EvalImages(samples, clip_ops.image_size(model)), batch_size=cfg.eval_batch_size,
+        loader = torch.utils.data.DataLoader(EvalImages(samples, classifier.image_size), batch_size=cfg.eval_batch_size,
                                              num_workers=loader_workers(cfg.workers), pin_memory=device.type == "cuda")
         rows = []
         with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
             for pixels, _ in progress(start_loader(loader), len(loader), desc="inspect features", unit="batch",
                                       leave=False):
-                rows += list(clip_ops.image_features(model, normalize(pixels.to(device), *clip_ops.normalisation(model))).float().cpu())
+                pixels = normalize(pixels.to(device), *classifier.normalisation)
+                rows += list(classifier.image_features(pixels).float().cpu())
         return rows
 
     def _read(self) -> dict[str, torch.Tensor]:

@@ -36,7 +36,7 @@ from datadream.progress import progress
 from datadream import atomic, locks
 from datadream.artifacts import classifier_is_complete, completed_synthetic_set
 from datadream.components import distributed
-from datadream.components.classifiers import clip as clip_ops
+from datadream.components.classifiers.backbones import load_pretrained
 from datadream.components.classifiers.augment import TrainAugment, mix_within
 from datadream.components.classifiers.losses import origin_weighted_loss
 from datadream.components.classifiers.scoring import loader_workers, score, start_loader
@@ -93,7 +93,7 @@ def train(run_dir: Path) -> Path:
         elif run.config.classifier.train_on == "none":
             # Nothing to train, but the weights are read once: a broken model is found here, not
             # by whatever uses the classifier later (or by nothing, in a run without a test split).
-            clip_ops.load_clip(run.config.classifier.model)
+            load_pretrained(run.config.classifier.model)
             save_classifier(run, fingerprint, model=None, info={"selected_by": "zero-shot"})
             log.info("train: classifier.train_on=none, zero-shot CLIP with the class prompts (its weights load)")
         else:
@@ -131,21 +131,21 @@ class ClassifierTrainer:
         self.workers = loader_workers(cfg.workers)
         if group.size > 1 and cfg.workers < 0:  # the node's cores are shared by its processes
             self.workers = max(1, self.workers // group.local_size)
-        clip, tokenizer = clip_ops.load_clip(cfg.model)
+        self.classifier = classifier = load_pretrained(cfg.model)
         torch.manual_seed(derive_seed(self.seed, "classifier-init"))  # peft draws LoRA A from the global RNG
-        self.model = clip_ops.add_lora(clip, cfg.rank, cfg.alpha, cfg.dropout).to(self.device)
+        classifier.add_lora(cfg.rank, cfg.alpha, cfg.dropout)
+        classifier.to(self.device)
         # Each process forwards only its share of the image batch; the image tower's LoRA dropout
         # draws the whole batch's masks, so the random stream stays the one process's.
-        self.share_dropouts = distributed.share_dropouts(self.model, "vision_model.") if group.size > 1 else []
-        vision = clip.config.vision_config
+        self.share_dropouts = distributed.share_dropouts(classifier.model, "vision_model.") if group.size > 1 else []
+        vision = classifier.model.config.vision_config
         if group.size > 1 and max(getattr(vision, "dropout", 0.0), getattr(vision, "attention_dropout", 0.0)) > 0:
             log.warning("train: %s has dropout in its image tower: each process draws its own masks, so the result"
                         " is not the one-process result (OpenAI's CLIP has none)", cfg.model)
-        self.size = clip_ops.image_size(clip)
-        self.augment = TrainAugment(self.size, *clip_ops.normalisation(clip)).to(self.device)
-        prompts = [c.prompt for c in run.manifest.classes]
-        self.tokens = {k: v.to(self.device) for k, v in clip_ops.tokenize(clip, tokenizer, prompts).items()}
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.size = classifier.image_size
+        self.augment = TrainAugment(self.size, *classifier.normalisation).to(self.device)
+        self.tokens = classifier.tokenize([c.prompt for c in run.manifest.classes], self.device)
+        self.params = [p for p in classifier.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.steps_per_epoch = math.ceil(len(data.samples) / cfg.batch_size)
         self.epochs = cfg.epochs_for(len(run.manifest.classes) * run.config.synthesize.images_per_class,
@@ -210,7 +210,7 @@ class ClassifierTrainer:
         selection = ({"selected_epoch": best["epoch"], "selected_by": "val top-1"} if best
                      else {"selected_epoch": self.epochs, "selected_by": "last epoch (no data.val)"})
         if group.is_main:
-            save_classifier(self.run, self.data.fingerprint, self.model,
+            save_classifier(self.run, self.data.fingerprint, self.classifier.model,
                             {**selection, "epochs": self.epochs, "steps": self.epochs * self.steps_per_epoch,
                              "history": history})
             checkpoint.discard(layout.classifier_checkpoint)
@@ -244,7 +244,7 @@ class ClassifierTrainer:
         )
         weight = cfg.real_weight if cfg.train_on == "synthetic+real" else None
         classes = len(self.run.manifest.classes)
-        self.model.train()
+        self.classifier.model.train()
         total_loss, correct, seen = 0.0, 0, 0
         bar = progress(start_loader(loader), len(loader), desc=f"train epoch {epoch + 1}/{self.epochs}", unit="step",
                        leave=False, disable=not group.is_main)
@@ -268,8 +268,8 @@ class ClassifierTrainer:
                 loss = torch.tensor(loss)
             else:
                 with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-                    text = clip_ops.text_features(self.model, self.tokens)  # the text tower is trained too
-                    logits = clip_ops.logits(self.model, clip_ops.image_features(self.model, images), text)
+                    text = self.classifier.text_features(self.tokens)  # the text tower is trained too
+                    logits = self.classifier.logits(self.classifier.image_features(images), text)
                 loss = origin_weighted_loss(logits, targets, is_real, weight)
                 self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
@@ -301,8 +301,8 @@ class ClassifierTrainer:
         for dropout in self.share_dropouts:
             dropout.total, dropout.lo, dropout.hi = len(labels), mine.start, mine.stop
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-            text = clip_ops.text_features(self.model, self.tokens)  # every process: all the class prompts
-            logits = clip_ops.logits(self.model, clip_ops.image_features(self.model, images[mine]), text)
+            text = self.classifier.text_features(self.tokens)  # every process: all the class prompts
+            logits = self.classifier.logits(self.classifier.image_features(images[mine]), text)
         loss = origin_weighted_loss(logits, targets[mine], is_real[mine], weight, batch_is_real=is_real)
         self.scaler.scale(loss).backward()
         return loss.detach().float(), (logits.argmax(-1) == labels[mine]).sum()
@@ -310,7 +310,7 @@ class ClassifierTrainer:
     def validate(self) -> float:
         group = self.group
         if group.size == 1:
-            _, top1, _ = score(self.model, self.tokens, EvalImages(self.val, self.size), self.cfg.eval_batch_size,
+            _, top1, _ = score(self.classifier, self.tokens, EvalImages(self.val, self.size), self.cfg.eval_batch_size,
                                self.workers, self.device, self.dtype, desc="validate")
             return round(100.0 * float(top1.float().mean()), 4)
         # Several processes: each scores its share, and every process gets all the hits in order,
@@ -318,7 +318,7 @@ class ClassifierTrainer:
         mine = self.val[group.share(len(self.val))]
         top1 = torch.zeros(0, dtype=torch.bool)
         if mine:
-            _, top1, _ = score(self.model, self.tokens, EvalImages(mine, self.size), self.cfg.eval_batch_size,
+            _, top1, _ = score(self.classifier, self.tokens, EvalImages(mine, self.size), self.cfg.eval_batch_size,
                                self.workers, self.device, self.dtype, desc="validate")
         top1 = group.gather(top1.bool(), len(self.val))
         return round(100.0 * float(top1.float().mean()), 4)

@@ -1,4 +1,4 @@
-"""Scoring images against class prompts with a CLIP classifier: one function for evaluation,
+"""Scoring images against class prompts with a classifier: one function for evaluation,
 validation during training and `datadream predict`, so all three score alike.
 
 `images` is any dataset of (uint8 CHW image, label) pairs (datadream.data.labelled.EvalImages)."""
@@ -14,7 +14,7 @@ from typing import Iterator
 import torch
 from torch.utils.data import Dataset
 
-from datadream.components.classifiers import clip as clip_ops
+from datadream.components.classifiers.backbones import Classifier
 from datadream.components.classifiers.augment import normalize
 from datadream.components.measures.metrics import topk_correct
 from datadream.progress import progress
@@ -60,27 +60,28 @@ def _worker_start(init_fn, worker_id: int) -> None:
 
 
 @torch.no_grad()  # torch applies it around each step of a generator, so callers keep their grad mode
-def batched_logits(model, tokens: dict[str, torch.Tensor], images: Dataset, batch_size: int,
+def batched_logits(classifier: Classifier, tokens: dict[str, torch.Tensor], images: Dataset, batch_size: int,
                    workers: int, device: torch.device, dtype: torch.dtype, desc: str = "evaluate"):
-    """Yield (logits, labels) per batch: centre-cropped images against the class prompts, whose
-    features are computed once. Evaluation, validation and `datadream predict` all score here."""
-    model.eval()
+    """Yield (logits, labels) per batch: centre-cropped images against the class prompts' tokens,
+    whose features are computed once. Evaluation, validation and `datadream predict` all score here."""
+    classifier.model.eval()
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
     with autocast:
-        text = clip_ops.text_features(model, tokens)
+        text = classifier.text_features(tokens)
     loader = torch.utils.data.DataLoader(images, batch_size=batch_size, shuffle=False,
                                          num_workers=workers, pin_memory=device.type == "cuda")
     for pixels, labels in progress(start_loader(loader), len(loader), desc=desc, unit="batch", leave=False):
         with autocast:
-            features = clip_ops.image_features(model, normalize(pixels.to(device, non_blocking=True), *clip_ops.normalisation(model)))
-        yield clip_ops.logits(model, features, text), labels
+            features = classifier.image_features(normalize(pixels.to(device, non_blocking=True),
+                                                           *classifier.normalisation))
+        yield classifier.logits(features, text), labels
 
 
-def score(model, tokens: dict[str, torch.Tensor], images: Dataset, batch_size: int,
+def score(classifier: Classifier, tokens: dict[str, torch.Tensor], images: Dataset, batch_size: int,
           workers: int, device: torch.device, dtype: torch.dtype, desc: str = "evaluate"):
     """(labels, top-1 hit, top-5 hit) per image."""
     labels, top1, top5 = [], [], []
-    for logits, batch_labels in batched_logits(model, tokens, images, batch_size, workers, device, dtype, desc):
+    for logits, batch_labels in batched_logits(classifier, tokens, images, batch_size, workers, device, dtype, desc):
         batch_labels = batch_labels.to(device)
         labels.append(batch_labels.cpu())
         top1.append(topk_correct(logits, batch_labels, 1).cpu())
@@ -88,12 +89,12 @@ def score(model, tokens: dict[str, torch.Tensor], images: Dataset, batch_size: i
     return torch.cat(labels), torch.cat(top1), torch.cat(top5)
 
 
-def top_predictions(model, tokens: dict[str, torch.Tensor], images: Dataset, batch_size: int, workers: int,
+def top_predictions(classifier: Classifier, tokens: dict[str, torch.Tensor], images: Dataset, batch_size: int, workers: int,
                     device: torch.device, dtype: torch.dtype, k: int = 5, desc: str = "evaluate"):
     """(labels, top-k classes best first, their softmax probabilities) per image; k is capped at
     the class count. Hits follow from them: top-1 is column 0, top-5 any column."""
     labels, classes, probabilities = [], [], []
-    for logits, batch_labels in batched_logits(model, tokens, images, batch_size, workers, device, dtype, desc):
+    for logits, batch_labels in batched_logits(classifier, tokens, images, batch_size, workers, device, dtype, desc):
         best, index = logits.float().softmax(dim=-1).topk(min(k, logits.shape[-1]), dim=-1)
         labels.append(batch_labels.cpu())
         classes.append(index.cpu())

@@ -22,7 +22,7 @@ from typing import Iterator
 import torch
 from safetensors.torch import load_file
 
-from datadream.components.generators.family_models import FamilyModel
+from datadream.components.generators.families.model import FamilyModel
 from datadream.layout import LORA_WEIGHTS
 
 ACTIVE = "active"

@@ -1,6 +1,6 @@
 """LoRA weights of the generator: the published init (gaussian A, zero B) drawn from a seed alone,
 and adapter files whose bytes do not depend on the process that wrote them. What carries LoRA and
-the file layout of each family are in components/generators/family_models.py."""
+the file layout of each family are in components/generators/families/ (the FamilyModel of each)."""
 
 from __future__ import annotations
 

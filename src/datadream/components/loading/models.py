@@ -72,7 +72,7 @@ def explained_loading(kind: str, model: str, key: str, folder_kind: str) -> Iter
 
 
 def load_generator(model: str, dtype: torch.dtype = torch.float32, config: str = ""):
-    """The stock diffusers pipeline of `model`'s family (components/generators/families.py: read from its
+    """The stock diffusers pipeline of `model`'s family (components/generators/families/: read from its
     model_index.json) from a hub id or a local diffusers folder, or a `StableDiffusionPipeline`
     from a single-file checkpoint (`.safetensors`, original layout; its configs come from
     `config`). Weights are read from safetensors only, and checked against the official hashes

@@ -82,7 +82,7 @@ def build_tiny_stable_diffusion(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
-# Written beside the weights of every model built in code (here, random_models.py, toy_pretrain.py),
+# Written beside the weights of every model built in code (here, parts.py, toy_pretrain.py),
 # saying what the model is, so that what a run made from it (its report) can say what its numbers
 # do not mean.
 TINY_MODEL_MARKER = "datadream-tiny-model.txt"
@@ -132,14 +132,14 @@ def build_tiny_siglip(folder: Path, seed: int = 0) -> Path:
     loads it from the folder like any other."""
     from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel
 
-    from datadream.components.classifiers.clip import SIGLIP_TEXT_LENGTH
+    from datadream.components.classifiers.backbones import SiglipClassifier
 
     torch.manual_seed(seed)
     tokenizer = tiny_tokenizer()
-    tokenizer.model_max_length = SIGLIP_TEXT_LENGTH
+    tokenizer.model_max_length = length = SiglipClassifier.text_length
     config = SiglipConfig(
         text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                         **{**text_config_kwargs(tokenizer), "max_position_embeddings": SIGLIP_TEXT_LENGTH}),
+                         **{**text_config_kwargs(tokenizer), "max_position_embeddings": length}),
         vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                            num_attention_heads=4, image_size=TINY_RESOLUTION, patch_size=8),
     )

@@ -2,44 +2,31 @@
 denoiser's conditioning, the training target, and the stock pipeline's sampling arguments.
 
 Both adapt engines, dataset-wise training, the adapter swap and the file layout go through a
-`FamilyModel`, so none of them names a UNet or a text encoder. The published settings behind
-each family (targets, objective, timestep sampling) are the records of components/generators/families.py.
-
-- sd (SD 1.x/2.x): one CLIP encoder (its last hidden state); ε or v prediction, t uniform over
-  the DDPM steps.
-- sdxl: both CLIP encoders' penultimate hidden states side by side, the second one's pooled
-  embedding, and the size/crop "time ids" (original size, crop top-left, target size), as the
-  UNet was trained with; ε or v prediction.
-- sd3 (SD 3/3.5): both CLIPs' penultimate states padded to T5's width and followed by T5's
-  tokens, pooled embeddings of both CLIPs; rectified flow.
-- flux (FLUX.1): CLIP's pooled embedding and T5's tokens; latents packed into 2x2 patches with
-  position ids; embedded guidance (dev); rectified flow.
+`FamilyModel`, so none of them names a UNet or a text encoder. Here is what every family shares
+and the rectified-flow training of SD 3 and FLUX; each family's own part is its folder's
+model.py, and the published settings behind it (targets, objective, timestep sampling) are its
+record.
 
 Rectified flow (sd3, flux): x_t = (1 - σ) x_0 + σ ε, the model predicts ε - x_0, and the loss is
 its plain MSE. σ = sigmoid(n), n ~ N(0, 1) (the SD3 paper's logit-normal sampling), shifted the
 way the model's scheduler config shifts its sampling sigmas: by its fixed `shift` (SD 3's 3.0;
 FLUX.1-schnell's 1.0, no shift), or, with `use_dynamic_shifting` (FLUX.1-dev), by the mu that
 grows with the image's token count, so training sees the noise levels sampling visits.
-T5 stays frozen (families.py says why): its features are computed once per prompt.
+T5 stays frozen (record.py says why): its features are computed once per prompt.
 """
 
 from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass
+from importlib import import_module
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from datadream.components.generators.families import CLIP_TEXT_TARGETS, FAMILIES, Family
+from datadream.components.generators.families.record import CLIP_TEXT_TARGETS, Family
 from datadream.components.generators.lora_weights import ADAPTER
-# Prompt length of the T5 encoder, in training and sampling alike (the stock pipelines' defaults;
-# a tokenizer that takes fewer, such as the tiny test models', caps it).
-T5_TOKENS = {"sd3": 256, "flux": 512}
-# FLUX.1-schnell (no guidance embedding) reads 256 T5 tokens in Black Forest Labs' reference code,
-# FLUX.1-dev 512.
-FLUX_SCHNELL_T5_TOKENS = 256
 
 
 @dataclass
@@ -75,7 +62,9 @@ class Prompts:
 
 
 class FamilyModel:
-    """A loaded pipeline seen through its family: SD 1.x/2.x here, the others below."""
+    """A loaded pipeline seen through its family. A family's subclass says how its prompts are
+    encoded (`prompts`, `encode`) and what it is trained to predict (`scheduler`,
+    `draw_timesteps`, `denoising_loss`)."""
 
     def __init__(self, pipeline, family: Family, device: torch.device, dtype: torch.dtype, resolution: int = 0):
         self.pipeline, self.family, self.device, self.dtype = pipeline, family, device, dtype
@@ -187,48 +176,12 @@ class FamilyModel:
         return tokenizer(prompts, padding="max_length", truncation=True,
                          max_length=length or tokenizer.model_max_length, return_tensors="pt").input_ids.to(self.device)
 
-    def prompts(self, texts: list[str]) -> Prompts:
-        return Prompts({"text_encoder": self._ids(self.pipeline.tokenizer, texts)}, {})
-
-    def encode(self, prompts: Prompts) -> Conditioning:
-        """The conditioning of each prompt, through the encoders as they are (with or without
-        their adapters, with or without gradients: the caller decides)."""
-        return Conditioning({"text": self.run_encoder("text_encoder", prompts.ids["text_encoder"])[0]})
-
     # -- training -----------------------------------------------------------------------------
-    @property
-    def scheduler(self):
-        if not hasattr(self, "_scheduler"):
-            from diffusers import DDPMScheduler
-
-            self._scheduler = DDPMScheduler.from_config(self.pipeline.scheduler.config)
-        return self._scheduler
-
-    def draw_timesteps(self, count: int, generator: torch.Generator) -> torch.Tensor:
-        return torch.randint(0, self.scheduler.config.num_train_timesteps, (count,), generator=generator)
-
     def latents(self, sample: torch.Tensor) -> torch.Tensor:
         """A VAE posterior sample as the denoiser's input."""
         config = self.pipeline.vae.config
         shift = getattr(config, "shift_factor", None)
         return sample * config.scaling_factor if shift is None else (sample - shift) * config.scaling_factor
-
-    def denoising_loss(self, forward, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor,
-                       text: Conditioning, shots: list, offsets: list[tuple[int, int]]) -> torch.Tensor:
-        """The per-sample MSE of the family's training target. `forward` is the denoiser (or its
-        compiled form); `shots` and `offsets` are the samples' images and crops."""
-        timesteps = timesteps.to(self.device)
-        noisy = self.scheduler.add_noise(latents, noise, timesteps)
-        if self.scheduler.config.prediction_type == "v_prediction":
-            target = self.scheduler.get_velocity(latents, noise, timesteps)
-        else:
-            target = noise
-        with self.autocast():
-            prediction = forward(noisy, timesteps, text["text"], **self.extra_inputs(text, shots, offsets)).sample
-        return F.mse_loss(prediction.float(), target.float(), reduction="none").flatten(1).mean(dim=1)
-
-    def extra_inputs(self, text: Conditioning, shots: list, offsets: list[tuple[int, int]]) -> dict:
-        return {}
 
     def autocast(self):
         if self.dtype == torch.float32:
@@ -241,33 +194,10 @@ class FamilyModel:
         return {}
 
 
-class SDXLModel(FamilyModel):
-    def prompts(self, texts: list[str]) -> Prompts:
-        return Prompts({"text_encoder": self._ids(self.pipeline.tokenizer, texts),
-                        "text_encoder_2": self._ids(self.pipeline.tokenizer_2, texts)}, {})
-
-    def encode(self, prompts: Prompts) -> Conditioning:
-        # As StableDiffusionXLPipeline.encode_prompt: penultimate layers side by side, the pooled
-        # (projected) embedding of the second encoder.
-        first = self.run_encoder("text_encoder", prompts.ids["text_encoder"], output_hidden_states=True)
-        second = self.run_encoder("text_encoder_2", prompts.ids["text_encoder_2"], output_hidden_states=True)
-        text = torch.cat([first.hidden_states[-2], second.hidden_states[-2]], dim=-1)
-        return Conditioning({"text": text, "pooled": second[0]})
-
-    def extra_inputs(self, text: Conditioning, shots: list, offsets: list[tuple[int, int]]) -> dict:
-        # diffusers' SDXL training scripts: the image's size before resizing, the crop's top-left
-        # in the resized image, the training resolution. Sampling asks for an uncropped image of
-        # the target size (its default time ids).
-        size = self.resolution
-        time_ids = torch.tensor([[*shot.original_size, top, left, size, size]
-                                 for shot, (top, left) in zip(shots, offsets)], device=self.device)
-        return {"added_cond_kwargs": {"text_embeds": text["pooled"], "time_ids": time_ids.to(text["pooled"].dtype)}}
-
-
 class FlowModel(FamilyModel):
     """The rectified-flow families (sd3, flux)."""
 
-    t5 = "text_encoder_3"
+    t5: str  # the pipeline attribute of the family's T5 encoder
 
     @property
     def scheduler(self):
@@ -279,10 +209,10 @@ class FlowModel(FamilyModel):
         return getattr(self.pipeline, "tokenizer" + self.t5.removeprefix("text_encoder"))
 
     def t5_length(self) -> int:
-        published = T5_TOKENS[self.family.name]
-        if self.family.name == "flux" and not self.denoiser.config.get("guidance_embeds", True):
-            published = FLUX_SCHNELL_T5_TOKENS
-        return min(published, self.t5_tokenizer.model_max_length)
+        """The T5 prompt length, in training and sampling alike: the published one (`t5_tokens`,
+        the stock pipeline's default), capped by a tokenizer that takes fewer (the tiny test
+        models')."""
+        return min(self.t5_tokens(), self.t5_tokenizer.model_max_length)
 
     def t5_features(self, texts: list[str]) -> torch.Tensor:
         with torch.no_grad(), self.autocast():
@@ -325,75 +255,9 @@ class FlowModel(FamilyModel):
         return {"max_sequence_length": self.t5_length()}
 
 
-class SD3Model(FlowModel):
-    def prompts(self, texts: list[str]) -> Prompts:
-        return Prompts({"text_encoder": self._ids(self.pipeline.tokenizer, texts),
-                        "text_encoder_2": self._ids(self.pipeline.tokenizer_2, texts)},
-                       {"t5": self.t5_features(texts)})
-
-    def encode(self, prompts: Prompts) -> Conditioning:
-        # As StableDiffusion3Pipeline.encode_prompt: both CLIPs' penultimate layers side by side,
-        # zero-padded to T5's width, then T5's tokens; both pooled embeddings side by side.
-        first = self.run_encoder("text_encoder", prompts.ids["text_encoder"], output_hidden_states=True)
-        second = self.run_encoder("text_encoder_2", prompts.ids["text_encoder_2"], output_hidden_states=True)
-        clip = torch.cat([first.hidden_states[-2], second.hidden_states[-2]], dim=-1)
-        t5 = prompts.fixed["t5"]
-        clip = F.pad(clip, (0, t5.shape[-1] - clip.shape[-1]))
-        return Conditioning({"text": torch.cat([clip, t5.to(clip.dtype)], dim=-2),
-                             "pooled": torch.cat([first[0], second[0]], dim=-1)})
-
-    def predict(self, forward, noisy, sigma, text):
-        # The pipeline's t: σ on the scheduler's training-step scale.
-        timestep = sigma * self.scheduler.config.num_train_timesteps
-        return forward(hidden_states=noisy, timestep=timestep, encoder_hidden_states=text["text"],
-                       pooled_projections=text["pooled"], return_dict=False)[0]
-
-
-class FluxModel(FlowModel):
-    t5 = "text_encoder_2"
-
-    def prompts(self, texts: list[str]) -> Prompts:
-        return Prompts({"text_encoder": self._ids(self.pipeline.tokenizer, texts)}, {"t5": self.t5_features(texts)})
-
-    def encode(self, prompts: Prompts) -> Conditioning:
-        # As FluxPipeline.encode_prompt: CLIP's pooled output, T5's tokens.
-        pooled = self.run_encoder("text_encoder", prompts.ids["text_encoder"], output_hidden_states=False).pooler_output
-        t5 = prompts.fixed["t5"]
-        return Conditioning({"text": t5.to(pooled.dtype), "pooled": pooled})
-
-    def tokens_per_side(self) -> int:
-        return self.latent_size // 2
-
-    def layout(self, latents: torch.Tensor) -> torch.Tensor:
-        from diffusers import FluxPipeline
-
-        batch, channels, height, width = latents.shape
-        return FluxPipeline._pack_latents(latents, batch, channels, height, width)
-
-    def predict(self, forward, noisy, sigma, text):
-        from diffusers import FluxPipeline
-
-        batch, _, height, width = noisy.shape
-        image_ids = FluxPipeline._prepare_latent_image_ids(batch, height // 2, width // 2, self.device, noisy.dtype)
-        text_ids = torch.zeros(text["text"].shape[1], 3, device=self.device, dtype=noisy.dtype)
-        guidance = None
-        if self.denoiser.config.guidance_embeds:
-            # FLUX.1-dev's distilled guidance is an input. One setting, synthesize.guidance, feeds
-            # training and sampling alike (its default for FLUX is the published 3.5, which
-            # diffusers' FLUX LoRA script trains with), so the adapter learns the guidance it is
-            # sampled with.
-            guidance = torch.full((batch,), self.guidance, device=self.device, dtype=torch.float32)
-        return forward(hidden_states=self.layout(noisy), timestep=sigma, guidance=guidance,
-                       pooled_projections=text["pooled"], encoder_hidden_states=text["text"],
-                       txt_ids=text_ids, img_ids=image_ids, return_dict=False)[0]
-
-    guidance = FAMILIES["flux"].guidance  # the trainer sets synthesize.guidance
-
-
-MODELS = {"sd": FamilyModel, "sdxl": SDXLModel, "sd3": SD3Model, "flux": FluxModel}
-
-
 def family_model(pipeline, family: Family, device: torch.device, dtype: torch.dtype,
                  resolution: int = 0) -> FamilyModel:
     """The family's view of a loaded pipeline; `resolution`: the training crop size."""
-    return MODELS[family.name](pipeline, family, device, dtype, resolution)
+    # The record names its class (it cannot import it and stay torch-free); the family's folder holds it.
+    model = getattr(import_module(f"{__package__}.{family.name}.model"), family.model)
+    return model(pipeline, family, device, dtype, resolution)

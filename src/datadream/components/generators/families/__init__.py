@@ -1,110 +1,39 @@
 """Generator families: what each text-to-image architecture needs to be adapted with LoRA and
-sampled, kept in one place.
+sampled. Each family is one folder here: `__init__.py` (its `Family` record, with its counted
+costs; torch-free), `model.py` (its `FamilyModel`), `testmodel.py` (its tiny and full-size random
+models; part of the test-model wing, which no stage imports). This module collects the records
+and reads a model's family.
 
 A family is read from the model folder's `model_index.json` (`_class_name`, the diffusers
 pipeline class), never guessed from a name. The LoRA targets are the defaults of diffusers'
 official LoRA training scripts for that family (examples/dreambooth/train_dreambooth_lora*.py,
 examples/text_to_image/train_text_to_image_lora*.py), so that adapters load with the stock
-pipelines' `load_lora_weights`. docs/models.md ("Generator families") is this table in prose.
-Torch-free: the CLI's pre-flight checks import it.
+pipelines' `load_lora_weights`. docs/models.md ("Generator families") is the records in prose.
+Torch-free: the CLI's pre-flight checks and the planner import it.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import pkgutil
+from importlib import import_module
 from pathlib import Path
 
+from datadream.components.generators.families.record import Family
 from datadream.errors import UserError
 
-# The CLIP text encoders' attention projections: the same in every family that has CLIP.
-CLIP_TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
-UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
-# Both streams of every MMDiT joint-attention block (image: to_*, text: add_*).
-MMDIT_ATTENTION_TARGETS = (
-    "attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0",
-    "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out",
-)
-FLUX_FEED_FORWARD_TARGETS = ("ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2")
+
+def _collect() -> dict[str, Family]:
+    # Every subfolder is a family, found rather than listed: adding one is adding its folder.
+    found = {}
+    for module in pkgutil.iter_modules(__path__):
+        if module.ispkg:
+            family = import_module(f"{__name__}.{module.name}").FAMILY
+            found[family.name] = family
+    return found
 
 
-@dataclass(frozen=True)
-class TextEncoder:
-    attribute: str  # the pipeline's component name (text_encoder, text_encoder_2, ...)
-    kind: str  # "clip" or "t5"
-    # T5-XXL (4.8 B parameters) stays frozen in every published recipe: LoRA there costs much
-    # memory for little gain, and its embeddings can be computed once per prompt.
-    lora: bool
-
-
-@dataclass(frozen=True)
-class Family:
-    name: str
-    title: str  # how a person names it
-    pipeline: str  # the diffusers pipeline class in model_index.json
-    denoiser: str  # the pipeline attribute LoRA goes on: unet or transformer
-    denoiser_targets: tuple[str, ...]
-    text_encoders: tuple[TextEncoder, ...]
-    # "epsilon or v_prediction": the scheduler config's prediction_type decides; "flow_matching":
-    # the model predicts noise - data on the straight path x_t = (1 - t) x_0 + t noise.
-    objective: str
-    timestep_sampling: str  # how training draws t
-    resolution: int  # pixels per side the published weights were trained at
-    guidance: float  # the pipeline's usual guidance scale
-    steps: int  # sampling steps the family is usually run with
-    # Extra conditioning the denoiser takes besides the prompt embeddings.
-    conditioning: str = ""
-
-    @property
-    def text_lora_targets(self) -> dict[str, tuple[str, ...]]:
-        return {enc.attribute: CLIP_TEXT_TARGETS for enc in self.text_encoders if enc.lora}
-
-
-FAMILIES: dict[str, Family] = {
-    family.name: family
-    for family in (
-        Family(
-            name="sd", title="SD 1.x/2.x", pipeline="StableDiffusionPipeline", denoiser="unet",
-            denoiser_targets=UNET_TARGETS,
-            text_encoders=(TextEncoder("text_encoder", "clip", True),),
-            objective="epsilon or v_prediction", timestep_sampling="uniform over the 1000 DDPM steps",
-            resolution=512, guidance=7.5, steps=50,
-        ),
-        Family(
-            name="sdxl", title="SDXL", pipeline="StableDiffusionXLPipeline", denoiser="unet",
-            denoiser_targets=UNET_TARGETS,
-            text_encoders=(TextEncoder("text_encoder", "clip", True), TextEncoder("text_encoder_2", "clip", True)),
-            objective="epsilon or v_prediction", timestep_sampling="uniform over the 1000 DDPM steps",
-            resolution=1024, guidance=5.0, steps=50,
-            conditioning="pooled text embeddings and add_time_ids (original size, crop top-left, target size)",
-        ),
-        Family(
-            name="sd3", title="SD 3/3.5", pipeline="StableDiffusion3Pipeline", denoiser="transformer",
-            denoiser_targets=MMDIT_ATTENTION_TARGETS,
-            text_encoders=(TextEncoder("text_encoder", "clip", True), TextEncoder("text_encoder_2", "clip", True),
-                           TextEncoder("text_encoder_3", "t5", False)),
-            objective="flow_matching",
-            # The SD3 paper's rf/lognorm(0.00, 1.00): t = sigmoid(n), n ~ N(0, 1); the default of
-            # diffusers' train_dreambooth_lora_sd3.py (weighting_scheme=logit_normal), which also
-            # draws it on the scheduler's shifted schedule.
-            timestep_sampling="logit-normal (mean 0, std 1), shifted by the scheduler's shift",
-            resolution=1024, guidance=7.0, steps=28,
-            conditioning="pooled text embeddings of both CLIP encoders",
-        ),
-        Family(
-            name="flux", title="FLUX.1", pipeline="FluxPipeline", denoiser="transformer",
-            denoiser_targets=MMDIT_ATTENTION_TARGETS + FLUX_FEED_FORWARD_TARGETS,
-            text_encoders=(TextEncoder("text_encoder", "clip", True), TextEncoder("text_encoder_2", "t5", False)),
-            objective="flow_matching",
-            # FLUX.1-dev samples with sigmas shifted towards noise by a resolution-dependent mu
-            # (scheduler use_dynamic_shifting, base_shift/max_shift), schnell unshifted; training
-            # draws t the same way: a sigmoid of a normal, shifted as the scheduler shifts.
-            timestep_sampling="logit-normal, shifted as the scheduler config says (dev: the resolution-dependent mu)",
-            resolution=1024, guidance=3.5, steps=28,
-            conditioning="pooled CLIP embedding, packed 2x2 latents with position ids, embedded guidance (dev)",
-        ),
-    )
-}
+FAMILIES: dict[str, Family] = _collect()
 BY_PIPELINE = {family.pipeline: family for family in FAMILIES.values()}
 # Settings that follow the generator's family unless the config sets them: the method's own
 # (synthesize.guidance 2.0, 50 steps) were chosen for SD 2.1-base, and a model trained at 1024 px
