@@ -13,7 +13,9 @@ itself."""
 from __future__ import annotations
 
 import atexit
+import collections
 import multiprocessing
+import multiprocessing.forkserver
 import os
 import runpy
 import subprocess
@@ -35,23 +37,49 @@ PRELOAD = [
 IMPORT_TIME_PREFIXES = ("HF_", "HUGGINGFACE", "TRANSFORMERS", "DIFFUSERS", "TORCH", "PYTORCH", "XDG_",
                         "OMP_", "MKL_", "CUDA", "TOKENIZERS", "LC_", "LANG", "PYTHONPATH", "PYTHONHASHSEED")
 
+# What the CLI sets itself before it loads a library, and, for libraries already loaded, through
+# their loggers (cli._configure_logging): a server started with them behaves as a fresh process.
+CLI_DEFAULTS = {"TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error",
+                "DIFFUSERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+
+# Set by a library in the test process to the value it would take anyway (torch's compile cache).
+LIBRARY_SET = {"TORCHINDUCTOR_CACHE_DIR"}
+
 _server: multiprocessing.context.BaseContext | None = None
 _server_env: dict[str, str] = {}
+last_way = ""  # "forked" or "fresh": how the last command ran, for the test that keeps this fast
+ways: collections.Counter = collections.Counter()  # shown at the end of the session (conftest)
+
+
+def set_session_environment(env: dict[str, str]) -> None:
+    """The environment the server imports under (conftest's, before any test changes it)."""
+    global _server_env
+    _server_env = {**CLI_DEFAULTS, **env}
 
 
 def _forked_server() -> multiprocessing.context.BaseContext:
-    global _server, _server_env
+    """The server, started on the first command that it can run."""
+    global _server
+    env = _server_env
     if _server is None:
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(PRELOAD)
-        _server, _server_env = context, dict(os.environ)
+        saved = dict(os.environ)
+        os.environ.clear()
+        os.environ.update(env)
+        try:
+            multiprocessing.forkserver.ensure_running()  # it inherits this environment
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+        _server = context
     return _server
 
 
-def _import_time_difference(env: dict[str, str]) -> bool:
-    names = set(env) | set(_server_env)
-    return any(name.startswith(IMPORT_TIME_PREFIXES) and env.get(name) != _server_env.get(name)
-               for name in names)
+def _import_time_difference(env: dict[str, str]) -> list[str]:
+    names = (set(env) | set(_server_env)) - LIBRARY_SET
+    return sorted(name for name in names
+                  if name.startswith(IMPORT_TIME_PREFIXES) and env.get(name) != _server_env.get(name))
 
 
 def _command(args: list[str], env: dict[str, str], cwd: str, stdout: str, stderr: str) -> None:
@@ -84,12 +112,18 @@ def _command(args: list[str], env: dict[str, str], cwd: str, stdout: str, stderr
 
 
 def run_datadream(args: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
+    global last_way
     command = [sys.executable, "-m", "datadream", *args]
-    if env.get("DATADREAM_TEST_SUBPROCESS") == "1" or sys.platform != "linux":
+    effective = {**CLI_DEFAULTS, **env}
+    if env.get("DATADREAM_TEST_SUBPROCESS") == "1" or sys.platform != "linux" or not _server_env:
+        why = "asked for" if sys.platform == "linux" else sys.platform
+    else:
+        why = ", ".join(_import_time_difference(effective))
+    last_way = "fresh" if why else "forked"
+    ways[f"fresh ({why})" if why else "forked"] += 1
+    if why:
         return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
     server = _forked_server()
-    if _import_time_difference(env):
-        return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
     with tempfile.TemporaryDirectory(prefix="datadream-cli-") as folder:
         stdout, stderr = Path(folder, "stdout"), Path(folder, "stderr")
         stdout.touch()

@@ -9,11 +9,20 @@ from pathlib import Path
 
 import pytest
 
-from cli_process import run_datadream
+import cli_process
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+cli_process.set_session_environment({**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if cli_process.ways:
+        terminalreporter.write_line("datadream commands: " + ", ".join(
+            f"{count} {way}" for way, count in cli_process.ways.most_common()))
+
 
 TINY = 32  # pixels: the resolution the tiny generator is built for
 
@@ -89,7 +98,7 @@ def run_cli(*args: str, timeout: float = 300, fresh: bool = False) -> subprocess
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     if fresh:
         env["DATADREAM_TEST_SUBPROCESS"] = "1"
-    return run_datadream([str(arg) for arg in args], env, timeout)
+    return cli_process.run_datadream([str(arg) for arg in args], env, timeout)
 
 
 def tree_bytes(root: Path) -> dict[str, bytes]:

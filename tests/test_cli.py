@@ -157,3 +157,20 @@ def test_a_stop_that_a_finalizer_swallowed_is_sent_again():
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert seen == ["ValueError", signal.SIGTERM]
+
+
+def test_the_suite_runs_commands_forked_where_a_fresh_interpreter_would_do_the_same(monkeypatch, tiny_models):
+    """Forked from a server that imported the libraries once (cli_process.py); what the CLI sets
+    itself (an in-process main() leaves it in os.environ) and what torch set while the tiny models
+    were built do not force a fresh interpreter, a variable a library reads while it is imported
+    does."""
+    import cli_process
+
+    monkeypatch.setenv("TRANSFORMERS_VERBOSITY", "error")
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    result = run_cli("--help")
+    assert (result.returncode, cli_process.last_way) == (0, "forked"), result.stderr
+    assert "usage: datadream" in result.stdout
+    monkeypatch.setenv("HF_HOME", "/nonexistent-hf-home")
+    assert run_cli("--help").returncode == 0
+    assert cli_process.last_way == "fresh"
