@@ -18,6 +18,7 @@ import multiprocessing
 import multiprocessing.forkserver
 import os
 import runpy
+import signal
 import subprocess
 import sys
 import tempfile
@@ -111,9 +112,54 @@ def _command(args: list[str], env: dict[str, str], cwd: str, stdout: str, stderr
     os._exit(code)
 
 
-def run_datadream(args: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
+class ForkedCommand:
+    """A started command with the parts of subprocess.Popen's interface the tests use."""
+
+    def __init__(self, server, args: list[str], env: dict[str, str]):
+        self.args = [sys.executable, "-m", "datadream", *args]
+        self._folder = tempfile.TemporaryDirectory(prefix="datadream-cli-")
+        self._out, self._err = Path(self._folder.name, "stdout"), Path(self._folder.name, "stderr")
+        self._out.touch()
+        self._err.touch()
+        self._process = server.Process(target=_command, args=(args, env, os.getcwd(), str(self._out), str(self._err)))
+        self._process.start()
+        self.pid = self._process.pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None and not self._process.is_alive():
+            self.returncode = self._process.exitcode
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        self._process.join(timeout)
+        if self.poll() is None:
+            raise subprocess.TimeoutExpired(self.args, timeout)
+        return self.returncode
+
+    def communicate(self, timeout: float | None = None) -> tuple[str, str]:
+        try:
+            self.wait(timeout)
+        except subprocess.TimeoutExpired as stopped:
+            stopped.output, stopped.stderr = self._read()
+            raise
+        return self._read()
+
+    def _read(self) -> tuple[str, str]:
+        return (self._out.read_text(encoding="utf-8", errors="replace"),
+                self._err.read_text(encoding="utf-8", errors="replace"))
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+def start_datadream(args: list[str], env: dict[str, str]) -> ForkedCommand | subprocess.Popen:
+    """`python -m datadream ARGS` started, forked where a fresh interpreter would do the same."""
     global last_way
-    command = [sys.executable, "-m", "datadream", *args]
     effective = {**CLI_DEFAULTS, **env}
     if env.get("DATADREAM_TEST_SUBPROCESS") == "1" or sys.platform != "linux" or not _server_env:
         why = "asked for" if sys.platform == "linux" else sys.platform
@@ -122,23 +168,17 @@ def run_datadream(args: list[str], env: dict[str, str], timeout: float) -> subpr
     last_way = "fresh" if why else "forked"
     ways[f"fresh ({why})" if why else "forked"] += 1
     if why:
-        return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
-    server = _forked_server()
-    with tempfile.TemporaryDirectory(prefix="datadream-cli-") as folder:
-        stdout, stderr = Path(folder, "stdout"), Path(folder, "stderr")
-        stdout.touch()
-        stderr.touch()
-        process = server.Process(target=_command, args=(args, env, os.getcwd(), str(stdout), str(stderr)))
-        process.start()
-        process.join(timeout)
-        timed_out = process.is_alive()
-        if timed_out:
-            process.kill()
-            process.join()
-        code = process.exitcode
-        process.close()
-        out = stdout.read_text(encoding="utf-8", errors="replace")
-        err = stderr.read_text(encoding="utf-8", errors="replace")
-    if timed_out:
-        raise subprocess.TimeoutExpired(command, timeout, out, err)
-    return subprocess.CompletedProcess(command, code, out, err)
+        return subprocess.Popen([sys.executable, "-m", "datadream", *args], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=env)
+    return ForkedCommand(_forked_server(), args, env)
+
+
+def run_datadream(args: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
+    process = start_datadream(args, env)
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        raise
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)

@@ -101,6 +101,13 @@ def run_cli(*args: str, timeout: float = 300, fresh: bool = False) -> subprocess
     return cli_process.run_datadream([str(arg) for arg in args], env, timeout)
 
 
+def start_cli(*args: str):
+    """`python -m datadream ARGS` started as run_cli runs it; a Popen-like handle (poll, wait,
+    communicate, send_signal, kill, pid, returncode)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    return cli_process.start_datadream([str(arg) for arg in args], env)
+
+
 def tree_bytes(root: Path) -> dict[str, bytes]:
     """Every file under `root` with its content, for before/after comparisons."""
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}

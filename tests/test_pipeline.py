@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import TINY, run_cli, tiny_config, tree_bytes, write_config
+from conftest import TINY, run_cli, start_cli, tiny_config, tree_bytes, write_config
 from datadream.config import load_config
 from datadream.layout import LORA_WEIGHTS, UNIT_MARKER
 from datadream.stages.adapt import adapt
@@ -141,9 +140,8 @@ def checkpoint_step(folder: Path) -> int:
         return -1
 
 
-def start_stage(stage: str, run: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "datadream", "-q", stage, str(run)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def start_stage(stage: str, run: Path):
+    return start_cli("-q", stage, run)
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli, tiny_config, tree_bytes, write_config
+from conftest import run_cli, start_cli, tiny_config, tree_bytes, write_config
 from datadream import locks
 from datadream.errors import UserError
 
@@ -229,10 +229,8 @@ def test_store_gc_removes_only_what_no_run_uses(tmp_path, config_file):
 
 # --- many processes on one run ------------------------------------------------------------------
 
-def _start_run(config: Path, run: Path, *extra: str) -> subprocess.Popen:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "datadream", "run", str(config), str(run), *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+def _start_run(config: Path, run: Path, *extra: str):
+    return start_cli("run", config, run, *extra)
 
 
 @pytest.mark.slow
