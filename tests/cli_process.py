@@ -1,4 +1,5 @@
-"""`python -m datadream ARGS` for the tests, without paying its imports each time.
+"""`python -m datadream ARGS` (and the benchmark scripts) for the tests, without paying their
+imports each time.
 
 Importing torch, diffusers, transformers and peft takes about 5 s of a tiny command's 6 on the
 2-core machine, and the suite runs over a hundred commands. So a command runs in a process forked
@@ -83,8 +84,9 @@ def _import_time_difference(env: dict[str, str]) -> list[str]:
                   if name.startswith(IMPORT_TIME_PREFIXES) and env.get(name) != _server_env.get(name))
 
 
-def _command(args: list[str], env: dict[str, str], cwd: str, stdout: str, stderr: str) -> None:
-    """The forked process: `python -m datadream ARGS` from here on, exit code included."""
+def _command(target: str, args: list[str], env: dict[str, str], cwd: str, stdout: str, stderr: str) -> None:
+    """The forked process: `python -m TARGET ARGS` (or `python TARGET.py ARGS`) from here on, exit
+    code included."""
     os.environ.clear()
     os.environ.update(env)
     os.chdir(cwd)
@@ -92,10 +94,15 @@ def _command(args: list[str], env: dict[str, str], cwd: str, stdout: str, stderr
         os.dup2(os.open(path, os.O_WRONLY | os.O_TRUNC), fd)
     sys.stdout = open(1, "w", encoding="utf-8", buffering=1, closefd=False)
     sys.stderr = open(2, "w", encoding="utf-8", buffering=1, closefd=False)
-    sys.argv = ["datadream", *args]
+    script = target.endswith(".py")
+    sys.argv = [target, *args]
     code = 0
     try:
-        runpy.run_module("datadream", run_name="__main__", alter_sys=True)
+        if script:
+            sys.path.insert(0, str(Path(target).parent))  # as `python script.py` puts its folder first
+            runpy.run_path(target, run_name="__main__")
+        else:
+            runpy.run_module(target, run_name="__main__", alter_sys=True)
     except SystemExit as stop:
         if isinstance(stop.code, str):
             print(stop.code, file=sys.stderr)
@@ -115,13 +122,14 @@ def _command(args: list[str], env: dict[str, str], cwd: str, stdout: str, stderr
 class ForkedCommand:
     """A started command with the parts of subprocess.Popen's interface the tests use."""
 
-    def __init__(self, server, args: list[str], env: dict[str, str]):
-        self.args = [sys.executable, "-m", "datadream", *args]
+    def __init__(self, server, target: str, args: list[str], env: dict[str, str]):
+        self.args = _command_line(target, args)
         self._folder = tempfile.TemporaryDirectory(prefix="datadream-cli-")
         self._out, self._err = Path(self._folder.name, "stdout"), Path(self._folder.name, "stderr")
         self._out.touch()
         self._err.touch()
-        self._process = server.Process(target=_command, args=(args, env, os.getcwd(), str(self._out), str(self._err)))
+        self._process = server.Process(target=_command,
+                                              args=(target, args, env, os.getcwd(), str(self._out), str(self._err)))
         self._process.start()
         self.pid = self._process.pid
         self.returncode: int | None = None
@@ -157,8 +165,13 @@ class ForkedCommand:
         self.send_signal(signal.SIGKILL)
 
 
-def start_datadream(args: list[str], env: dict[str, str]) -> ForkedCommand | subprocess.Popen:
-    """`python -m datadream ARGS` started, forked where a fresh interpreter would do the same."""
+def _command_line(target: str, args: list[str]) -> list[str]:
+    return [sys.executable, target, *args] if target.endswith(".py") else [sys.executable, "-m", target, *args]
+
+
+def start_python(target: str, args: list[str], env: dict[str, str]) -> ForkedCommand | subprocess.Popen:
+    """`python -m TARGET ARGS` (a module) or `python TARGET ARGS` (a .py script) started, forked
+    where a fresh interpreter would do the same."""
     global last_way
     effective = {**CLI_DEFAULTS, **env}
     if env.get("DATADREAM_TEST_SUBPROCESS") == "1" or sys.platform != "linux" or not _server_env:
@@ -168,13 +181,13 @@ def start_datadream(args: list[str], env: dict[str, str]) -> ForkedCommand | sub
     last_way = "fresh" if why else "forked"
     ways[f"fresh ({why})" if why else "forked"] += 1
     if why:
-        return subprocess.Popen([sys.executable, "-m", "datadream", *args], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, env=env)
-    return ForkedCommand(_forked_server(), args, env)
+        return subprocess.Popen(_command_line(target, args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=env)
+    return ForkedCommand(_forked_server(), target, args, env)
 
 
-def run_datadream(args: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
-    process = start_datadream(args, env)
+def run_python(target: str, args: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
+    process = start_python(target, args, env)
     try:
         out, err = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:

@@ -20,7 +20,7 @@ cli_process.set_session_environment({**os.environ, "PYTHONUNBUFFERED": "1"})
 
 def pytest_terminal_summary(terminalreporter) -> None:
     if cli_process.ways:
-        terminalreporter.write_line("datadream commands: " + ", ".join(
+        terminalreporter.write_line("commands the tests ran: " + ", ".join(
             f"{count} {way}" for way, count in cli_process.ways.most_common()))
 
 
@@ -98,14 +98,20 @@ def run_cli(*args: str, timeout: float = 300, fresh: bool = False) -> subprocess
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     if fresh:
         env["DATADREAM_TEST_SUBPROCESS"] = "1"
-    return cli_process.run_datadream([str(arg) for arg in args], env, timeout)
+    return cli_process.run_python("datadream", [str(arg) for arg in args], env, timeout)
 
 
 def start_cli(*args: str):
     """`python -m datadream ARGS` started as run_cli runs it; a Popen-like handle (poll, wait,
     communicate, send_signal, kill, pid, returncode)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    return cli_process.start_datadream([str(arg) for arg in args], env)
+    return cli_process.start_python("datadream", [str(arg) for arg in args], env)
+
+
+def run_script(script: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`python SCRIPT ARGS` (a benchmark script), as run_cli runs a command."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    return cli_process.run_python(str(script), [str(arg) for arg in args], env, timeout)
 
 
 def tree_bytes(root: Path) -> dict[str, bytes]:

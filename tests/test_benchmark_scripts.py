@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import run_script
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -23,8 +25,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
                                   "--steps", "2", "--batch", "2", "--repeats", "1"]),
 ])
 def test_benchmark_script_runs(script, args):
-    result = subprocess.run([sys.executable, str(BENCHMARKS / script), *args, "--no-report"],
-                            capture_output=True, text=True, timeout=600)
+    result = run_script(BENCHMARKS / script, *args, "--no-report")
     assert result.returncode == 0, result.stderr[-3000:]
     assert ("speed-up vs reference" if "--family" not in args else "speed-up vs") in result.stdout
     assert ("samples/s" if script.startswith("adapt") else "images/s") in result.stdout
@@ -103,8 +104,7 @@ def test_scale_out_schedule_respects_its_bounds():
 @pytest.mark.slow  # 30-60 s: builds tiny models, then two short runs of real worker processes
 def test_scale_out_measure_quick(tmp_path):
     costs = tmp_path / "costs.json"
-    result = subprocess.run([sys.executable, str(SCALE_OUT), "--quick", "--save-costs", str(costs)],
-                            capture_output=True, text=True, timeout=600)
+    result = run_script(SCALE_OUT, "--quick", "--save-costs", costs)
     assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-3000:]
     assert "units/s" in result.stdout and "ratio" in result.stdout and "0 done twice" in result.stdout
     saved = json.loads(costs.read_text())
