@@ -53,8 +53,9 @@ def generator_models(request, tiny_models, family_models) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def toy_generator(request) -> Path:
-    """The tiny generator pretrained on toy images (components/testmodels/toy_pretrain.py), built
-    once and kept in pytest's cache folder; DATADREAM_CACHE points the demo's subprocesses at it."""
+    """The tiny generator pretrained on toy images (components/testmodels/toy_pretrain.py): the
+    shipped one, or, for a changed recipe, built once into pytest's cache folder, where
+    DATADREAM_CACHE points the demo's subprocesses."""
     from datadream.components.testmodels.toy_pretrain import toy_generator as build
 
     os.environ["DATADREAM_CACHE"] = str(request.config.cache.mkdir("datadream"))

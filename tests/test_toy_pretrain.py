@@ -47,3 +47,12 @@ def test_build_is_cached_by_recipe_and_replaces_leftovers(tmp_path, monkeypatch,
     assert not list(tmp_path.glob("*.building-*"))
     monkeypatch.setitem(toy_pretrain.RECIPE, "unet_steps", 3)
     assert toy_pretrain.toy_generator() != folder  # another recipe, another folder
+
+
+def test_the_shipped_generator_is_the_one_this_recipe_builds(capsys):
+    """The package ships the recipe's folder (the demo starts at once). A changed recipe ships its
+    own build: toy_pretrain.build_pretrained_tiny_stable_diffusion(FOLDER), then FOLDER's files
+    replace src/datadream/resources/toy-generator's."""
+    assert toy_pretrain.is_built(toy_pretrain.SHIPPED), "resources/toy-generator was built by another recipe"
+    assert toy_pretrain.toy_generator() == toy_pretrain.SHIPPED
+    assert "pretraining" not in capsys.readouterr().out

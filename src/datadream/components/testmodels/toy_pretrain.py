@@ -7,8 +7,10 @@ thing", but has never seen the word "circle": what a class looks like only adapt
 can tell it, which is what the learning test and the demo measure. It stands in for a real checkpoint's
 prior; it says nothing about how far adaptation moves a real model on real photographs.
 
-Built once and cached (toy_generator: in $DATADREAM_CACHE, else ~/.cache/datadream): the folder is
-named after its recipe and reused as is.
+The package ships the folder this recipe built (resources/toy-generator, 1.7 MB), so the demo starts
+at once and every machine samples from the same weights (a build on another CPU can differ in the
+last bits). A changed recipe is built once and cached instead (toy_generator: in $DATADREAM_CACHE,
+else ~/.cache/datadream), in a folder named after the recipe and reused as is.
 """
 
 from __future__ import annotations
@@ -74,8 +76,14 @@ def cache_root() -> Path:
     return Path(os.environ.get("DATADREAM_CACHE") or Path.home() / ".cache" / "datadream")
 
 
+SHIPPED = Path(__file__).resolve().parents[2] / "resources" / "toy-generator"
+
+
 def toy_generator() -> Path:
-    """The pretrained tiny generator's folder, built on the first call (a few CPU minutes)."""
+    """The pretrained tiny generator's folder: the shipped one where it was built by this recipe,
+    else built on the first call (a few CPU minutes)."""
+    if is_built(SHIPPED):
+        return SHIPPED
     return build_pretrained_tiny_stable_diffusion(cache_root() / f"toy-generator-{stable_hash(RECIPE)}")
 
 
