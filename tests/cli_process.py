@@ -62,13 +62,12 @@ def set_session_environment(env: dict[str, str]) -> None:
 def _forked_server() -> multiprocessing.context.BaseContext:
     """The server, started on the first command that it can run."""
     global _server
-    env = _server_env
     if _server is None:
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(PRELOAD)
         saved = dict(os.environ)
         os.environ.clear()
-        os.environ.update(env)
+        os.environ.update(_server_env)
         try:
             multiprocessing.forkserver.ensure_running()  # it inherits this environment
         finally:
@@ -91,7 +90,9 @@ def _command(target: str, args: list[str], env: dict[str, str], cwd: str, stdout
     os.environ.update(env)
     os.chdir(cwd)
     for fd, path in ((1, stdout), (2, stderr)):
-        os.dup2(os.open(path, os.O_WRONLY | os.O_TRUNC), fd)
+        opened = os.open(path, os.O_WRONLY | os.O_TRUNC)
+        os.dup2(opened, fd)
+        os.close(opened)
     sys.stdout = open(1, "w", encoding="utf-8", buffering=1, closefd=False)
     sys.stderr = open(2, "w", encoding="utf-8", buffering=1, closefd=False)
     script = target.endswith(".py")
@@ -174,8 +175,10 @@ def start_python(target: str, args: list[str], env: dict[str, str]) -> ForkedCom
     where a fresh interpreter would do the same."""
     global last_way
     effective = {**CLI_DEFAULTS, **env}
-    if env.get("DATADREAM_TEST_SUBPROCESS") == "1" or sys.platform != "linux" or not _server_env:
-        why = "asked for" if sys.platform == "linux" else sys.platform
+    if env.get("DATADREAM_TEST_SUBPROCESS") == "1":
+        why = "asked for"
+    elif sys.platform != "linux" or not _server_env:
+        why = "no session environment" if sys.platform == "linux" else "not Linux: no fork"
     else:
         why = ", ".join(_import_time_difference(effective))
     last_way = "fresh" if why else "forked"

@@ -1,5 +1,6 @@
 """Shared fixtures: tiny random models (built once per session), toy image folders, and helpers
-to run the CLI in-process or as a subprocess. Nothing here touches the network."""
+that run `python -m datadream` and the benchmark scripts in processes of their own (forked, see
+cli_process.py). Nothing here touches the network."""
 
 from __future__ import annotations
 
